@@ -1,0 +1,78 @@
+//! `tandem up`: all four services in one process, on one port.
+
+use std::future::Future;
+
+use anyhow::Context;
+use tandem_server::{GrpcServer, Settings};
+use tokio::net::TcpListener;
+
+/// The four services, opened on their stores.
+#[derive(Debug, Clone)]
+pub struct Services {
+    /// Care plans.
+    pub careplans: tandem_careplans::CarePlans,
+    /// Check-ins.
+    pub checkins: tandem_checkins::CheckIns,
+    /// Triage.
+    pub triage: tandem_triage::Triage,
+    /// Notifications.
+    pub notifications: tandem_notifications::Notifications,
+}
+
+impl Services {
+    /// Opens every service's store (creating and migrating it).
+    pub async fn open(settings: &Settings) -> anyhow::Result<Self> {
+        if settings.database_url.is_empty() {
+            std::fs::create_dir_all(&settings.data_dir).with_context(|| {
+                format!("cannot create data dir {}", settings.data_dir.display())
+            })?;
+        }
+        let careplans = tandem_careplans::CarePlans::open(&settings.database_url_for("careplans")?)
+            .await
+            .context("opening the careplans store")?;
+        let checkins = tandem_checkins::CheckIns::open(&settings.database_url_for("checkins")?)
+            .await
+            .context("opening the checkins store")?;
+        let triage = tandem_triage::Triage::open(&settings.database_url_for("triage")?)
+            .await
+            .context("opening the triage store")?;
+        let notifications =
+            tandem_notifications::Notifications::open(&settings.database_url_for("notifications")?)
+                .await
+                .context("opening the notifications store")?;
+        Ok(Self {
+            careplans,
+            checkins,
+            triage,
+            notifications,
+        })
+    }
+
+    /// Closes every store.
+    pub async fn close(&self) {
+        self.careplans.close().await;
+        self.checkins.close().await;
+        self.triage.close().await;
+        self.notifications.close().await;
+    }
+}
+
+/// Serves all four services on `listener` until `shutdown` completes, then
+/// drains and closes the stores.
+pub async fn serve(
+    settings: &Settings,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let verifier = settings.verifier()?;
+    let services = Services::open(settings).await?;
+    let server = GrpcServer::new()
+        .with_service(services.careplans.grpc_service(verifier.clone()))
+        .with_service(services.checkins.grpc_service(verifier.clone()))
+        .with_service(services.triage.grpc_service(verifier.clone()))
+        .with_service(services.notifications.grpc_service(verifier))
+        .drain_delay(settings.shutdown_drain);
+    let served = server.serve(listener, shutdown).await;
+    services.close().await;
+    served.context("serving gRPC")
+}

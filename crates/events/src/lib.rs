@@ -1,0 +1,1 @@
+//! Tandem's event spine: envelope, outbox, bus backends and idempotent inbox

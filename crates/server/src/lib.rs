@@ -1,0 +1,167 @@
+//! What every Tandem gRPC server shares: configuration, authentication,
+//! health, reflection, request tracing and graceful shutdown. Services plug
+//! their tonic services in; they never import each other.
+
+pub mod config;
+pub mod status;
+
+use std::future::Future;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::service::Routes;
+use tonic_health::ServingStatus;
+use tonic_health::server::HealthReporter;
+
+pub use config::{AuthSettings, Settings};
+
+/// Errors of this crate.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// The reflection service could not be built from the descriptors.
+    #[error("cannot build gRPC reflection: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
+    /// Serving failed.
+    #[error("gRPC server failed: {0}")]
+    Transport(#[from] tonic::transport::Error),
+}
+
+/// A set of gRPC services about to be served on one listener.
+#[derive(Debug)]
+pub struct GrpcServer {
+    routes: Routes,
+    names: Vec<&'static str>,
+    drain_delay: Duration,
+}
+
+impl Default for GrpcServer {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl GrpcServer {
+    /// An empty server.
+    pub fn new() -> Self {
+        Self {
+            routes: Routes::default(),
+            names: Vec::new(),
+            drain_delay: Duration::ZERO,
+        }
+    }
+
+    /// Adds a service; health checks know it by its fully qualified name.
+    pub fn with_service<S>(mut self, service: S) -> Self
+    where
+        S: tonic::codegen::Service<
+                tonic::codegen::http::Request<tonic::body::Body>,
+                Error = std::convert::Infallible,
+            > + tonic::server::NamedService
+            + Clone
+            + Send
+            + Sync
+            + 'static,
+        S::Response: axum::response::IntoResponse,
+        S::Future: Send + 'static,
+    {
+        self.routes = self.routes.add_service(service);
+        self.names.push(S::NAME);
+        self
+    }
+
+    /// How long to keep serving after health turns NOT_SERVING, so load
+    /// balancers stop sending before in-flight calls drain.
+    pub fn drain_delay(mut self, delay: Duration) -> Self {
+        self.drain_delay = delay;
+        self
+    }
+
+    /// Serves until `shutdown` completes: then health says NOT_SERVING, the
+    /// drain delay passes, new calls are refused and in-flight calls finish.
+    pub async fn serve(
+        self,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), ServerError> {
+        let (reporter, health) = tonic_health::server::health_reporter();
+        for name in &self.names {
+            reporter
+                .set_service_status(*name, ServingStatus::Serving)
+                .await;
+        }
+        reporter
+            .set_service_status("", ServingStatus::Serving)
+            .await;
+
+        let reflection_v1 = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(tandem_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1()?;
+        let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(tandem_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1alpha()?;
+
+        let routes = self
+            .routes
+            .add_service(health)
+            .add_service(reflection_v1)
+            .add_service(reflection_v1alpha);
+        let names = self.names.clone();
+        let drain_delay = self.drain_delay;
+        let draining = async move {
+            shutdown.await;
+            mark_not_serving(&reporter, &names).await;
+            tracing::info!(
+                delay_ms = drain_delay.as_millis() as u64,
+                "shutting down: health is NOT_SERVING, draining"
+            );
+            tokio::time::sleep(drain_delay).await;
+        };
+        tonic::transport::Server::builder()
+            .trace_fn(tandem_telemetry::grpc_server_span)
+            .add_routes(routes)
+            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), draining)
+            .await?;
+        tracing::info!("grpc server stopped");
+        Ok(())
+    }
+}
+
+async fn mark_not_serving(reporter: &HealthReporter, names: &[&'static str]) {
+    for name in names {
+        reporter
+            .set_service_status(*name, ServingStatus::NotServing)
+            .await;
+    }
+    reporter
+        .set_service_status("", ServingStatus::NotServing)
+        .await;
+}
+
+/// Completes on SIGTERM or SIGINT (Ctrl-C).
+pub async fn shutdown_signal() {
+    let interrupt = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut terminate) => {
+                tokio::select! {
+                    _ = interrupt => tracing::info!("received SIGINT"),
+                    _ = terminate.recv() => tracing::info!("received SIGTERM"),
+                }
+            }
+            Err(error) => {
+                tracing::warn!(%error, "cannot listen for SIGTERM; stopping on SIGINT only");
+                let _ = interrupt.await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = interrupt.await;
+        tracing::info!("received Ctrl-C");
+    }
+}

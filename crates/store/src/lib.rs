@@ -1,0 +1,256 @@
+//! A database URL gives a migrated pool, on SQLite (the embedded default) or
+//! PostgreSQL (production).
+//!
+//! Services write portable SQL against [`sqlx::Any`]: `$1`-style parameters,
+//! `TEXT`/`BIGINT` columns, times as Unix microseconds. On PostgreSQL each
+//! service lives in its own schema, set as the connection's `search_path`;
+//! on SQLite each service has its own file.
+
+pub mod paging;
+#[cfg(feature = "testing")]
+pub mod testing;
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::any::{AnyPoolOptions, install_default_drivers};
+use sqlx::migrate::Migrator;
+use sqlx::{AnyPool, Executor};
+
+pub use sqlx;
+
+/// Errors of this crate.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The URL names no backend we support.
+    #[error(
+        "unsupported database url scheme `{0}`: use sqlite://path/to/file.db or postgres://user@host:port/database"
+    )]
+    UnsupportedUrl(String),
+    /// The schema name is not a plain identifier.
+    #[error("schema name `{0}` must be lowercase letters, digits and '_'")]
+    BadSchema(String),
+    /// The database could not be reached.
+    #[error(
+        "cannot connect to the {backend} database: {source}; check TANDEM_DATABASE_URL and that the server is up"
+    )]
+    Connect {
+        /// Which backend.
+        backend: Backend,
+        /// The driver's error.
+        source: sqlx::Error,
+    },
+    /// Migrations failed.
+    #[error("migrating schema `{schema}` failed: {source}")]
+    Migrate {
+        /// The service schema.
+        schema: String,
+        /// The migrator's error.
+        source: sqlx::migrate::MigrateError,
+    },
+    /// A query failed.
+    #[error("database error: {0}")]
+    Sql(#[from] sqlx::Error),
+}
+
+/// The two supported database backends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// SQLite: one file per service.
+    Sqlite,
+    /// PostgreSQL: one schema per service.
+    Postgres,
+}
+
+impl std::fmt::Display for Backend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Backend::Sqlite => "sqlite",
+            Backend::Postgres => "postgres",
+        })
+    }
+}
+
+impl FromStr for Backend {
+    type Err = StoreError;
+
+    fn from_str(url: &str) -> Result<Self, Self::Err> {
+        let scheme = url.split(':').next().unwrap_or_default();
+        match scheme {
+            "sqlite" => Ok(Backend::Sqlite),
+            "postgres" | "postgresql" => Ok(Backend::Postgres),
+            other => Err(StoreError::UnsupportedUrl(other.to_owned())),
+        }
+    }
+}
+
+/// A service's migrations, one set per backend (their SQL dialects differ).
+#[derive(Debug)]
+pub struct Migrations {
+    /// Applied on SQLite.
+    pub sqlite: &'static Migrator,
+    /// Applied on PostgreSQL.
+    pub postgres: &'static Migrator,
+}
+
+/// A pool for one service's data, migrated and ready.
+#[derive(Debug, Clone)]
+pub struct Store {
+    pool: AnyPool,
+    backend: Backend,
+    schema: String,
+}
+
+/// How to open a [`Store`].
+#[derive(Debug, Clone)]
+pub struct StoreOptions {
+    /// The database URL.
+    pub url: String,
+    /// The service's schema (PostgreSQL) — also used in messages.
+    pub schema: String,
+    /// Pool size.
+    pub max_connections: u32,
+}
+
+impl StoreOptions {
+    /// Options with the default pool size.
+    pub fn new(url: impl Into<String>, schema: impl Into<String>) -> Self {
+        Self {
+            url: url.into(),
+            schema: schema.into(),
+            max_connections: 8,
+        }
+    }
+}
+
+impl Store {
+    /// Connects, creates the service's schema if needed and applies its migrations.
+    pub async fn open(options: StoreOptions, migrations: &Migrations) -> Result<Self, StoreError> {
+        install_default_drivers();
+        let backend: Backend = options.url.parse()?;
+        let schema = options.schema.clone();
+        let schema_ok = !schema.is_empty()
+            && schema
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+        if !schema_ok {
+            return Err(StoreError::BadSchema(schema));
+        }
+        if backend == Backend::Postgres {
+            create_schema(&options.url, &schema, backend).await?;
+        }
+        let url = match backend {
+            // mode=rwc creates the file on first start.
+            Backend::Sqlite if !options.url.contains("mode=") => {
+                let separator = if options.url.contains('?') { '&' } else { '?' };
+                format!("{}{separator}mode=rwc", options.url)
+            }
+            _ => options.url.clone(),
+        };
+        let session_schema = schema.clone();
+        let pool = AnyPoolOptions::new()
+            .max_connections(options.max_connections)
+            .acquire_timeout(Duration::from_secs(10))
+            .after_connect(move |conn, _meta| {
+                let statement = match backend {
+                    // WAL lets readers run beside the writer; the busy timeout
+                    // makes a second writer wait instead of failing at once.
+                    Backend::Sqlite => {
+                        "PRAGMA journal_mode = WAL; PRAGMA busy_timeout = 10000; PRAGMA foreign_keys = ON; PRAGMA synchronous = NORMAL;".to_owned()
+                    }
+                    Backend::Postgres => format!("SET search_path TO \"{session_schema}\""),
+                };
+                Box::pin(async move {
+                    conn.execute(sqlx::AssertSqlSafe(statement)).await?;
+                    Ok(())
+                })
+            })
+            .connect(&url)
+            .await
+            .map_err(|source| StoreError::Connect { backend, source })?;
+        let migrator = match backend {
+            Backend::Sqlite => migrations.sqlite,
+            Backend::Postgres => migrations.postgres,
+        };
+        migrator
+            .run(&pool)
+            .await
+            .map_err(|source| StoreError::Migrate {
+                schema: schema.clone(),
+                source,
+            })?;
+        tracing::debug!(%backend, schema = %schema, "store ready");
+        Ok(Self {
+            pool,
+            backend,
+            schema,
+        })
+    }
+
+    /// The pool.
+    pub fn pool(&self) -> &AnyPool {
+        &self.pool
+    }
+
+    /// Which backend this store runs on.
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// The service schema.
+    pub fn schema(&self) -> &str {
+        &self.schema
+    }
+
+    /// Begins a transaction that will write. On SQLite it takes the write
+    /// lock up front (`BEGIN IMMEDIATE`), so two writers queue on the busy
+    /// timeout instead of failing on a lock upgrade.
+    pub async fn begin_write(&self) -> Result<sqlx::Transaction<'static, sqlx::Any>, StoreError> {
+        let tx = match self.backend {
+            Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await?,
+            Backend::Postgres => self.pool.begin().await?,
+        };
+        Ok(tx)
+    }
+
+    /// Closes the pool, waiting for connections to be returned.
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+}
+
+async fn create_schema(url: &str, schema: &str, backend: Backend) -> Result<(), StoreError> {
+    use sqlx::Connection;
+    let mut conn = sqlx::AnyConnection::connect(url)
+        .await
+        .map_err(|source| StoreError::Connect { backend, source })?;
+    let statement = format!("CREATE SCHEMA IF NOT EXISTS \"{schema}\"");
+    if let Err(error) = conn.execute(sqlx::AssertSqlSafe(statement)).await {
+        // Two services starting at once can race on CREATE SCHEMA IF NOT
+        // EXISTS; the loser sees a unique violation and the schema exists.
+        let raced = error
+            .as_database_error()
+            .and_then(|db| db.code())
+            .is_some_and(|code| code == "23505" || code == "42P06");
+        if !raced {
+            return Err(error.into());
+        }
+    }
+    conn.close().await?;
+    Ok(())
+}
+
+/// Microseconds since the Unix epoch: the portable time column.
+pub fn unix_micros(time: std::time::SystemTime) -> i64 {
+    match time.duration_since(std::time::UNIX_EPOCH) {
+        Ok(since) => i64::try_from(since.as_micros()).unwrap_or(i64::MAX),
+        Err(before) => -i64::try_from(before.duration().as_micros()).unwrap_or(i64::MAX),
+    }
+}
+
+/// Whether an error is a unique-constraint violation (on either backend).
+pub fn is_unique_violation(error: &sqlx::Error) -> bool {
+    error
+        .as_database_error()
+        .is_some_and(|db| db.is_unique_violation())
+}

@@ -1,0 +1,180 @@
+//! Tracing and OpenTelemetry for every Tandem process.
+//!
+//! Logs go to stderr as plain text or JSON lines, filtered by `TANDEM_LOG`
+//! (or `RUST_LOG`). Spans always carry OpenTelemetry context, so a call's
+//! `traceparent` reaches the events and calls it causes; they are exported
+//! over OTLP only when `OTEL_EXPORTER_OTLP_ENDPOINT` is set.
+
+mod propagation;
+
+use opentelemetry::trace::TracerProvider as _;
+use opentelemetry_sdk::Resource;
+use opentelemetry_sdk::propagation::TraceContextPropagator;
+use opentelemetry_sdk::trace::SdkTracerProvider;
+use serde::Deserialize;
+use tracing_subscriber::EnvFilter;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+
+pub use propagation::{
+    MetadataExtractor, MetadataInjector, TraceContextInterceptor, current_traceparent,
+    grpc_server_span, inject_current_context, parent_context_from_traceparent,
+};
+
+/// Errors of this crate.
+#[derive(Debug, thiserror::Error)]
+pub enum TelemetryError {
+    /// The log filter does not parse.
+    #[error("log filter `{filter}` is invalid: {reason}; use e.g. TANDEM_LOG=info,tandem=debug")]
+    BadFilter {
+        /// The filter text.
+        filter: String,
+        /// Why.
+        reason: String,
+    },
+    /// The OTLP exporter could not be built.
+    #[error("cannot set up the OTLP exporter for OTEL_EXPORTER_OTLP_ENDPOINT: {0}")]
+    Exporter(String),
+    /// A global subscriber was already installed.
+    #[error("a tracing subscriber is already installed in this process")]
+    AlreadyInstalled,
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Plain,
+    /// One JSON object per line, for log shippers.
+    Json,
+}
+
+impl std::str::FromStr for LogFormat {
+    type Err = String;
+
+    fn from_str(value: &str) -> Result<Self, Self::Err> {
+        match value {
+            "plain" => Ok(Self::Plain),
+            "json" => Ok(Self::Json),
+            other => Err(format!("log format `{other}` is not plain or json")),
+        }
+    }
+}
+
+/// What to set up.
+#[derive(Debug, Clone)]
+pub struct TelemetrySettings {
+    /// `service.name` of exported spans.
+    pub service_name: String,
+    /// The log filter, in `EnvFilter` syntax.
+    pub filter: String,
+    /// Plain or JSON lines.
+    pub format: LogFormat,
+    /// OTLP endpoint; `None` exports nothing.
+    pub otlp_endpoint: Option<String>,
+}
+
+impl TelemetrySettings {
+    /// Settings from the environment: `TANDEM_LOG` or `RUST_LOG` (default
+    /// `info`), `TANDEM_LOG_FORMAT` (`plain` or `json`) and
+    /// `OTEL_EXPORTER_OTLP_ENDPOINT`.
+    pub fn from_env(service_name: &str) -> Self {
+        let filter = std::env::var("TANDEM_LOG")
+            .or_else(|_| std::env::var("RUST_LOG"))
+            .unwrap_or_else(|_| "info".to_owned());
+        let format = std::env::var("TANDEM_LOG_FORMAT")
+            .ok()
+            .and_then(|value| value.parse().ok())
+            .unwrap_or_default();
+        let otlp_endpoint = std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT")
+            .ok()
+            .filter(|value| !value.is_empty());
+        Self {
+            service_name: service_name.to_owned(),
+            filter,
+            format,
+            otlp_endpoint,
+        }
+    }
+}
+
+/// Keeps the tracer provider alive; [`Telemetry::shutdown`] flushes spans.
+#[derive(Debug)]
+pub struct Telemetry {
+    provider: SdkTracerProvider,
+}
+
+impl Telemetry {
+    /// The tracer provider, e.g. to force a flush.
+    pub fn provider(&self) -> &SdkTracerProvider {
+        &self.provider
+    }
+
+    /// Flushes and stops span export. Call once on shutdown.
+    pub fn shutdown(self) {
+        if let Err(error) = self.provider.shutdown() {
+            // Nothing to do but say so: the process is exiting.
+            eprintln!("tandem: flushing traces failed: {error}");
+        }
+    }
+}
+
+/// Builds the tracer provider for the settings: OTLP over gRPC when an
+/// endpoint is set, else one that records context but exports nothing.
+pub fn tracer_provider(settings: &TelemetrySettings) -> Result<SdkTracerProvider, TelemetryError> {
+    let resource = Resource::builder()
+        .with_service_name(settings.service_name.clone())
+        .build();
+    let mut builder = SdkTracerProvider::builder().with_resource(resource);
+    if let Some(endpoint) = &settings.otlp_endpoint {
+        use opentelemetry_otlp::WithExportConfig;
+        let exporter = opentelemetry_otlp::SpanExporter::builder()
+            .with_tonic()
+            .with_endpoint(endpoint.clone())
+            .build()
+            .map_err(|error| TelemetryError::Exporter(error.to_string()))?;
+        builder = builder.with_batch_exporter(exporter);
+    }
+    Ok(builder.build())
+}
+
+/// Installs the global subscriber with the given provider and the W3C trace
+/// context propagator.
+pub fn install(
+    settings: &TelemetrySettings,
+    provider: SdkTracerProvider,
+) -> Result<Telemetry, TelemetryError> {
+    let filter =
+        EnvFilter::try_new(&settings.filter).map_err(|error| TelemetryError::BadFilter {
+            filter: settings.filter.clone(),
+            reason: error.to_string(),
+        })?;
+    opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
+    let tracer = provider.tracer("tandem");
+    let otel = tracing_opentelemetry::layer().with_tracer(tracer);
+    let registry = tracing_subscriber::registry().with(filter).with(otel);
+    let result = match settings.format {
+        LogFormat::Plain => registry
+            .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
+            .try_init(),
+        LogFormat::Json => registry
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .json()
+                    .with_current_span(true)
+                    .with_span_list(false)
+                    .with_writer(std::io::stderr),
+            )
+            .try_init(),
+    };
+    result.map_err(|_| TelemetryError::AlreadyInstalled)?;
+    Ok(Telemetry { provider })
+}
+
+/// Sets up logging and tracing from the settings. Call once per process.
+pub fn init(settings: &TelemetrySettings) -> Result<Telemetry, TelemetryError> {
+    let provider = tracer_provider(settings)?;
+    install(settings, provider)
+}

@@ -1,0 +1,63 @@
+//! The care plans service: patients, care plans, care teams and safety plans.
+//!
+//! `api.rs` is the gRPC surface (validation, authorization, mapping),
+//! `repo.rs` the SQL, `domain.rs` the types.
+
+pub mod api;
+pub mod domain;
+pub mod repo;
+
+use std::sync::Arc;
+
+use sqlx::migrate::Migrator;
+use tandem_auth::{AuthInterceptor, Verifier};
+use tandem_proto::careplans::v1::care_plan_service_server::CarePlanServiceServer;
+use tandem_store::{Migrations, Store, StoreError, StoreOptions};
+use tonic::service::interceptor::InterceptedService;
+
+/// The gRPC service name, for health checks.
+pub const SERVICE_NAME: &str = "tandem.careplans.v1.CarePlanService";
+/// The PostgreSQL schema this service owns.
+pub const SCHEMA: &str = "careplans";
+
+static SQLITE: Migrator = sqlx::migrate!("./migrations/sqlite");
+static POSTGRES: Migrator = sqlx::migrate!("./migrations/postgres");
+
+/// This service's migrations.
+pub static MIGRATIONS: Migrations = Migrations {
+    sqlite: &SQLITE,
+    postgres: &POSTGRES,
+};
+
+/// A running care plans service: its store and its gRPC surface.
+#[derive(Debug, Clone)]
+pub struct CarePlans {
+    store: Store,
+}
+
+impl CarePlans {
+    /// Opens (and migrates) the service's database.
+    pub async fn open(database_url: &str) -> Result<Self, StoreError> {
+        let store = Store::open(StoreOptions::new(database_url, SCHEMA), &MIGRATIONS).await?;
+        Ok(Self { store })
+    }
+
+    /// The service's store.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// The authenticated gRPC service.
+    pub fn grpc_service(
+        &self,
+        verifier: Arc<Verifier>,
+    ) -> InterceptedService<CarePlanServiceServer<api::CarePlanApi>, AuthInterceptor> {
+        let api = api::CarePlanApi::new(repo::Repo::new(self.store.clone()));
+        CarePlanServiceServer::with_interceptor(api, AuthInterceptor::new(verifier))
+    }
+
+    /// Stops using the database.
+    pub async fn close(&self) {
+        self.store.close().await;
+    }
+}

@@ -1,0 +1,34 @@
+//! The care plans service in a container of its own.
+
+use clap::Parser;
+
+/// Serves tandem.careplans.v1.CarePlanService with health and reflection.
+#[derive(Debug, Parser)]
+#[command(version, after_help = tandem_server::config::settings_help())]
+struct Args {
+    /// A TOML config file (also TANDEM_CONFIG).
+    #[arg(long)]
+    config: Option<std::path::PathBuf>,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let telemetry = tandem_telemetry::init(&tandem_telemetry::TelemetrySettings::from_env(
+        "tandem-careplans",
+    ))?;
+    let settings = tandem_server::Settings::load(args.config.as_deref())?;
+    let verifier = settings.verifier()?;
+    let service =
+        tandem_careplans::CarePlans::open(&settings.database_url_for("careplans")?).await?;
+    let listener = tokio::net::TcpListener::bind(settings.listen).await?;
+    tracing::info!(addr = %listener.local_addr()?, "careplans serving");
+    tandem_server::GrpcServer::new()
+        .with_service(service.grpc_service(verifier))
+        .drain_delay(settings.shutdown_drain)
+        .serve(listener, tandem_server::shutdown_signal())
+        .await?;
+    service.close().await;
+    telemetry.shutdown();
+    Ok(())
+}
