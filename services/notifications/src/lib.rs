@@ -50,10 +50,7 @@ impl Notifications {
         &self,
         verifier: Arc<Verifier>,
     ) -> InterceptedService<NotificationServiceServer<api::Api>, AuthInterceptor> {
-        NotificationServiceServer::with_interceptor(
-            api::Api,
-            AuthInterceptor::new(verifier),
-        )
+        NotificationServiceServer::with_interceptor(api::Api, AuthInterceptor::new(verifier))
     }
 
     /// Stops using the database.
