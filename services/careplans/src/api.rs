@@ -4,12 +4,14 @@ use tandem_auth::{Caller, Role};
 use tandem_proto::careplans::v1 as pb;
 use tandem_proto::careplans::v1::care_plan_service_server::CarePlanService;
 use tandem_proto::common::v1 as common;
-use tandem_proto::ids::PatientId;
-use tandem_server::status::{Violations, internal, invalid_field, not_yet};
+use tandem_proto::ids::{CarePlanId, PatientId};
+use tandem_server::status::{Violations, internal, invalid_field};
 use tandem_store::paging::{Cursor, page_size};
 use tonic::{Request, Response, Status};
 
 use crate::domain::{NewPatient, Patient};
+use crate::plan::{parse_care_team, parse_content, parse_safety_plan};
+use crate::plans_repo::UpdateError;
 use crate::repo::{Enrolled, Repo, RepoError};
 
 const MAX_KEY_LEN: usize = 128;
@@ -32,24 +34,88 @@ impl CarePlanApi {
     /// a patient that does not exist look the same to the caller.
     async fn visible_patient(&self, caller: &Caller, id: &PatientId) -> Result<Patient, Status> {
         let patient = self.repo.patient(id).await.map_err(repo_status)?;
-        match patient {
-            Some(patient) if may_see(caller, &patient) => Ok(patient),
-            _ => Err(no_access()),
+        let Some(patient) = patient else {
+            return Err(no_access());
+        };
+        if caller.org != patient.org {
+            return Err(no_access());
         }
+        let allowed = match caller.role {
+            Role::Patient => caller.subject == patient.id.to_string(),
+            Role::Integration | Role::Admin | Role::Supervisor => true,
+            Role::Clinician => self
+                .repo
+                .on_care_team(&patient.id, &caller.subject)
+                .await
+                .map_err(repo_status)?,
+        };
+        if !allowed {
+            return Err(no_access());
+        }
+        Ok(patient)
+    }
+
+    /// The patient, if the caller may change their care plans: a clinician
+    /// on the care team, or the org's supervisors, admins and integrations.
+    async fn plan_writer(&self, caller: &Caller, id: &PatientId) -> Result<Patient, Status> {
+        let patient = self.visible_patient(caller, id).await?;
+        if caller.role == Role::Patient {
+            return Err(Status::permission_denied(
+                "patients read their care plans; their clinician changes them",
+            ));
+        }
+        Ok(patient)
+    }
+
+    /// The current plan and its patient, if the caller may see it. Patients
+    /// never see drafts.
+    async fn visible_plan(
+        &self,
+        caller: &Caller,
+        id: &CarePlanId,
+    ) -> Result<(Patient, pb::CarePlan), Status> {
+        let stored = self.repo.plan(id).await.map_err(repo_status)?;
+        let Some(stored) = stored.filter(|stored| stored.org == caller.org) else {
+            return Err(no_plan_access());
+        };
+        let patient_id = patient_id("care_plan.patient_id", stored.plan.patient_id.as_ref())
+            .map_err(|_| internal(&RepoError::Corrupt("care plan without patient".into())))?;
+        let patient = self
+            .visible_patient(caller, &patient_id)
+            .await
+            .map_err(|_| no_plan_access())?;
+        if caller.role == Role::Patient && stored.plan.status() == pb::CarePlanStatus::Draft {
+            return Err(no_plan_access());
+        }
+        Ok((patient, stored.plan))
     }
 }
 
-/// Whether the caller may read this patient's record.
-fn may_see(caller: &Caller, patient: &Patient) -> bool {
-    if caller.org != patient.org {
-        return false;
+fn no_plan_access() -> Status {
+    Status::permission_denied(
+        "the caller may not access this care plan; check the id and your role",
+    )
+}
+
+fn actor(caller: &Caller) -> common::Actor {
+    let role = match caller.role {
+        Role::Patient => common::Role::Patient,
+        Role::Clinician => common::Role::Clinician,
+        Role::Supervisor => common::Role::Supervisor,
+        Role::Integration => common::Role::Integration,
+        Role::Admin => common::Role::Admin,
+    };
+    common::Actor {
+        subject: caller.subject.clone(),
+        role: role as i32,
     }
-    match caller.role {
-        Role::Patient => caller.subject == patient.id.to_string(),
-        Role::Integration | Role::Admin | Role::Supervisor => true,
-        // A clinician's caseload is the care teams they are on; care teams
-        // arrive with care plans, until then a clinician sees nobody.
-        Role::Clinician => false,
+}
+
+fn update_status(error: UpdateError) -> Status {
+    match error {
+        UpdateError::Stale { .. } => Status::aborted(error.to_string()),
+        UpdateError::Transition { .. } => Status::failed_precondition(error.to_string()),
+        UpdateError::Repo(error) => repo_status(error),
     }
 }
 
@@ -65,6 +131,21 @@ fn repo_status(error: RepoError) -> Status {
         RepoError::IdempotencyConflict => invalid_field("idempotency_key", error.to_string()),
         RepoError::Corrupt(_) | RepoError::Store(_) => internal(&error),
     }
+}
+
+fn care_plan_id(field: &str, id: Option<&common::CarePlanId>) -> Result<CarePlanId, Status> {
+    let Some(id) = id else {
+        return Err(invalid_field(field, "required: the care plan's id"));
+    };
+    CarePlanId::try_from(id)
+        .map_err(|error| invalid_field(format!("{field}.value"), error.to_string()))
+}
+
+fn page_of(page: Option<&common::PageRequest>) -> Result<(Option<Cursor>, u32), Status> {
+    let page = page.cloned().unwrap_or_default();
+    let cursor = Cursor::decode(&page.page_token)
+        .map_err(|error| invalid_field("page.page_token", error.to_string()))?;
+    Ok((cursor, page_size(page.page_size)))
 }
 
 fn patient_id(field: &str, id: Option<&common::PatientId>) -> Result<PatientId, Status> {
@@ -201,7 +282,7 @@ impl CarePlanService for CarePlanApi {
                 _ => None,
             };
             let patients = patient
-                .filter(|p| may_see(&caller, p))
+                .filter(|p| p.org == caller.org)
                 .iter()
                 .map(patient_to_pb)
                 .collect();
@@ -211,7 +292,10 @@ impl CarePlanService for CarePlanApi {
             }));
         }
         if caller.role == Role::Clinician {
-            return Ok(Response::new(pb::ListPatientsResponse::default()));
+            return self
+                .list_caseload(&caller, cursor.as_ref(), limit)
+                .await
+                .map(Response::new);
         }
         let (patients, next) = self
             .repo
@@ -224,59 +308,281 @@ impl CarePlanService for CarePlanApi {
         }))
     }
 
+    #[tracing::instrument(name = "careplans.create_care_plan", skip_all)]
     async fn create_care_plan(
         &self,
-        _request: Request<pb::CreateCarePlanRequest>,
+        request: Request<pb::CreateCarePlanRequest>,
     ) -> Result<Response<pb::CreateCarePlanResponse>, Status> {
-        Err(not_yet("CreateCarePlan"))
+        let caller = Caller::from_request(&request)?.clone();
+        let message = request.into_inner();
+        let id = patient_id("patient_id", message.patient_id.as_ref())?;
+        let mut violations = Violations::new();
+        check_text(
+            &mut violations,
+            "idempotency_key",
+            &message.idempotency_key,
+            MAX_KEY_LEN,
+        );
+        let content = parse_content(
+            &message.title,
+            &message.goals,
+            &message.tasks,
+            &message.measures,
+            &mut violations,
+        );
+        let status = match message.status() {
+            pb::CarePlanStatus::Unspecified => pb::CarePlanStatus::Draft,
+            status @ (pb::CarePlanStatus::Draft | pb::CarePlanStatus::Active) => status,
+            _ => {
+                violations.add("status", "a new plan starts as draft or active");
+                pb::CarePlanStatus::Draft
+            }
+        };
+        violations.into_result()?;
+        let patient = self.plan_writer(&caller, &id).await?;
+        let created = self
+            .repo
+            .create_plan(
+                &caller.org,
+                &patient.id,
+                &message.idempotency_key,
+                content,
+                status,
+                actor(&caller),
+            )
+            .await
+            .map_err(repo_status)?;
+        Ok(Response::new(pb::CreateCarePlanResponse {
+            care_plan: Some(created.into_inner()),
+        }))
     }
 
+    #[tracing::instrument(name = "careplans.get_care_plan", skip_all)]
     async fn get_care_plan(
         &self,
-        _request: Request<pb::GetCarePlanRequest>,
+        request: Request<pb::GetCarePlanRequest>,
     ) -> Result<Response<pb::GetCarePlanResponse>, Status> {
-        Err(not_yet("GetCarePlan"))
+        let caller = Caller::from_request(&request)?.clone();
+        let id = care_plan_id("care_plan_id", request.get_ref().care_plan_id.as_ref())?;
+        let (_, plan) = self.visible_plan(&caller, &id).await?;
+        Ok(Response::new(pb::GetCarePlanResponse {
+            care_plan: Some(plan),
+        }))
     }
 
+    #[tracing::instrument(name = "careplans.update_care_plan", skip_all)]
     async fn update_care_plan(
         &self,
-        _request: Request<pb::UpdateCarePlanRequest>,
+        request: Request<pb::UpdateCarePlanRequest>,
     ) -> Result<Response<pb::UpdateCarePlanResponse>, Status> {
-        Err(not_yet("UpdateCarePlan"))
+        let caller = Caller::from_request(&request)?.clone();
+        let message = request.into_inner();
+        let id = care_plan_id("care_plan_id", message.care_plan_id.as_ref())?;
+        let mut violations = Violations::new();
+        if message.expected_version == 0 {
+            violations.add(
+                "expected_version",
+                "required: the version your change is based on",
+            );
+        }
+        if message.status() == pb::CarePlanStatus::Unspecified {
+            violations.add("status", "required: draft, active, completed or revoked");
+        }
+        let content = parse_content(
+            &message.title,
+            &message.goals,
+            &message.tasks,
+            &message.measures,
+            &mut violations,
+        );
+        violations.into_result()?;
+        let (patient, _) = self.visible_plan(&caller, &id).await?;
+        self.plan_writer(&caller, &patient.id).await?;
+        let plan = self
+            .repo
+            .update_plan(
+                &id,
+                message.expected_version,
+                content,
+                message.status(),
+                actor(&caller),
+            )
+            .await
+            .map_err(update_status)?;
+        Ok(Response::new(pb::UpdateCarePlanResponse {
+            care_plan: Some(plan),
+        }))
     }
 
+    #[tracing::instrument(name = "careplans.list_care_plans", skip_all)]
     async fn list_care_plans(
         &self,
-        _request: Request<pb::ListCarePlansRequest>,
+        request: Request<pb::ListCarePlansRequest>,
     ) -> Result<Response<pb::ListCarePlansResponse>, Status> {
-        Err(not_yet("ListCarePlans"))
+        let caller = Caller::from_request(&request)?.clone();
+        let id = patient_id("patient_id", request.get_ref().patient_id.as_ref())?;
+        let (cursor, limit) = page_of(request.get_ref().page.as_ref())?;
+        let patient = self.visible_patient(&caller, &id).await?;
+        let include_drafts = caller.role != Role::Patient;
+        let (care_plans, next) = self
+            .repo
+            .list_plans(&patient.id, include_drafts, cursor.as_ref(), limit)
+            .await
+            .map_err(repo_status)?;
+        Ok(Response::new(pb::ListCarePlansResponse {
+            care_plans,
+            next_page_token: next.map(|cursor| cursor.encode()).unwrap_or_default(),
+        }))
     }
 
+    #[tracing::instrument(name = "careplans.set_care_team", skip_all)]
     async fn set_care_team(
         &self,
-        _request: Request<pb::SetCareTeamRequest>,
+        request: Request<pb::SetCareTeamRequest>,
     ) -> Result<Response<pb::SetCareTeamResponse>, Status> {
-        Err(not_yet("SetCareTeam"))
+        let caller = Caller::from_request(&request)?.clone();
+        let message = request.into_inner();
+        let id = patient_id("patient_id", message.patient_id.as_ref())?;
+        let mut violations = Violations::new();
+        let members = parse_care_team(&message.members, &mut violations);
+        violations.into_result()?;
+        let patient = self.visible_patient(&caller, &id).await?;
+        caller.require_role(&[Role::Integration, Role::Admin, Role::Supervisor])?;
+        let team = self
+            .repo
+            .set_care_team(&patient.id, members)
+            .await
+            .map_err(repo_status)?;
+        Ok(Response::new(pb::SetCareTeamResponse {
+            care_team: Some(team),
+        }))
     }
 
+    #[tracing::instrument(name = "careplans.get_care_team", skip_all)]
     async fn get_care_team(
         &self,
-        _request: Request<pb::GetCareTeamRequest>,
+        request: Request<pb::GetCareTeamRequest>,
     ) -> Result<Response<pb::GetCareTeamResponse>, Status> {
-        Err(not_yet("GetCareTeam"))
+        let caller = Caller::from_request(&request)?.clone();
+        let id = patient_id("patient_id", request.get_ref().patient_id.as_ref())?;
+        let patient = self.visible_patient(&caller, &id).await?;
+        let team = self
+            .repo
+            .care_team(&patient.id)
+            .await
+            .map_err(repo_status)?;
+        let team = team.unwrap_or(pb::CareTeam {
+            patient_id: Some(patient.id.into()),
+            members: Vec::new(),
+            version: 0,
+        });
+        Ok(Response::new(pb::GetCareTeamResponse {
+            care_team: Some(team),
+        }))
     }
 
+    #[tracing::instrument(name = "careplans.put_safety_plan", skip_all)]
     async fn put_safety_plan(
         &self,
-        _request: Request<pb::PutSafetyPlanRequest>,
+        request: Request<pb::PutSafetyPlanRequest>,
     ) -> Result<Response<pb::PutSafetyPlanResponse>, Status> {
-        Err(not_yet("PutSafetyPlan"))
+        let caller = Caller::from_request(&request)?.clone();
+        let message = request.into_inner();
+        let Some(plan) = message.safety_plan else {
+            return Err(invalid_field(
+                "safety_plan",
+                "required: the plan's six steps",
+            ));
+        };
+        let id = patient_id("safety_plan.patient_id", plan.patient_id.as_ref())?;
+        let mut violations = Violations::new();
+        parse_safety_plan(&plan, &mut violations);
+        violations.into_result()?;
+        // Stanley-Brown plans are written together: the patient and their
+        // clinicians may both save a version.
+        let patient = self.visible_patient(&caller, &id).await?;
+        if caller.role == Role::Integration {
+            return Err(Status::permission_denied(
+                "a safety plan is written by the patient and their clinician",
+            ));
+        }
+        let saved = self
+            .repo
+            .put_safety_plan(&patient.id, message.expected_version, plan)
+            .await
+            .map_err(update_status)?;
+        Ok(Response::new(pb::PutSafetyPlanResponse {
+            safety_plan: Some(saved),
+        }))
     }
 
+    #[tracing::instrument(name = "careplans.get_safety_plan", skip_all)]
     async fn get_safety_plan(
         &self,
-        _request: Request<pb::GetSafetyPlanRequest>,
+        request: Request<pb::GetSafetyPlanRequest>,
     ) -> Result<Response<pb::GetSafetyPlanResponse>, Status> {
-        Err(not_yet("GetSafetyPlan"))
+        let caller = Caller::from_request(&request)?.clone();
+        let id = patient_id("patient_id", request.get_ref().patient_id.as_ref())?;
+        let patient = self.visible_patient(&caller, &id).await?;
+        let plan = self
+            .repo
+            .safety_plan(&patient.id)
+            .await
+            .map_err(repo_status)?;
+        let Some(plan) = plan else {
+            return Err(Status::not_found(
+                "this patient has no safety plan yet; write one with PutSafetyPlan",
+            ));
+        };
+        Ok(Response::new(pb::GetSafetyPlanResponse {
+            safety_plan: Some(plan),
+        }))
+    }
+}
+
+impl CarePlanApi {
+    async fn list_caseload(
+        &self,
+        caller: &Caller,
+        cursor: Option<&Cursor>,
+        limit: u32,
+    ) -> Result<pb::ListPatientsResponse, Status> {
+        let ids = self
+            .repo
+            .caseload(&caller.subject)
+            .await
+            .map_err(repo_status)?;
+        let mut patients = Vec::with_capacity(ids.len());
+        for id in ids {
+            if let Some(patient) = self.repo.patient(&id).await.map_err(repo_status)?
+                && patient.org == caller.org
+            {
+                patients.push(patient);
+            }
+        }
+        let key = |p: &Patient| (tandem_store::unix_micros(p.enrolled_at), p.id.to_string());
+        patients.sort_by_key(key);
+        let after: Vec<&Patient> = patients
+            .iter()
+            .filter(|p| cursor.is_none_or(|c| key(p) > (c.at, c.id.clone())))
+            .collect();
+        let page: Vec<&Patient> = after.iter().take(limit as usize).copied().collect();
+        let next = if after.len() > page.len() {
+            page.last()
+                .map(|p| {
+                    Cursor {
+                        at: key(p).0,
+                        id: key(p).1,
+                    }
+                    .encode()
+                })
+                .unwrap_or_default()
+        } else {
+            String::new()
+        };
+        Ok(pb::ListPatientsResponse {
+            patients: page.into_iter().map(patient_to_pb).collect(),
+            next_page_token: next,
+        })
     }
 }

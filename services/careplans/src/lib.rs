@@ -5,6 +5,8 @@
 
 pub mod api;
 pub mod domain;
+pub mod plan;
+pub mod plans_repo;
 pub mod repo;
 
 use std::sync::Arc;

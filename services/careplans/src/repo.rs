@@ -59,6 +59,11 @@ impl Repo {
         Self { store }
     }
 
+    /// The store.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
     /// Enrols a patient, or returns the patient an earlier request with the
     /// same idempotency key created.
     pub async fn enroll_patient(
