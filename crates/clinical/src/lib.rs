@@ -1,1 +1,60 @@
-//! Tandem's clinical rules: instruments, scoring, risk rules and trends; pure, no I/O
+//! Tandem's clinical rules: instruments, scoring, risk rules and trends; pure, no I/O.
+//!
+//! The flow a check-in follows: [`parse_responses`] (or [`parse_instruments`] for a whole
+//! check-in) turns wire answers into [`Responses`], which are valid by construction;
+//! [`score`] turns them into a [`Score`] with its band and any [`CrisisTrigger`]s.
+//! Every invalid input is a [`ValidationErrors`] with field paths; nothing here panics.
+//!
+//! ```
+//! use tandem_clinical::{parse_responses_at, score};
+//!
+//! let responses = parse_responses_at(0, "44249-1", &[1, 2, 1, 2, 1, 1, 2, 1, 1])?;
+//! let result = score(&responses);
+//! assert_eq!(result.total, Some(12));
+//! assert_eq!(result.band.as_str(), "moderate");
+//! let triggers: Vec<&str> = result.crisis_triggers.iter().map(|t| t.id()).collect();
+//! assert_eq!(triggers, ["phq9-item9"]);
+//!
+//! let rejected = parse_responses_at(1, "44249-1", &[0, 0, 0, 4, 0, 0, 0, 0, 0]).unwrap_err();
+//! assert_eq!(rejected.violations()[0].field, "instruments[1].answers[3]");
+//! # Ok::<(), tandem_clinical::ValidationErrors>(())
+//! ```
+#![cfg_attr(
+    not(test),
+    deny(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::panic,
+        clippy::indexing_slicing
+    )
+)]
+#![warn(missing_docs)]
+
+mod checkin;
+mod error;
+mod instrument;
+mod responses;
+mod score;
+mod trend;
+
+pub use checkin::{
+    JOURNAL_MAX_CHARS, Journal, MOOD_MAX, MOOD_MIN, Mood, journal_from_bytes, parse_instruments,
+    validate_journal, validate_mood,
+};
+pub use error::{FieldViolation, ValidationErrors};
+pub use instrument::{
+    CSSRS_SCREENER_CODE, Coding, Instrument, InstrumentDefinition, ItemDefinition, LOINC_SYSTEM,
+    PHQ9_ITEM9_LOINC, ResponseOption, SKIPPED, UnknownInstrument, definition, parse_instrument,
+};
+pub use responses::{
+    ActiveIdeation, CssrsResponses, Frequency, Gad7Responses, Phq9Responses, Responses,
+    parse_answers, parse_responses, parse_responses_at,
+};
+pub use score::{
+    Band, CSSRS_HIGH_RISK_TRIGGER, CrisisTrigger, CssrsRisk, PHQ9_ITEM9_TRIGGER, Score,
+    crisis_triggers_in_unparsed, gad7_band, phq9_band, score,
+};
+pub use trend::{
+    Observation, RELIABLE_DETERIORATION_POINTS, REMISSION_BELOW, Trend, phq9_trend,
+    phq9_trend_since,
+};
