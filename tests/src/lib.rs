@@ -55,7 +55,8 @@ impl Tandem {
         let (shutdown, stop) = oneshot::channel::<()>();
         let served = settings.clone();
         let task = tokio::spawn(async move {
-            tandem_cli::up::serve(&served, listener, async move {
+            let figment = figment::Figment::from(figment::providers::Serialized::defaults(&served));
+            tandem_cli::up::serve(&served, &figment, listener, async move {
                 let _ = stop.await;
             })
             .await

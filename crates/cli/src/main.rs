@@ -68,6 +68,15 @@ struct TokenArgs {
 }
 
 fn load_settings(common: &CommonArgs, listen: Option<SocketAddr>) -> anyhow::Result<Settings> {
+    load_figment(common, listen)?
+        .extract()
+        .context("invalid configuration")
+}
+
+fn load_figment(
+    common: &CommonArgs,
+    listen: Option<SocketAddr>,
+) -> anyhow::Result<figment::Figment> {
     let mut figment = Settings::figment(common.config.as_deref())?;
     if let Some(data_dir) = &common.data_dir {
         figment = figment.merge(Serialized::default("data_dir", data_dir));
@@ -75,7 +84,7 @@ fn load_settings(common: &CommonArgs, listen: Option<SocketAddr>) -> anyhow::Res
     if let Some(listen) = listen {
         figment = figment.merge(Serialized::default("listen", listen));
     }
-    figment.extract().context("invalid configuration")
+    Ok(figment)
 }
 
 #[tokio::main]
@@ -90,7 +99,8 @@ async fn main() -> anyhow::Result<()> {
 async fn up(args: UpArgs) -> anyhow::Result<()> {
     let telemetry =
         tandem_telemetry::init(&tandem_telemetry::TelemetrySettings::from_env("tandem"))?;
-    let settings = load_settings(&args.common, args.listen)?;
+    let figment = load_figment(&args.common, args.listen)?;
+    let settings: Settings = figment.extract().context("invalid configuration")?;
     let listener = tokio::net::TcpListener::bind(settings.listen)
         .await
         .with_context(|| {
@@ -108,7 +118,13 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
     // Printed on stdout, for people and for scripts that wait for it.
     println!("tandem listening on {addr} ({store})");
     println!("  try: grpcurl -plaintext {addr} list");
-    let served = tandem_cli::up::serve(&settings, listener, tandem_server::shutdown_signal()).await;
+    let served = tandem_cli::up::serve(
+        &settings,
+        &figment,
+        listener,
+        tandem_server::shutdown_signal(),
+    )
+    .await;
     telemetry.shutdown();
     served
 }

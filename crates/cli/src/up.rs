@@ -21,7 +21,7 @@ pub struct Services {
 
 impl Services {
     /// Opens every service's store (creating and migrating it).
-    pub async fn open(settings: &Settings) -> anyhow::Result<Self> {
+    pub async fn open(settings: &Settings, figment: &figment::Figment) -> anyhow::Result<Self> {
         if settings.database_url.is_empty() {
             std::fs::create_dir_all(&settings.data_dir).with_context(|| {
                 format!("cannot create data dir {}", settings.data_dir.display())
@@ -30,9 +30,13 @@ impl Services {
         let careplans = tandem_careplans::CarePlans::open(&settings.database_url_for("careplans")?)
             .await
             .context("opening the careplans store")?;
-        let checkins = tandem_checkins::CheckIns::open(&settings.database_url_for("checkins")?)
-            .await
-            .context("opening the checkins store")?;
+        let checkins_settings = tandem_server::config::section(figment, "checkins")?;
+        let checkins = tandem_checkins::CheckIns::open(
+            &settings.database_url_for("checkins")?,
+            checkins_settings,
+        )
+        .await
+        .context("opening the checkins store")?;
         let triage = tandem_triage::Triage::open(&settings.database_url_for("triage")?)
             .await
             .context("opening the triage store")?;
@@ -61,11 +65,12 @@ impl Services {
 /// drains and closes the stores.
 pub async fn serve(
     settings: &Settings,
+    figment: &figment::Figment,
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let verifier = settings.verifier()?;
-    let services = Services::open(settings).await?;
+    let services = Services::open(settings, figment).await?;
     let server = GrpcServer::new()
         .with_service(services.careplans.grpc_service(verifier.clone()))
         .with_service(services.checkins.grpc_service(verifier.clone()))

@@ -3,6 +3,7 @@
 
 pub mod convert;
 pub mod ids;
+pub mod render;
 
 /// The encoded `FileDescriptorSet` of every Tandem proto, for gRPC reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] =

@@ -271,6 +271,21 @@ impl Settings {
     }
 }
 
+/// A service's own section of the configuration (e.g. `checkins`), or its
+/// defaults when the section is absent. A malformed section is an error, never
+/// silently replaced by defaults.
+pub fn section<T>(figment: &Figment, key: &str) -> Result<T, ConfigError>
+where
+    T: serde::de::DeserializeOwned + Default,
+{
+    if figment.find_value(key).is_err() {
+        return Ok(T::default());
+    }
+    figment
+        .extract_inner(key)
+        .map_err(|error| ConfigError::Invalid(Box::new(error)))
+}
+
 /// Durations as humantime text ("30s", "5m") in files and the environment.
 mod humantime_serde_compat {
     use std::time::Duration;

@@ -248,6 +248,15 @@ pub fn unix_micros(time: std::time::SystemTime) -> i64 {
     }
 }
 
+/// The time `micros` after the Unix epoch: the inverse of [`unix_micros`].
+pub fn from_unix_micros(micros: i64) -> std::time::SystemTime {
+    use std::time::{Duration, UNIX_EPOCH};
+    match u64::try_from(micros) {
+        Ok(after) => UNIX_EPOCH + Duration::from_micros(after),
+        Err(_) => UNIX_EPOCH - Duration::from_micros(micros.unsigned_abs()),
+    }
+}
+
 /// Whether an error is a unique-constraint violation (on either backend).
 pub fn is_unique_violation(error: &sqlx::Error) -> bool {
     error

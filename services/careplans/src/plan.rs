@@ -347,66 +347,6 @@ pub fn parse_safety_plan(plan: &pb::SafetyPlan, violations: &mut Violations) {
     }
 }
 
-/// The safety plan as plain text, for the patient's crisis screen: no
-/// generated words, only what the patient and clinician wrote.
-pub fn safety_plan_text(plan: &pb::SafetyPlan) -> String {
-    fn section(out: &mut String, heading: &str, lines: impl Iterator<Item = String>) {
-        let lines: Vec<String> = lines.collect();
-        if lines.is_empty() {
-            return;
-        }
-        out.push_str(heading);
-        out.push('\n');
-        for line in lines {
-            out.push_str("- ");
-            out.push_str(&line);
-            out.push('\n');
-        }
-    }
-    let contact = |c: &pb::SafetyContact| {
-        if c.phone.is_empty() {
-            c.name.clone()
-        } else {
-            format!("{}: {}", c.name, c.phone)
-        }
-    };
-    let mut out = String::new();
-    section(
-        &mut out,
-        "1. Warning signs",
-        plan.warning_signs.iter().cloned(),
-    );
-    section(
-        &mut out,
-        "2. Things I can do on my own",
-        plan.coping_strategies.iter().cloned(),
-    );
-    section(
-        &mut out,
-        "3. People and places that take my mind off things",
-        plan.distraction_contacts
-            .iter()
-            .map(contact)
-            .chain(plan.distraction_places.iter().cloned()),
-    );
-    section(
-        &mut out,
-        "4. People I can ask for help",
-        plan.help_contacts.iter().map(contact),
-    );
-    section(
-        &mut out,
-        "5. Professionals and crisis lines",
-        plan.professional_contacts.iter().map(contact),
-    );
-    section(
-        &mut out,
-        "6. Making my environment safe",
-        plan.environment_safety.iter().cloned(),
-    );
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -528,22 +468,5 @@ mod tests {
             &mut violations,
         );
         assert!(!violations.is_empty());
-    }
-
-    #[test]
-    fn safety_plan_text_keeps_the_patients_words_in_stanley_brown_order() {
-        let plan = pb::SafetyPlan {
-            warning_signs: vec!["Not sleeping".into()],
-            help_contacts: vec![pb::SafetyContact {
-                name: "Sam".into(),
-                phone: "555-0100".into(),
-            }],
-            ..Default::default()
-        };
-        let text = safety_plan_text(&plan);
-        assert_eq!(
-            text,
-            "1. Warning signs\n- Not sleeping\n4. People I can ask for help\n- Sam: 555-0100\n"
-        );
     }
 }

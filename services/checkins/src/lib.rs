@@ -1,9 +1,14 @@
 //! The checkins service: patient check-ins and the immediate safety response.
 //!
-//! `api.rs` is the gRPC surface. Its RPCs arrive with later issues and
-//! answer UNIMPLEMENTED until then, after authentication.
+//! `api.rs` is the gRPC surface, `due.rs` what is due when, `repo.rs` the
+//! SQL (check-ins and the projections of careplans events), `submit.rs` the
+//! transaction that stores a check-in with its event.
 
 pub mod api;
+pub mod config;
+pub mod due;
+pub mod repo;
+pub mod submit;
 
 use std::sync::Arc;
 
@@ -31,13 +36,20 @@ pub static MIGRATIONS: Migrations = Migrations {
 #[derive(Debug, Clone)]
 pub struct CheckIns {
     store: Store,
+    settings: Arc<config::CheckInsSettings>,
 }
 
 impl CheckIns {
     /// Opens (and migrates) the service's database.
-    pub async fn open(database_url: &str) -> Result<Self, StoreError> {
+    pub async fn open(
+        database_url: &str,
+        settings: config::CheckInsSettings,
+    ) -> Result<Self, StoreError> {
         let store = Store::open(StoreOptions::new(database_url, SCHEMA), &MIGRATIONS).await?;
-        Ok(Self { store })
+        Ok(Self {
+            store,
+            settings: Arc::new(settings),
+        })
     }
 
     /// The service's store.
@@ -49,8 +61,13 @@ impl CheckIns {
     pub fn grpc_service(
         &self,
         verifier: Arc<Verifier>,
-    ) -> InterceptedService<CheckInServiceServer<api::Api>, AuthInterceptor> {
-        CheckInServiceServer::with_interceptor(api::Api, AuthInterceptor::new(verifier))
+    ) -> InterceptedService<CheckInServiceServer<api::CheckInApi>, AuthInterceptor> {
+        let api = api::CheckInApi::new(
+            repo::Repo::new(self.store.clone()),
+            self.settings.clone(),
+            submit::Submitter,
+        );
+        CheckInServiceServer::with_interceptor(api, AuthInterceptor::new(verifier))
     }
 
     /// Stops using the database.

@@ -19,7 +19,11 @@ async fn main() -> anyhow::Result<()> {
     ))?;
     let settings = tandem_server::Settings::load(args.config.as_deref())?;
     let verifier = settings.verifier()?;
-    let service = tandem_checkins::CheckIns::open(&settings.database_url_for("checkins")?).await?;
+    let figment = tandem_server::Settings::figment(args.config.as_deref())?;
+    let checkins_settings = tandem_server::config::section(&figment, "checkins")?;
+    let service =
+        tandem_checkins::CheckIns::open(&settings.database_url_for("checkins")?, checkins_settings)
+            .await?;
     let listener = tokio::net::TcpListener::bind(settings.listen).await?;
     tracing::info!(addr = %listener.local_addr()?, "checkins serving");
     tandem_server::GrpcServer::new()

@@ -1,0 +1,477 @@
+//! The check-ins service's SQL: check-ins, and its projections of careplans
+//! events. Portable across SQLite and PostgreSQL.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use prost::Message;
+use sqlx::{Any, Row, Transaction};
+use tandem_proto::careplans::v1 as plans;
+use tandem_proto::checkins::v1 as pb;
+use tandem_proto::ids::{CheckInId, OrgId, PatientId};
+use tandem_store::paging::Cursor;
+use tandem_store::{Store, StoreError, is_unique_violation, unix_micros};
+
+use crate::due::Done;
+
+/// Errors of the repository.
+#[derive(Debug, thiserror::Error)]
+pub enum RepoError {
+    /// A stored row does not parse: the database was changed outside Tandem.
+    #[error("stored row is corrupt: {0}")]
+    Corrupt(String),
+    /// The database failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl From<sqlx::Error> for RepoError {
+    fn from(error: sqlx::Error) -> Self {
+        RepoError::Store(StoreError::Sql(error))
+    }
+}
+
+/// A stored check-in with what the reply needs.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredCheckIn {
+    /// The organisation.
+    pub org: OrgId,
+    /// The check-in.
+    pub check_in: pb::CheckIn,
+    /// Crisis triggers that fired.
+    pub crisis_triggers: Vec<String>,
+}
+
+/// A check-in about to be stored.
+#[derive(Debug, Clone)]
+pub struct NewCheckIn {
+    /// The organisation.
+    pub org: OrgId,
+    /// The check-in (its id and time set).
+    pub check_in: pb::CheckIn,
+    /// The journal text.
+    pub journal: String,
+    /// The idempotency key.
+    pub idempotency_key: String,
+    /// Crisis triggers that fired.
+    pub crisis_triggers: Vec<String>,
+}
+
+/// The time `micros` after the Unix epoch.
+pub fn from_unix_micros(micros: i64) -> SystemTime {
+    match u64::try_from(micros) {
+        Ok(after) => UNIX_EPOCH + Duration::from_micros(after),
+        Err(_) => UNIX_EPOCH - Duration::from_micros(micros.unsigned_abs()),
+    }
+}
+
+fn corrupt(what: &str) -> RepoError {
+    RepoError::Corrupt(what.to_owned())
+}
+
+/// SQL for the check-ins service.
+#[derive(Debug, Clone)]
+pub struct Repo {
+    store: Store,
+}
+
+impl Repo {
+    /// A repository over the store.
+    pub fn new(store: Store) -> Self {
+        Self { store }
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// Stores a check-in inside `tx`. Returns the earlier check-in instead
+    /// when the idempotency key was used before (and stores nothing).
+    pub async fn insert_check_in(
+        &self,
+        tx: &mut Transaction<'static, Any>,
+        new: &NewCheckIn,
+    ) -> Result<Option<StoredCheckIn>, RepoError> {
+        let check_in = &new.check_in;
+        let id = check_in
+            .id
+            .as_ref()
+            .map(|id| id.value.clone())
+            .unwrap_or_default();
+        let patient = check_in
+            .patient_id
+            .as_ref()
+            .map(|id| id.value.clone())
+            .unwrap_or_default();
+        let submitted_at = check_in
+            .submitted_at
+            .and_then(|t| SystemTime::try_from(t).ok())
+            .unwrap_or(UNIX_EPOCH);
+        let inserted = sqlx::query(
+            "INSERT INTO checkins (id, org_id, patient_id, submitted_at, idempotency_key, body, journal, crisis_triggers) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        )
+        .bind(id.clone())
+        .bind(new.org.to_string())
+        .bind(patient.clone())
+        .bind(unix_micros(submitted_at))
+        .bind(new.idempotency_key.clone())
+        .bind(check_in.encode_to_vec())
+        .bind(new.journal.clone())
+        .bind(new.crisis_triggers.join(","))
+        .execute(&mut **tx)
+        .await;
+        match inserted {
+            Ok(_) => {}
+            Err(error) if is_unique_violation(&error) => {
+                let existing = self
+                    .by_idempotency_key(&patient, &new.idempotency_key)
+                    .await?;
+                return existing.map(Some).ok_or_else(|| error.into());
+            }
+            Err(error) => return Err(error.into()),
+        }
+        for score in &check_in.scores {
+            sqlx::query(
+                "INSERT INTO checkin_measures (check_in_id, patient_id, instrument, total, submitted_at) VALUES ($1, $2, $3, $4, $5)",
+            )
+            .bind(id.clone())
+            .bind(patient.clone())
+            .bind(score.instrument.clone())
+            .bind(score.total.map(i64::from))
+            .bind(unix_micros(submitted_at))
+            .execute(&mut **tx)
+            .await?;
+        }
+        for done in &check_in.homework {
+            let completed_at = done
+                .completed_at
+                .and_then(|t| SystemTime::try_from(t).ok())
+                .unwrap_or(submitted_at);
+            sqlx::query(
+                "INSERT INTO homework_completions (check_in_id, patient_id, care_plan_id, task_id, completed_at) VALUES ($1, $2, $3, $4, $5)",
+            )
+            .bind(id.clone())
+            .bind(patient.clone())
+            .bind(done.care_plan_id.as_ref().map(|id| id.value.clone()).unwrap_or_default())
+            .bind(done.task_id.clone())
+            .bind(unix_micros(completed_at))
+            .execute(&mut **tx)
+            .await?;
+        }
+        Ok(None)
+    }
+
+    /// The check-in an idempotency key created.
+    pub async fn by_idempotency_key(
+        &self,
+        patient: &str,
+        key: &str,
+    ) -> Result<Option<StoredCheckIn>, RepoError> {
+        let row = sqlx::query("SELECT org_id, body, crisis_triggers FROM checkins WHERE patient_id = $1 AND idempotency_key = $2")
+            .bind(patient.to_owned())
+            .bind(key.to_owned())
+            .fetch_optional(self.store.pool())
+            .await?;
+        row.map(|row| stored_from_row(&row)).transpose()
+    }
+
+    /// One check-in.
+    pub async fn check_in(&self, id: &CheckInId) -> Result<Option<StoredCheckIn>, RepoError> {
+        let row = sqlx::query("SELECT org_id, body, crisis_triggers FROM checkins WHERE id = $1")
+            .bind(id.to_string())
+            .fetch_optional(self.store.pool())
+            .await?;
+        row.map(|row| stored_from_row(&row)).transpose()
+    }
+
+    /// A page of a patient's check-ins in `[start, end)`, newest first.
+    pub async fn list(
+        &self,
+        patient: &PatientId,
+        start: i64,
+        end: i64,
+        cursor: Option<&Cursor>,
+        limit: u32,
+    ) -> Result<(Vec<pb::CheckIn>, Option<Cursor>), RepoError> {
+        let (at, id) = cursor
+            .map(|c| (c.at, c.id.clone()))
+            .unwrap_or((i64::MAX, "~".to_owned()));
+        let rows = sqlx::query(
+            "SELECT id, submitted_at, body FROM checkins \
+             WHERE patient_id = $1 AND submitted_at >= $2 AND submitted_at < $3 \
+             AND (submitted_at < $4 OR (submitted_at = $5 AND id < $6)) \
+             ORDER BY submitted_at DESC, id DESC LIMIT $7",
+        )
+        .bind(patient.to_string())
+        .bind(start)
+        .bind(end)
+        .bind(at)
+        .bind(at)
+        .bind(id)
+        .bind(i64::from(limit) + 1)
+        .fetch_all(self.store.pool())
+        .await?;
+        let mut out = Vec::new();
+        let mut last = None;
+        for row in rows.iter().take(limit as usize) {
+            last = Some(Cursor {
+                at: row.try_get("submitted_at")?,
+                id: row.try_get("id")?,
+            });
+            let body: Vec<u8> = row.try_get("body")?;
+            out.push(pb::CheckIn::decode(body.as_slice()).map_err(|_| corrupt("checkins.body"))?);
+        }
+        Ok((
+            out,
+            if rows.len() > limit as usize {
+                last
+            } else {
+                None
+            },
+        ))
+    }
+
+    /// What the patient did: last submission per instrument, last completion per task.
+    pub async fn done(&self, patient: &PatientId) -> Result<Done, RepoError> {
+        let mut done = Done::default();
+        let rows = sqlx::query(
+            "SELECT instrument, MAX(submitted_at) AS at FROM checkin_measures WHERE patient_id = $1 GROUP BY instrument",
+        )
+        .bind(patient.to_string())
+        .fetch_all(self.store.pool())
+        .await?;
+        for row in rows {
+            done.measures.insert(
+                row.try_get("instrument")?,
+                from_unix_micros(row.try_get("at")?),
+            );
+        }
+        let rows = sqlx::query(
+            "SELECT care_plan_id, task_id, MAX(completed_at) AS at FROM homework_completions WHERE patient_id = $1 GROUP BY care_plan_id, task_id",
+        )
+        .bind(patient.to_string())
+        .fetch_all(self.store.pool())
+        .await?;
+        for row in rows {
+            done.tasks.insert(
+                (row.try_get("care_plan_id")?, row.try_get("task_id")?),
+                from_unix_micros(row.try_get("at")?),
+            );
+        }
+        Ok(done)
+    }
+
+    /// The org of a patient, as careplans announced it.
+    pub async fn patient_org(&self, patient: &PatientId) -> Result<Option<OrgId>, RepoError> {
+        let row = sqlx::query("SELECT org_id FROM patients WHERE id = $1")
+            .bind(patient.to_string())
+            .fetch_optional(self.store.pool())
+            .await?;
+        let Some(row) = row else { return Ok(None) };
+        let org: String = row.try_get("org_id")?;
+        org.parse()
+            .map(Some)
+            .map_err(|_| corrupt("patients.org_id"))
+    }
+
+    /// Whether the clinician is on the patient's care team.
+    pub async fn on_care_team(
+        &self,
+        patient: &PatientId,
+        clinician: &str,
+    ) -> Result<bool, RepoError> {
+        let row = sqlx::query(
+            "SELECT 1 AS one FROM care_team_members WHERE patient_id = $1 AND clinician_id = $2",
+        )
+        .bind(patient.to_string())
+        .bind(clinician.to_owned())
+        .fetch_optional(self.store.pool())
+        .await?;
+        Ok(row.is_some())
+    }
+
+    /// The patient's safety plan, as careplans announced it.
+    pub async fn safety_plan(
+        &self,
+        patient: &PatientId,
+    ) -> Result<Option<plans::SafetyPlan>, RepoError> {
+        let row = sqlx::query("SELECT body FROM safety_plans WHERE patient_id = $1")
+            .bind(patient.to_string())
+            .fetch_optional(self.store.pool())
+            .await?;
+        let Some(row) = row else { return Ok(None) };
+        let body: Vec<u8> = row.try_get("body")?;
+        plans::SafetyPlan::decode(body.as_slice())
+            .map(Some)
+            .map_err(|_| corrupt("safety_plans.body"))
+    }
+
+    /// The patient's active care plans.
+    pub async fn active_plans(
+        &self,
+        patient: &PatientId,
+    ) -> Result<Vec<plans::CarePlan>, RepoError> {
+        let rows = sqlx::query("SELECT body FROM care_plans WHERE patient_id = $1 AND status = $2")
+            .bind(patient.to_string())
+            .bind(plans::CarePlanStatus::Active.as_str_name().to_owned())
+            .fetch_all(self.store.pool())
+            .await?;
+        rows.iter()
+            .map(|row| {
+                let body: Vec<u8> = row.try_get("body")?;
+                plans::CarePlan::decode(body.as_slice()).map_err(|_| corrupt("care_plans.body"))
+            })
+            .collect()
+    }
+}
+
+fn stored_from_row(row: &sqlx::any::AnyRow) -> Result<StoredCheckIn, RepoError> {
+    let org: String = row.try_get("org_id")?;
+    let body: Vec<u8> = row.try_get("body")?;
+    let triggers: String = row.try_get("crisis_triggers")?;
+    Ok(StoredCheckIn {
+        org: org.parse().map_err(|_| corrupt("checkins.org_id"))?,
+        check_in: pb::CheckIn::decode(body.as_slice()).map_err(|_| corrupt("checkins.body"))?,
+        crisis_triggers: triggers
+            .split(',')
+            .filter(|t| !t.is_empty())
+            .map(str::to_owned)
+            .collect(),
+    })
+}
+
+/// Projection writes, applied inside the event handler's transaction.
+pub mod projection {
+    use super::*;
+
+    /// Records a patient's org and time zone.
+    pub async fn patient(
+        tx: &mut Transaction<'_, Any>,
+        patient: &PatientId,
+        org: &OrgId,
+        time_zone: &str,
+    ) -> Result<(), RepoError> {
+        sqlx::query("DELETE FROM patients WHERE id = $1")
+            .bind(patient.to_string())
+            .execute(&mut **tx)
+            .await?;
+        sqlx::query("INSERT INTO patients (id, org_id, time_zone) VALUES ($1, $2, $3)")
+            .bind(patient.to_string())
+            .bind(org.to_string())
+            .bind(time_zone.to_owned())
+            .execute(&mut **tx)
+            .await?;
+        Ok(())
+    }
+
+    /// Replaces the care team if this version is newer than the stored one.
+    pub async fn care_team(
+        tx: &mut Transaction<'_, Any>,
+        team: &plans::CareTeam,
+    ) -> Result<(), RepoError> {
+        let patient = team
+            .patient_id
+            .as_ref()
+            .map(|id| id.value.clone())
+            .unwrap_or_default();
+        let row = sqlx::query("SELECT version FROM care_team_versions WHERE patient_id = $1")
+            .bind(patient.clone())
+            .fetch_optional(&mut **tx)
+            .await?;
+        let stored = match row {
+            Some(row) => row.try_get::<i64, _>("version")?,
+            None => 0,
+        };
+        if i64::from(team.version) <= stored {
+            return Ok(());
+        }
+        sqlx::query("DELETE FROM care_team_versions WHERE patient_id = $1")
+            .bind(patient.clone())
+            .execute(&mut **tx)
+            .await?;
+        sqlx::query("INSERT INTO care_team_versions (patient_id, version) VALUES ($1, $2)")
+            .bind(patient.clone())
+            .bind(i64::from(team.version))
+            .execute(&mut **tx)
+            .await?;
+        sqlx::query("DELETE FROM care_team_members WHERE patient_id = $1")
+            .bind(patient.clone())
+            .execute(&mut **tx)
+            .await?;
+        for member in &team.members {
+            sqlx::query("INSERT INTO care_team_members (patient_id, clinician_id) VALUES ($1, $2)")
+                .bind(patient.clone())
+                .bind(member.clinician_id.clone())
+                .execute(&mut **tx)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Stores a care plan version if it is newer than the stored one.
+    pub async fn care_plan(
+        tx: &mut Transaction<'_, Any>,
+        plan: &plans::CarePlan,
+    ) -> Result<(), RepoError> {
+        let id = plan
+            .id
+            .as_ref()
+            .map(|id| id.value.clone())
+            .unwrap_or_default();
+        let row = sqlx::query("SELECT version FROM care_plans WHERE id = $1")
+            .bind(id.clone())
+            .fetch_optional(&mut **tx)
+            .await?;
+        if let Some(row) = row
+            && row.try_get::<i64, _>("version")? >= i64::from(plan.version)
+        {
+            return Ok(());
+        }
+        sqlx::query("DELETE FROM care_plans WHERE id = $1")
+            .bind(id.clone())
+            .execute(&mut **tx)
+            .await?;
+        sqlx::query("INSERT INTO care_plans (id, patient_id, version, status, body) VALUES ($1, $2, $3, $4, $5)")
+            .bind(id)
+            .bind(plan.patient_id.as_ref().map(|id| id.value.clone()).unwrap_or_default())
+            .bind(i64::from(plan.version))
+            .bind(plan.status().as_str_name().to_owned())
+            .bind(plan.encode_to_vec())
+            .execute(&mut **tx)
+            .await?;
+        Ok(())
+    }
+
+    /// Stores a safety plan version if it is newer than the stored one.
+    pub async fn safety_plan(
+        tx: &mut Transaction<'_, Any>,
+        plan: &plans::SafetyPlan,
+    ) -> Result<(), RepoError> {
+        let patient = plan
+            .patient_id
+            .as_ref()
+            .map(|id| id.value.clone())
+            .unwrap_or_default();
+        let row = sqlx::query("SELECT version FROM safety_plans WHERE patient_id = $1")
+            .bind(patient.clone())
+            .fetch_optional(&mut **tx)
+            .await?;
+        if let Some(row) = row
+            && row.try_get::<i64, _>("version")? >= i64::from(plan.version)
+        {
+            return Ok(());
+        }
+        sqlx::query("DELETE FROM safety_plans WHERE patient_id = $1")
+            .bind(patient.clone())
+            .execute(&mut **tx)
+            .await?;
+        sqlx::query("INSERT INTO safety_plans (patient_id, version, body) VALUES ($1, $2, $3)")
+            .bind(patient)
+            .bind(i64::from(plan.version))
+            .bind(plan.encode_to_vec())
+            .execute(&mut **tx)
+            .await?;
+        Ok(())
+    }
+}
