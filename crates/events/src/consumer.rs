@@ -1,0 +1,519 @@
+//! The consumer runner: inbox de-duplication, retries with back-off, dead
+//! letters, and trace context from producer to handler.
+//!
+//! For each record: begin a write transaction in the consuming service's
+//! store, insert the event id into `inbox` (already there: a redelivery,
+//! skip it), run the handler in the same transaction, commit, and only then
+//! store the record's offset. A handler that keeps failing is retried with
+//! back-off up to `max_attempts`; then the record goes to `<topic>.dlq` with
+//! the error in a header, the inbox remembers it as dead-lettered, and the
+//! consumer moves on.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime};
+
+use async_trait::async_trait;
+use backon::{BackoffBuilder, ExponentialBuilder};
+use futures::FutureExt;
+use sqlx::Any;
+use tandem_proto::events::v1::EventEnvelope;
+use tandem_store::Store;
+use tracing::Instrument;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
+
+use crate::bus::{Delivered, EventBus, Record, Subscription, TopicSpec};
+use crate::dead_letter::{self, DeadLetter, DeadLetterAlarm, LogAlarm};
+use crate::envelope::{self, headers, topics};
+use crate::error::{Error, Result};
+
+/// Why a handler failed. Its text goes to logs and the dead-letter header:
+/// write ids and reasons, never patient text.
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct HandlerError {
+    message: String,
+    permanent: bool,
+}
+
+impl HandlerError {
+    /// A failure that may pass on retry (a lock, a timeout, a peer away).
+    pub fn transient(message: impl std::fmt::Display) -> Self {
+        Self { message: message.to_string(), permanent: false }
+    }
+
+    /// A failure no retry can fix (an event this handler cannot accept):
+    /// it goes to the dead-letter topic at once.
+    pub fn permanent(message: impl std::fmt::Display) -> Self {
+        Self { message: message.to_string(), permanent: true }
+    }
+
+    /// Whether retrying is pointless.
+    pub fn is_permanent(&self) -> bool {
+        self.permanent
+    }
+}
+
+impl From<sqlx::Error> for HandlerError {
+    fn from(error: sqlx::Error) -> Self {
+        Self::transient(format!("database error: {error}"))
+    }
+}
+
+impl From<tandem_store::StoreError> for HandlerError {
+    fn from(error: tandem_store::StoreError) -> Self {
+        Self::transient(error)
+    }
+}
+
+impl From<Error> for HandlerError {
+    fn from(error: Error) -> Self {
+        Self::transient(error)
+    }
+}
+
+/// Handles events inside the consumer's transaction. Write the effects
+/// through `tx`: they commit together with the inbox row, or not at all.
+#[async_trait]
+pub trait Handler: Send + Sync {
+    /// Applies one event.
+    async fn handle(&self, tx: &mut sqlx::Transaction<'_, Any>, event: &EventEnvelope) -> Result<(), HandlerError>;
+
+    /// Runs after `handle`'s transaction committed, e.g. to wake an outbox
+    /// relay for events the handler enqueued. Not run for duplicates.
+    fn after_commit(&self, _event: &EventEnvelope) {}
+}
+
+/// How a consumer batches, retries and dead-letters.
+#[derive(Debug, Clone)]
+pub struct ConsumerOptions {
+    /// Records fetched per poll.
+    pub batch_size: usize,
+    /// Handler attempts before a record is dead-lettered.
+    pub max_attempts: u32,
+    /// Back-off after the first failed attempt; it doubles up to `max_backoff`.
+    pub min_backoff: Duration,
+    /// Longest back-off between attempts.
+    pub max_backoff: Duration,
+    /// Partitions of dead-letter topics the consumer creates.
+    pub dead_letter_partitions: i32,
+}
+
+impl Default for ConsumerOptions {
+    fn default() -> Self {
+        Self {
+            batch_size: 100,
+            max_attempts: 5,
+            min_backoff: Duration::from_millis(200),
+            max_backoff: Duration::from_secs(10),
+            dead_letter_partitions: 1,
+        }
+    }
+}
+
+/// Counters of a consumer, readable while it runs.
+#[derive(Debug, Default)]
+pub struct ConsumerStats {
+    handled: AtomicU64,
+    duplicates: AtomicU64,
+    failed_attempts: AtomicU64,
+    dead_lettered: AtomicU64,
+    crisis_dead_lettered: AtomicU64,
+}
+
+impl ConsumerStats {
+    /// Events whose handler committed.
+    pub fn handled(&self) -> u64 {
+        self.handled.load(Ordering::Relaxed)
+    }
+
+    /// Redeliveries the inbox absorbed.
+    pub fn duplicates(&self) -> u64 {
+        self.duplicates.load(Ordering::Relaxed)
+    }
+
+    /// Handler attempts that failed.
+    pub fn failed_attempts(&self) -> u64 {
+        self.failed_attempts.load(Ordering::Relaxed)
+    }
+
+    /// Records sent to a dead-letter topic.
+    pub fn dead_lettered(&self) -> u64 {
+        self.dead_lettered.load(Ordering::Relaxed)
+    }
+
+    /// Crisis records sent to a dead-letter topic.
+    pub fn crisis_dead_lettered(&self) -> u64 {
+        self.crisis_dead_lettered.load(Ordering::Relaxed)
+    }
+}
+
+/// A member of a consumer group that applies events to a service's store.
+#[derive(Clone)]
+pub struct Consumer {
+    bus: Arc<dyn EventBus>,
+    group: String,
+    topics: Vec<String>,
+    store: Store,
+    handler: Arc<dyn Handler>,
+    alarm: Arc<dyn DeadLetterAlarm>,
+    options: ConsumerOptions,
+    stats: Arc<ConsumerStats>,
+}
+
+impl std::fmt::Debug for Consumer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Consumer").field("group", &self.group).field("topics", &self.topics).finish_non_exhaustive()
+    }
+}
+
+/// What became of one record.
+enum Outcome {
+    Handled,
+    Duplicate,
+    DeadLettered,
+    /// Shutdown came first; the record is not done and will be redelivered.
+    Interrupted,
+}
+
+impl Consumer {
+    /// A consumer in `group` of `topics`, applying events with `handler`
+    /// to `store` (whose `inbox` table [`crate::install`] created).
+    pub fn new(
+        bus: Arc<dyn EventBus>,
+        group: impl Into<String>,
+        topics: &[&str],
+        store: Store,
+        handler: Arc<dyn Handler>,
+    ) -> Self {
+        Self {
+            bus,
+            group: group.into(),
+            topics: topics.iter().map(|topic| (*topic).to_owned()).collect(),
+            store,
+            handler,
+            alarm: Arc::new(LogAlarm),
+            options: ConsumerOptions::default(),
+            stats: Arc::default(),
+        }
+    }
+
+    /// Replaces the options.
+    pub fn with_options(mut self, options: ConsumerOptions) -> Self {
+        self.options = options;
+        self
+    }
+
+    /// Replaces the crisis dead-letter alarm.
+    pub fn with_alarm(mut self, alarm: Arc<dyn DeadLetterAlarm>) -> Self {
+        self.alarm = alarm;
+        self
+    }
+
+    /// The consumer's counters.
+    pub fn stats(&self) -> Arc<ConsumerStats> {
+        self.stats.clone()
+    }
+
+    /// Joins the group and handles records until `shutdown` resolves; then
+    /// commits what was handled and leaves the group.
+    pub async fn run(self, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<()> {
+        let mut stop = Stop::new(shutdown);
+        let dead_letter_topics: Vec<TopicSpec> = self
+            .topics
+            .iter()
+            .map(|topic| TopicSpec::new(topics::dead_letter(topic), self.options.dead_letter_partitions))
+            .collect();
+        self.bus.ensure_topics(&dead_letter_topics).await?;
+        let mut subscription = self.bus.subscribe(&self.group, &self.topics).await?;
+        let mut poll_backoff = self.backoff();
+        'poll: loop {
+            let batch = tokio::select! {
+                () = stop.wait() => break 'poll,
+                batch = subscription.next_batch(self.options.batch_size.max(1)) => batch,
+            };
+            let batch = match batch {
+                Ok(batch) => {
+                    poll_backoff = self.backoff();
+                    batch
+                }
+                Err(error) => {
+                    let delay = poll_backoff.next().unwrap_or(self.options.max_backoff);
+                    tracing::warn!(%error, group = %self.group, "polling the event bus failed; retrying");
+                    tokio::select! {
+                        () = stop.wait() => break 'poll,
+                        () = tokio::time::sleep(delay) => continue 'poll,
+                    }
+                }
+            };
+            tracing::trace!(records = batch.len(), group = %self.group, "batch received");
+            for record in &batch {
+                if stop.fired() {
+                    break 'poll;
+                }
+                match self.process(record, &mut stop).await {
+                    Outcome::Interrupted => break 'poll,
+                    Outcome::Handled | Outcome::Duplicate | Outcome::DeadLettered => {}
+                }
+                self.store_offset(subscription.as_mut(), record);
+            }
+        }
+        subscription.close().await
+    }
+
+    fn store_offset(&self, subscription: &mut dyn Subscription, record: &Delivered) {
+        match subscription.store_offset(record) {
+            Ok(()) => {}
+            // Rebalanced away mid-batch: the new owner redelivers, the inbox absorbs.
+            Err(error @ Error::NotAssigned { .. }) => tracing::debug!(%error),
+            Err(error) => tracing::warn!(%error, "storing a consumer offset failed; the record may be redelivered"),
+        }
+    }
+
+    fn backoff(&self) -> backon::ExponentialBackoff {
+        ExponentialBuilder::default()
+            .with_min_delay(self.options.min_backoff)
+            .with_max_delay(self.options.max_backoff)
+            .with_jitter()
+            .without_max_times()
+            .build()
+    }
+
+    async fn process(&self, record: &Delivered, stop: &mut Stop) -> Outcome {
+        let event_id = record.header(headers::EVENT_ID).unwrap_or_default();
+        let event_type = record.header(headers::EVENT_TYPE).unwrap_or_default();
+        let span = tracing::info_span!(
+            "event.handle",
+            otel.name = %format!("{} process", record.topic),
+            otel.kind = "consumer",
+            messaging.system = %self.bus.kind(),
+            messaging.operation.type = "process",
+            messaging.destination.name = %record.topic,
+            messaging.destination.partition.id = record.partition,
+            messaging.kafka.offset = record.offset,
+            messaging.consumer.group.name = %self.group,
+            messaging.message.id = %event_id,
+            event_type = %event_type,
+        );
+        if let Some(traceparent) = record.header(headers::TRACEPARENT) {
+            // The handler's span continues the producer's trace.
+            let _ = span.set_parent(tandem_telemetry::parent_context_from_traceparent(traceparent));
+        }
+        self.process_in_span(record, stop).instrument(span).await
+    }
+
+    async fn process_in_span(&self, record: &Delivered, stop: &mut Stop) -> Outcome {
+        let event = match envelope::decode(&record.value).and_then(|event| {
+            envelope::event_id(&event)?;
+            Ok(event)
+        }) {
+            Ok(event) => event,
+            Err(error) => {
+                // No retry can make these bytes readable.
+                return self.dead_letter(record, None, &error.to_string(), 0, stop).await;
+            }
+        };
+        let mut backoff = self.backoff();
+        let mut attempt: u32 = 0;
+        loop {
+            attempt += 1;
+            // Shutdown abandons a handler mid-transaction: it rolls back,
+            // the offset is not stored, and the record comes again.
+            let attempt_result = tokio::select! {
+                () = stop.wait() => return Outcome::Interrupted,
+                result = self.try_handle(record, &event) => result,
+            };
+            let error = match attempt_result {
+                Ok(true) => {
+                    self.stats.handled.fetch_add(1, Ordering::Relaxed);
+                    return Outcome::Handled;
+                }
+                Ok(false) => {
+                    tracing::debug!(event_id = %event.event_id, "redelivered event skipped by the inbox");
+                    self.stats.duplicates.fetch_add(1, Ordering::Relaxed);
+                    return Outcome::Duplicate;
+                }
+                Err(error) => error,
+            };
+            self.stats.failed_attempts.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(
+                event_id = %event.event_id,
+                event_type = %event.event_type,
+                attempt,
+                max_attempts = self.options.max_attempts,
+                error = %error,
+                "event handler failed"
+            );
+            if error.is_permanent() || attempt >= self.options.max_attempts {
+                return self.dead_letter(record, Some(&event), &error.to_string(), attempt, stop).await;
+            }
+            let delay = backoff.next().unwrap_or(self.options.max_backoff);
+            tokio::select! {
+                () = stop.wait() => return Outcome::Interrupted,
+                () = tokio::time::sleep(delay) => {}
+            }
+        }
+    }
+
+    /// One attempt: inbox row and handler in one transaction. `Ok(false)`
+    /// means the inbox already had the event.
+    async fn try_handle(&self, record: &Delivered, event: &EventEnvelope) -> std::result::Result<bool, HandlerError> {
+        let mut tx = self.store.begin_write().await?;
+        if !self.record_in_inbox(&mut tx, &event.event_id, &record.topic, "handled").await? {
+            tx.rollback().await?;
+            return Ok(false);
+        }
+        // On error the transaction drops and rolls back, inbox row included.
+        self.handler.handle(&mut tx, event).await?;
+        tx.commit().await?;
+        self.handler.after_commit(event);
+        Ok(true)
+    }
+
+    async fn record_in_inbox(
+        &self,
+        tx: &mut sqlx::Transaction<'_, Any>,
+        event_id: &str,
+        topic: &str,
+        outcome: &str,
+    ) -> std::result::Result<bool, sqlx::Error> {
+        let inserted = sqlx::query(
+            "INSERT INTO inbox (consumer_group, event_id, topic, outcome, handled_at) VALUES ($1, $2, $3, $4, $5) ON CONFLICT (consumer_group, event_id) DO NOTHING",
+        )
+        .bind(&self.group)
+        .bind(event_id)
+        .bind(topic)
+        .bind(outcome)
+        .bind(tandem_store::unix_micros(SystemTime::now()))
+        .execute(&mut **tx)
+        .await?
+        .rows_affected();
+        Ok(inserted == 1)
+    }
+
+    async fn dead_letter(
+        &self,
+        record: &Delivered,
+        event: Option<&EventEnvelope>,
+        error: &str,
+        attempts: u32,
+        stop: &mut Stop,
+    ) -> Outcome {
+        let event_id =
+            event.map(|event| event.event_id.clone()).or_else(|| record.header(headers::EVENT_ID).map(str::to_owned));
+        let event_type = event
+            .map(|event| event.event_type.clone())
+            .or_else(|| record.header(headers::EVENT_TYPE).map(str::to_owned));
+        let crisis = match event {
+            Some(event) => envelope::is_crisis(event),
+            None => event_type.as_deref().is_some_and(envelope::could_be_crisis),
+        };
+        // Headers are not the place for an essay; the full text is in the log.
+        let error_text: String = error.chars().take(1000).collect();
+        let mut dlq_headers = record.headers.clone();
+        dlq_headers.extend([
+            (headers::DLQ_ERROR.to_owned(), error_text.clone()),
+            (headers::DLQ_TOPIC.to_owned(), record.topic.clone()),
+            (headers::DLQ_PARTITION.to_owned(), record.partition.to_string()),
+            (headers::DLQ_OFFSET.to_owned(), record.offset.to_string()),
+            (headers::DLQ_GROUP.to_owned(), self.group.clone()),
+            (headers::DLQ_ATTEMPTS.to_owned(), attempts.to_string()),
+        ]);
+        let dead = Record {
+            topic: topics::dead_letter(&record.topic),
+            key: record.key.clone().unwrap_or_default(),
+            value: record.value.clone(),
+            headers: dlq_headers,
+        };
+        // Moving on before the dead letter is durable would lose the event.
+        let mut backoff = self.backoff();
+        loop {
+            let results = self.bus.publish(std::slice::from_ref(&dead)).await;
+            match results.into_iter().next() {
+                Some(Ok(())) => break,
+                Some(Err(error)) => {
+                    tracing::error!(%error, topic = %dead.topic, "publishing a dead letter failed; retrying");
+                }
+                None => {
+                    tracing::error!(topic = %dead.topic, "the bus returned no delivery report for a dead letter; retrying")
+                }
+            }
+            let delay = backoff.next().unwrap_or(self.options.max_backoff);
+            tokio::select! {
+                () = stop.wait() => return Outcome::Interrupted,
+                () = tokio::time::sleep(delay) => {}
+            }
+        }
+        if let Some(event_id) = &event_id {
+            // So a redelivery of this record is skipped instead of being
+            // retried and dead-lettered again.
+            if let Err(error) = self.remember_dead_letter(event_id, &record.topic).await {
+                tracing::warn!(%error, %event_id, "recording a dead letter in the inbox failed; a redelivery would be dead-lettered again");
+            }
+        }
+        let letter = DeadLetter {
+            event_id,
+            event_type,
+            topic: record.topic.clone(),
+            partition: record.partition,
+            offset: record.offset,
+            group: self.group.clone(),
+            error: error_text,
+            attempts,
+            crisis,
+        };
+        dead_letter::count(&letter);
+        self.stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(
+            event_id = letter.event_id.as_deref().unwrap_or("unknown"),
+            event_type = letter.event_type.as_deref().unwrap_or("unknown"),
+            topic = %letter.topic,
+            dead_letter_topic = %dead.topic,
+            attempts,
+            crisis,
+            error = %letter.error,
+            "event dead-lettered; moving on"
+        );
+        if crisis {
+            self.stats.crisis_dead_lettered.fetch_add(1, Ordering::Relaxed);
+            self.alarm.crisis_dead_lettered(&letter).await;
+        }
+        Outcome::DeadLettered
+    }
+
+    async fn remember_dead_letter(&self, event_id: &str, topic: &str) -> Result<()> {
+        let mut tx = self.store.begin_write().await?;
+        self.record_in_inbox(&mut tx, event_id, topic, "dead_lettered").await?;
+        tx.commit().await?;
+        Ok(())
+    }
+}
+
+/// A shutdown signal that can be awaited repeatedly.
+pub(crate) struct Stop {
+    future: std::pin::Pin<Box<dyn Future<Output = ()> + Send>>,
+    fired: bool,
+}
+
+impl Stop {
+    /// Wraps a shutdown future.
+    pub(crate) fn new(future: impl Future<Output = ()> + Send + 'static) -> Self {
+        Self { future: Box::pin(future), fired: false }
+    }
+
+    /// Resolves once shutdown was asked for (at once if it already was).
+    pub(crate) async fn wait(&mut self) {
+        if !self.fired {
+            self.future.as_mut().await;
+            self.fired = true;
+        }
+    }
+
+    /// Whether shutdown was asked for, without waiting.
+    pub(crate) fn fired(&mut self) -> bool {
+        if !self.fired && self.future.as_mut().now_or_never().is_some() {
+            self.fired = true;
+        }
+        self.fired
+    }
+}
