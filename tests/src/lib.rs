@@ -1,6 +1,7 @@
 //! A running Tandem for end-to-end tests: `tandem up` in-process on port 0,
-//! on SQLite or on a PostgreSQL database of its own, with tokens minted by
-//! the same key it verifies with.
+//! either embedded (SQLite files and the embedded event log) or distributed
+//! (a PostgreSQL database of its own and Kafka, served by a tansu broker),
+//! with tokens minted by the same key it verifies with.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -19,63 +20,115 @@ pub use tandem_store::Backend as StoreBackend;
 /// A Tandem serving on a free port until [`Tandem::stop`].
 #[derive(Debug)]
 pub struct Tandem {
-    /// Where it listens.
+    /// Where it listens (a new port after [`Tandem::restart`]).
     pub addr: SocketAddr,
     /// The settings it runs with.
     pub settings: Settings,
+    config: Vec<(String, String)>,
     secret: Vec<u8>,
     database: Option<TestDatabase>,
+    // Kept alive (and killed on drop) for the distributed mode.
+    _broker: Option<tandem_events::testing::Tansu>,
     _data_dir: tempfile::TempDir,
     shutdown: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<anyhow::Result<()>>>,
 }
 
 impl Tandem {
-    /// Starts `tandem up` on the backend: SQLite files in a temporary data
-    /// dir, or a fresh PostgreSQL database.
+    /// Starts `tandem up`: on SQLite, embedded (SQLite files and the
+    /// embedded log in a temporary data dir); on PostgreSQL, distributed (a
+    /// fresh database and Kafka served by a tansu broker).
     pub async fn start(backend: Backend) -> Self {
+        Self::start_with(backend, &[]).await
+    }
+
+    /// As [`Tandem::start`], with extra configuration keys, e.g.
+    /// `("triage.high_ack", "2s")`.
+    pub async fn start_with(backend: Backend, config: &[(&str, &str)]) -> Self {
         let data_dir = tempfile::tempdir().expect("temporary data dir");
-        let database = match backend {
-            Backend::Sqlite => None,
-            Backend::Postgres => Some(TestDatabase::create(Backend::Postgres).await),
+        let (database, broker) = match backend {
+            Backend::Sqlite => (None, None),
+            Backend::Postgres => {
+                (Some(TestDatabase::create(Backend::Postgres).await), Some(tandem_events::testing::Tansu::start()))
+            }
+        };
+        let events = match &broker {
+            Some(broker) => format!("kafka://{}?partitions=4", broker.brokers()),
+            None => "embedded".to_owned(),
         };
         let settings = Settings {
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             data_dir: data_dir.path().to_path_buf(),
-            database_url: database
-                .as_ref()
-                .map(|db| db.url.clone())
-                .unwrap_or_default(),
+            database_url: database.as_ref().map(|db| db.url.clone()).unwrap_or_default(),
+            events,
             ..Settings::default()
         };
-        let listener = tokio::net::TcpListener::bind(settings.listen)
-            .await
-            .expect("bind port 0");
-        let addr = listener.local_addr().expect("local addr");
+        let secret = DevSigningKey::load_or_create(data_dir.path()).expect("dev key").bytes().to_vec();
+        let mut tandem = Self {
+            addr: settings.listen,
+            settings,
+            config: config.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect(),
+            secret,
+            database,
+            _broker: broker,
+            _data_dir: data_dir,
+            shutdown: None,
+            task: None,
+        };
+        tandem.launch().await;
+        tandem
+    }
+
+    async fn launch(&mut self) {
+        let listener = tokio::net::TcpListener::bind(self.settings.listen).await.expect("bind port 0");
+        self.addr = listener.local_addr().expect("local addr");
         let (shutdown, stop) = oneshot::channel::<()>();
-        let served = settings.clone();
-        let task = tokio::spawn(async move {
-            let figment = figment::Figment::from(figment::providers::Serialized::defaults(&served));
+        let served = self.settings.clone();
+        let mut figment = figment::Figment::from(figment::providers::Serialized::defaults(&served));
+        for (key, value) in &self.config {
+            figment = figment.merge(figment::providers::Serialized::default(key, value));
+        }
+        self.task = Some(tokio::spawn(async move {
             tandem_cli::up::serve(&served, &figment, listener, async move {
                 let _ = stop.await;
             })
             .await
-        });
-        let secret = DevSigningKey::load_or_create(data_dir.path())
-            .expect("dev key")
-            .bytes()
-            .to_vec();
-        let tandem = Self {
-            addr,
-            settings,
-            secret,
-            database,
-            _data_dir: data_dir,
-            shutdown: Some(shutdown),
-            task: Some(task),
-        };
-        tandem.wait_until_connectable().await;
-        tandem
+        }));
+        self.shutdown = Some(shutdown);
+        self.wait_until_connectable().await;
+    }
+
+    /// Stops the process's services and starts them again on the same
+    /// data, as a restart after a crash or a deploy would.
+    pub async fn restart(&mut self) {
+        self.halt().await;
+        self.launch().await;
+    }
+
+    async fn halt(&mut self) {
+        if let Some(shutdown) = self.shutdown.take() {
+            let _ = shutdown.send(());
+        }
+        if let Some(task) = self.task.take() {
+            task.await.expect("server task").expect("server stopped cleanly");
+        }
+    }
+
+    /// Retries `check` until it returns `Some`, for effects that travel
+    /// through events; panics with `what` after 60 s.
+    pub async fn eventually<T, F, Fut>(&self, what: &str, mut check: F) -> T
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Option<T>>,
+    {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(value) = check().await {
+                return value;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 
     async fn wait_until_connectable(&self) {
@@ -119,14 +172,7 @@ impl Tandem {
 
     /// Stops the server and drops its database.
     pub async fn stop(mut self) {
-        if let Some(shutdown) = self.shutdown.take() {
-            let _ = shutdown.send(());
-        }
-        if let Some(task) = self.task.take() {
-            task.await
-                .expect("server task")
-                .expect("server stopped cleanly");
-        }
+        self.halt().await;
         if let Some(database) = self.database.take() {
             database.drop_database().await;
         }

@@ -16,9 +16,7 @@ const CALLER_SPAN_ID: &str = "00f067aa0ba902b7";
 async fn incoming_trace_context_parents_the_handler_spans() {
     // This test binary has one test, so the global subscriber is ours.
     let exporter = InMemorySpanExporter::default();
-    let provider = SdkTracerProvider::builder()
-        .with_simple_exporter(exporter.clone())
-        .build();
+    let provider = SdkTracerProvider::builder().with_simple_exporter(exporter.clone()).build();
     let subscriber = tracing_subscriber::registry()
         .with(tracing_subscriber::EnvFilter::new("info"))
         .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("test")));
@@ -36,12 +34,7 @@ async fn incoming_trace_context_parents_the_handler_spans() {
             time_zone: String::new(),
         },
     );
-    request.metadata_mut().insert(
-        "traceparent",
-        format!("00-{TRACE_ID}-{CALLER_SPAN_ID}-01")
-            .parse()
-            .unwrap(),
-    );
+    request.metadata_mut().insert("traceparent", format!("00-{TRACE_ID}-{CALLER_SPAN_ID}-01").parse().unwrap());
     client.enroll_patient(request).await.expect("enrol");
     tandem.stop().await;
     provider.force_flush().expect("flush spans");
@@ -50,31 +43,12 @@ async fn incoming_trace_context_parents_the_handler_spans() {
     let server = spans
         .iter()
         .find(|span| span.name.ends_with("/EnrollPatient"))
-        .unwrap_or_else(|| {
-            panic!(
-                "no server span among {:?}",
-                spans.iter().map(|s| &s.name).collect::<Vec<_>>()
-            )
-        });
+        .unwrap_or_else(|| panic!("no server span among {:?}", spans.iter().map(|s| &s.name).collect::<Vec<_>>()));
     assert_eq!(server.span_context.trace_id().to_string(), TRACE_ID);
-    assert_eq!(
-        server.parent_span_id.to_string(),
-        CALLER_SPAN_ID,
-        "the caller's span is the server span's parent"
-    );
+    assert_eq!(server.parent_span_id.to_string(), CALLER_SPAN_ID, "the caller's span is the server span's parent");
 
-    let handler = spans
-        .iter()
-        .find(|span| span.name == "careplans.enroll_patient")
-        .expect("the handler's span was exported");
-    assert_eq!(
-        handler.span_context.trace_id().to_string(),
-        TRACE_ID,
-        "handler joins the caller's trace"
-    );
-    assert_eq!(
-        handler.parent_span_id,
-        server.span_context.span_id(),
-        "handler span is a child of the call"
-    );
+    let handler =
+        spans.iter().find(|span| span.name == "careplans.enroll_patient").expect("the handler's span was exported");
+    assert_eq!(handler.span_context.trace_id().to_string(), TRACE_ID, "handler joins the caller's trace");
+    assert_eq!(handler.parent_span_id, server.span_context.span_id(), "handler span is a child of the call");
 }

@@ -64,26 +64,14 @@ mod tests {
     use super::*;
 
     fn clinician(org: &str) -> Caller {
-        Caller {
-            org: org.parse().unwrap(),
-            role: Role::Clinician,
-            subject: "c-17".to_owned(),
-        }
+        Caller { org: org.parse().unwrap(), role: Role::Clinician, subject: "c-17".to_owned() }
     }
 
     #[test]
     fn require_role_allows_listed_roles_only() {
         let caller = clinician("northside");
-        assert_eq!(
-            caller.require_role(&[Role::Clinician, Role::Supervisor]),
-            Ok(())
-        );
-        assert_eq!(
-            caller.require_role(&[Role::Admin]),
-            Err(AuthzError::RoleNotPermitted {
-                role: Role::Clinician
-            })
-        );
+        assert_eq!(caller.require_role(&[Role::Clinician, Role::Supervisor]), Ok(()));
+        assert_eq!(caller.require_role(&[Role::Admin]), Err(AuthzError::RoleNotPermitted { role: Role::Clinician }));
         assert!(caller.require_role(&[]).is_err());
     }
 
@@ -91,9 +79,7 @@ mod tests {
     fn require_org_denies_other_orgs_without_naming_them() {
         let caller = clinician("northside");
         assert_eq!(caller.require_org(&"northside".parse().unwrap()), Ok(()));
-        let err = caller
-            .require_org(&"southside-secret".parse().unwrap())
-            .unwrap_err();
+        let err = caller.require_org(&"southside-secret".parse().unwrap()).unwrap_err();
         assert_eq!(err, AuthzError::OtherOrganisation);
         let message = err.to_string();
         assert!(!message.contains("southside-secret"));
@@ -103,16 +89,9 @@ mod tests {
     #[test]
     fn patient_id_is_only_for_patients() {
         let id = PatientId::new();
-        let patient = Caller {
-            org: "northside".parse().unwrap(),
-            role: Role::Patient,
-            subject: id.to_string(),
-        };
+        let patient = Caller { org: "northside".parse().unwrap(), role: Role::Patient, subject: id.to_string() };
         assert_eq!(patient.patient_id(), Some(id));
-        let clinician = Caller {
-            role: Role::Clinician,
-            ..patient
-        };
+        let clinician = Caller { role: Role::Clinician, ..patient };
         assert_eq!(clinician.patient_id(), None);
     }
 
@@ -124,9 +103,6 @@ mod tests {
         assert!(status.message().contains("interceptor"));
 
         request.extensions_mut().insert(clinician("northside"));
-        assert_eq!(
-            Caller::from_request(&request).unwrap(),
-            &clinician("northside")
-        );
+        assert_eq!(Caller::from_request(&request).unwrap(), &clinician("northside"));
     }
 }

@@ -27,10 +27,7 @@ pub struct DevSigningKey {
 
 impl fmt::Debug for DevSigningKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("DevSigningKey")
-            .field("path", &self.path)
-            .field("bytes", &"[redacted]")
-            .finish()
+        f.debug_struct("DevSigningKey").field("path", &self.path).field("bytes", &"[redacted]").finish()
     }
 }
 
@@ -52,10 +49,7 @@ impl DevSigningKey {
             Some(bytes) => Ok(DevSigningKey { bytes, path }),
             None => Err(AuthError::DevKeyIo {
                 path,
-                source: io::Error::new(
-                    io::ErrorKind::NotFound,
-                    "key file vanished after it was created",
-                ),
+                source: io::Error::new(io::ErrorKind::NotFound, "key file vanished after it was created"),
             }),
         }
     }
@@ -72,10 +66,7 @@ impl DevSigningKey {
 }
 
 fn io_error(path: &Path) -> impl FnOnce(io::Error) -> AuthError + '_ {
-    move |source| AuthError::DevKeyIo {
-        path: path.to_owned(),
-        source,
-    }
+    move |source| AuthError::DevKeyIo { path: path.to_owned(), source }
 }
 
 fn create_private_dir(dir: &Path) -> Result<(), AuthError> {
@@ -94,9 +85,7 @@ fn read_key(path: &Path) -> Result<Option<[u8; DEV_KEY_BYTES]>, AuthError> {
         Err(err) => return Err(io_error(path)(err)),
     };
     warn_if_readable_by_others(path);
-    let corrupt = || AuthError::DevKeyCorrupt {
-        path: path.to_owned(),
-    };
+    let corrupt = || AuthError::DevKeyCorrupt { path: path.to_owned() };
     let decoded = STANDARD.decode(text.trim()).map_err(|_| corrupt())?;
     let bytes: [u8; DEV_KEY_BYTES] = decoded.try_into().map_err(|_| corrupt())?;
     Ok(Some(bytes))
@@ -118,10 +107,7 @@ fn warn_if_readable_by_others(_path: &Path) {}
 /// Writes `key` to a private temporary file, then links it to `path` unless `path` exists.
 fn publish_new_key(dir: &Path, path: &Path, key: &[u8; DEV_KEY_BYTES]) -> Result<(), AuthError> {
     let nonce: u64 = rand::random();
-    let temp = dir.join(format!(
-        ".{DEV_SIGNING_KEY_FILE}.{}.{nonce:016x}.tmp",
-        std::process::id()
-    ));
+    let temp = dir.join(format!(".{DEV_SIGNING_KEY_FILE}.{}.{nonce:016x}.tmp", std::process::id()));
     let written = write_private_file(&temp, format!("{}\n", STANDARD.encode(key)).as_bytes());
     let linked = written.and_then(|()| match fs::hard_link(&temp, path) {
         Err(err) if err.kind() == io::ErrorKind::AlreadyExists => Ok(()),
@@ -165,21 +151,15 @@ pub fn mint_token(
     ttl: Duration,
 ) -> Result<String, AuthError> {
     check_hs256_secret(secret)?;
-    let problem = |problem: &str| AuthError::Mint {
-        problem: problem.to_owned(),
-    };
+    let problem = |problem: &str| AuthError::Mint { problem: problem.to_owned() };
     if issuer.is_empty() || audience.is_empty() {
         return Err(problem("issuer and audience must not be empty"));
     }
     if subject.is_empty() {
-        return Err(problem(
-            "subject is empty: pass the patient's or clinician's id",
-        ));
+        return Err(problem("subject is empty: pass the patient's or clinician's id"));
     }
     if role == Role::Patient && subject.parse::<PatientId>().is_err() {
-        return Err(problem(
-            "a patient's subject must be their patient id (a uuid)",
-        ));
+        return Err(problem("a patient's subject must be their patient id (a uuid)"));
     }
     let iat = jsonwebtoken::get_current_timestamp();
     let claims = MintedClaims {
@@ -191,14 +171,10 @@ pub fn mint_token(
         iat,
         exp: iat.saturating_add(ttl.as_secs()),
     };
-    let key = EncodingKey::from_secret(secret).map_err(|err| AuthError::Mint {
-        problem: err.to_string().to_lowercase(),
-    })?;
-    jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &key).map_err(|err| {
-        AuthError::Mint {
-            problem: err.to_string().to_lowercase(),
-        }
-    })
+    let key =
+        EncodingKey::from_secret(secret).map_err(|err| AuthError::Mint { problem: err.to_string().to_lowercase() })?;
+    jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &key)
+        .map_err(|err| AuthError::Mint { problem: err.to_string().to_lowercase() })
 }
 
 #[cfg(test)]
@@ -245,17 +221,11 @@ mod tests {
                 let barrier = Arc::clone(&barrier);
                 std::thread::spawn(move || {
                     barrier.wait();
-                    DevSigningKey::load_or_create(&data_dir)
-                        .unwrap()
-                        .bytes()
-                        .to_vec()
+                    DevSigningKey::load_or_create(&data_dir).unwrap().bytes().to_vec()
                 })
             })
             .collect();
-        let keys: Vec<Vec<u8>> = handles
-            .into_iter()
-            .map(|handle| handle.join().unwrap())
-            .collect();
+        let keys: Vec<Vec<u8>> = handles.into_iter().map(|handle| handle.join().unwrap()).collect();
         assert!(keys.windows(2).all(|pair| pair[0] == pair[1]));
         assert_eq!(fs::read_dir(data_dir.as_path()).unwrap().count(), 1);
     }
@@ -307,28 +277,11 @@ mod tests {
         let org: OrgId = "northside".parse().unwrap();
         let ttl = Duration::from_secs(60);
         let mint = |secret: &[u8], role, subject: &str| {
-            mint_token(
-                secret,
-                DEFAULT_ISSUER,
-                DEFAULT_AUDIENCE,
-                &org,
-                role,
-                subject,
-                ttl,
-            )
+            mint_token(secret, DEFAULT_ISSUER, DEFAULT_AUDIENCE, &org, role, subject, ttl)
         };
-        assert!(matches!(
-            mint(&secret, Role::Clinician, ""),
-            Err(AuthError::Mint { .. })
-        ));
-        assert!(matches!(
-            mint(&secret, Role::Patient, "alice"),
-            Err(AuthError::Mint { .. })
-        ));
-        assert!(matches!(
-            mint(b"short", Role::Clinician, "c-1"),
-            Err(AuthError::Config { .. })
-        ));
+        assert!(matches!(mint(&secret, Role::Clinician, ""), Err(AuthError::Mint { .. })));
+        assert!(matches!(mint(&secret, Role::Patient, "alice"), Err(AuthError::Mint { .. })));
+        assert!(matches!(mint(b"short", Role::Clinician, "c-1"), Err(AuthError::Config { .. })));
         assert!(mint(&secret, Role::Clinician, "c-1").is_ok());
     }
 }

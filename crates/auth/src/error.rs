@@ -16,9 +16,7 @@ pub enum AuthError {
     #[error("missing bearer token: send metadata `authorization: Bearer <jwt>`")]
     MissingToken,
     /// The `authorization` metadata used another scheme or was not text.
-    #[error(
-        "authorization metadata must use the bearer scheme: send `authorization: Bearer <jwt>`"
-    )]
+    #[error("authorization metadata must use the bearer scheme: send `authorization: Bearer <jwt>`")]
     NotBearer,
     /// The token is not three base64url parts, or its header or claims are not JSON.
     #[error("token is not a well-formed jwt: expected three base64url parts separated by dots")]
@@ -51,9 +49,7 @@ pub enum AuthError {
         claim: &'static str,
     },
     /// The token's `kid` names no key in the JWKS.
-    #[error(
-        "unknown key id: the token's `kid` is not in the configured jwks, refresh the jwks file"
-    )]
+    #[error("unknown key id: the token's `kid` is not in the configured jwks, refresh the jwks file")]
     UnknownKeyId,
     /// The token has no `kid` and the JWKS holds more than one key.
     #[error("token header has no `kid` and the jwks holds {keys} keys: the issuer must set `kid`")]
@@ -156,9 +152,7 @@ impl From<AuthError> for tonic::Status {
             return tonic::Status::unauthenticated(err.to_string());
         }
         // Setup errors name server paths; a client needs none of that.
-        tonic::Status::unauthenticated(
-            "authentication is unavailable: the server's key setup failed",
-        )
+        tonic::Status::unauthenticated("authentication is unavailable: the server's key setup failed")
     }
 }
 
@@ -194,10 +188,7 @@ mod tests {
         assert_eq!(status.code(), tonic::Code::Unauthenticated);
         assert_eq!(status.message(), "token expired: obtain a new token");
         let status = tonic::Status::from(AuthError::Claim { claim: "org" });
-        assert_eq!(
-            status.message(),
-            "token claim `org` is missing or malformed"
-        );
+        assert_eq!(status.message(), "token claim `org` is missing or malformed");
     }
 
     #[test]
@@ -206,10 +197,7 @@ mod tests {
             path: PathBuf::from("/etc/tandem/secret-place/jwks.json"),
             source: io::Error::from(io::ErrorKind::NotFound),
         };
-        assert!(
-            err.to_string()
-                .starts_with("cannot read jwks file /etc/tandem/secret-place/jwks.json")
-        );
+        assert!(err.to_string().starts_with("cannot read jwks file /etc/tandem/secret-place/jwks.json"));
         let status = tonic::Status::from(err);
         assert_eq!(status.code(), tonic::Code::Unauthenticated);
         assert!(!status.message().contains("secret-place"));
@@ -217,14 +205,9 @@ mod tests {
 
     #[test]
     fn authz_errors_map_to_permission_denied() {
-        let status = tonic::Status::from(AuthzError::RoleNotPermitted {
-            role: Role::Patient,
-        });
+        let status = tonic::Status::from(AuthzError::RoleNotPermitted { role: Role::Patient });
         assert_eq!(status.code(), tonic::Code::PermissionDenied);
-        assert_eq!(
-            status.message(),
-            "permission denied: role `patient` may not perform this operation"
-        );
+        assert_eq!(status.message(), "permission denied: role `patient` may not perform this operation");
         let status = tonic::Status::from(AuthzError::OtherOrganisation);
         assert_eq!(status.code(), tonic::Code::PermissionDenied);
     }

@@ -29,10 +29,7 @@ impl AuthInterceptor {
 }
 
 impl Interceptor for AuthInterceptor {
-    fn call(
-        &mut self,
-        mut request: tonic::Request<()>,
-    ) -> Result<tonic::Request<()>, tonic::Status> {
+    fn call(&mut self, mut request: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
         let caller = match self.authenticate(request.metadata()) {
             Ok(caller) => caller,
             Err(err) => {
@@ -76,31 +73,19 @@ mod tests {
     const SECRET: [u8; 32] = [42; 32];
 
     fn interceptor() -> AuthInterceptor {
-        AuthInterceptor::new(Arc::new(
-            Verifier::new(AuthConfig::development(SECRET.to_vec())).unwrap(),
-        ))
+        AuthInterceptor::new(Arc::new(Verifier::new(AuthConfig::development(SECRET.to_vec())).unwrap()))
     }
 
     fn token() -> String {
         let org: OrgId = "northside".parse().unwrap();
-        mint_token(
-            &SECRET,
-            DEFAULT_ISSUER,
-            DEFAULT_AUDIENCE,
-            &org,
-            Role::Clinician,
-            "clin-7",
-            Duration::from_secs(300),
-        )
-        .unwrap()
+        mint_token(&SECRET, DEFAULT_ISSUER, DEFAULT_AUDIENCE, &org, Role::Clinician, "clin-7", Duration::from_secs(300))
+            .unwrap()
     }
 
     fn request_with(authorization: Option<&str>) -> tonic::Request<()> {
         let mut request = tonic::Request::new(());
         if let Some(value) = authorization {
-            request
-                .metadata_mut()
-                .insert("authorization", value.parse().unwrap());
+            request.metadata_mut().insert("authorization", value.parse().unwrap());
         }
         request
     }
@@ -109,31 +94,18 @@ mod tests {
     fn missing_header_is_unauthenticated_and_says_what_to_send() {
         let status = interceptor().call(request_with(None)).unwrap_err();
         assert_eq!(status.code(), tonic::Code::Unauthenticated);
-        assert_eq!(
-            status.message(),
-            "missing bearer token: send metadata `authorization: Bearer <jwt>`"
-        );
+        assert_eq!(status.message(), "missing bearer token: send metadata `authorization: Bearer <jwt>`");
     }
 
     #[test]
     fn wrong_scheme_is_unauthenticated() {
         let token = token();
-        for value in [
-            format!("Basic {token}"),
-            token.clone(),
-            "Bearer".to_owned(),
-            "Bearer   ".to_owned(),
-        ] {
+        for value in [format!("Basic {token}"), token.clone(), "Bearer".to_owned(), "Bearer   ".to_owned()] {
             let status = interceptor().call(request_with(Some(&value))).unwrap_err();
             assert_eq!(status.code(), tonic::Code::Unauthenticated, "{value}");
-            assert!(
-                !status.message().contains(&token),
-                "the token must not be echoed"
-            );
+            assert!(!status.message().contains(&token), "the token must not be echoed");
         }
-        let status = interceptor()
-            .call(request_with(Some(&format!("Basic {token}"))))
-            .unwrap_err();
+        let status = interceptor().call(request_with(Some(&format!("Basic {token}")))).unwrap_err();
         assert!(status.message().contains("bearer scheme"));
     }
 
@@ -141,9 +113,7 @@ mod tests {
     fn good_token_puts_the_caller_in_extensions() {
         let token = token();
         for scheme in ["Bearer", "bearer", "BEARER"] {
-            let request = interceptor()
-                .call(request_with(Some(&format!("{scheme} {token}"))))
-                .unwrap();
+            let request = interceptor().call(request_with(Some(&format!("{scheme} {token}")))).unwrap();
             let caller = Caller::from_request(&request).unwrap();
             assert_eq!(caller.org.as_str(), "northside");
             assert_eq!(caller.role, Role::Clinician);
@@ -155,24 +125,9 @@ mod tests {
     fn bad_token_is_unauthenticated_and_leaves_no_caller() {
         let org: OrgId = "northside".parse().unwrap();
         let ttl = Duration::from_secs(300);
-        let forged = mint_token(
-            &[7; 32],
-            DEFAULT_ISSUER,
-            DEFAULT_AUDIENCE,
-            &org,
-            Role::Admin,
-            "x",
-            ttl,
-        )
-        .unwrap();
-        let status = interceptor()
-            .call(request_with(Some(&format!("Bearer {forged}"))))
-            .unwrap_err();
+        let forged = mint_token(&[7; 32], DEFAULT_ISSUER, DEFAULT_AUDIENCE, &org, Role::Admin, "x", ttl).unwrap();
+        let status = interceptor().call(request_with(Some(&format!("Bearer {forged}")))).unwrap_err();
         assert_eq!(status.code(), tonic::Code::Unauthenticated);
-        assert!(
-            status
-                .message()
-                .starts_with("token signature does not verify")
-        );
+        assert!(status.message().starts_with("token signature does not verify"));
     }
 }

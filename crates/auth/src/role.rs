@@ -4,9 +4,7 @@ use std::fmt;
 use std::str::FromStr;
 
 /// The kind of caller a token speaks for; carried in the token's `role` claim.
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
-)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Role {
     /// A patient acting on their own record.
@@ -23,13 +21,7 @@ pub enum Role {
 
 impl Role {
     /// Every role, in declaration order.
-    pub const ALL: [Role; 5] = [
-        Role::Patient,
-        Role::Clinician,
-        Role::Supervisor,
-        Role::Integration,
-        Role::Admin,
-    ];
+    pub const ALL: [Role; 5] = [Role::Patient, Role::Clinician, Role::Supervisor, Role::Integration, Role::Admin];
 
     /// The lowercase name used in tokens and configuration.
     pub fn as_str(self) -> &'static str {
@@ -52,10 +44,7 @@ impl FromStr for Role {
     type Err = ParseRoleError;
 
     fn from_str(value: &str) -> Result<Self, Self::Err> {
-        Role::ALL
-            .into_iter()
-            .find(|role| role.as_str() == value)
-            .ok_or(ParseRoleError)
+        Role::ALL.into_iter().find(|role| role.as_str() == value).ok_or(ParseRoleError)
     }
 }
 

@@ -13,8 +13,8 @@ use serde_json::Value;
 use tandem_proto::ids::{OrgId, PatientId};
 
 use crate::{
-    AuthError, Caller, DEFAULT_AUDIENCE, DEFAULT_ISSUER, DEFAULT_LEEWAY_SECS, MAX_LEEWAY_SECS,
-    MIN_HS256_SECRET_BYTES, Role,
+    AuthError, Caller, DEFAULT_AUDIENCE, DEFAULT_ISSUER, DEFAULT_LEEWAY_SECS, MAX_LEEWAY_SECS, MIN_HS256_SECRET_BYTES,
+    Role,
 };
 
 /// Asymmetric algorithms a JWKS key may be pinned to.
@@ -90,14 +90,9 @@ pub struct Verifier {
 
 impl fmt::Debug for Verifier {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let keys: Vec<(Option<&str>, Algorithm)> = self
-            .keys
-            .iter()
-            .map(|key| (key.kid.as_deref(), key.algorithm))
-            .collect();
-        f.debug_struct("Verifier")
-            .field("keys", &keys)
-            .finish_non_exhaustive()
+        let keys: Vec<(Option<&str>, Algorithm)> =
+            self.keys.iter().map(|key| (key.kid.as_deref(), key.algorithm)).collect();
+        f.debug_struct("Verifier").field("keys", &keys).finish_non_exhaustive()
     }
 }
 
@@ -105,14 +100,10 @@ impl Verifier {
     /// Loads the keys named by `config` and checks the configuration.
     pub fn new(config: AuthConfig) -> Result<Verifier, AuthError> {
         if config.issuer.is_empty() {
-            return Err(config_error(
-                "issuer is empty: set the issuer your identity provider puts in `iss`",
-            ));
+            return Err(config_error("issuer is empty: set the issuer your identity provider puts in `iss`"));
         }
         if config.audience.is_empty() {
-            return Err(config_error(
-                "audience is empty: set the audience your tokens carry in `aud`",
-            ));
+            return Err(config_error("audience is empty: set the audience your tokens carry in `aud`"));
         }
         if config.leeway_secs > MAX_LEEWAY_SECS {
             return Err(AuthError::Config {
@@ -139,23 +130,13 @@ impl Verifier {
                 let key = DecodingKey::from_secret(secret)
                     .map_err(|err| config_error(format!("hs256 secret is unusable: {err}")))?;
                 let algorithm = Algorithm::HS256;
-                let keys = vec![TrustedKey {
-                    kid: None,
-                    algorithm,
-                    key,
-                    validation: base(algorithm),
-                }];
+                let keys = vec![TrustedKey { kid: None, algorithm, key, validation: base(algorithm) }];
                 Ok(Verifier { hs256: true, keys })
             }
             KeySource::JwksFile(path) => {
                 let keys = load_jwks(path)?
                     .into_iter()
-                    .map(|(kid, algorithm, key)| TrustedKey {
-                        kid,
-                        algorithm,
-                        key,
-                        validation: base(algorithm),
-                    })
+                    .map(|(kid, algorithm, key)| TrustedKey { kid, algorithm, key, validation: base(algorithm) })
                     .collect();
                 Ok(Verifier { hs256: false, keys })
             }
@@ -169,12 +150,9 @@ impl Verifier {
         // Pin the algorithm to the key, never to what the token claims: this is what stops
         // `alg: none` and RS256-public-key-as-HMAC-secret forgeries.
         if Algorithm::from_str(&header.alg).ok() != Some(trusted.algorithm) {
-            return Err(AuthError::AlgorithmNotAllowed {
-                expected: trusted.algorithm,
-            });
+            return Err(AuthError::AlgorithmNotAllowed { expected: trusted.algorithm });
         }
-        let data = jsonwebtoken::decode::<Value>(token, &trusted.key, &trusted.validation)
-            .map_err(token_error)?;
+        let data = jsonwebtoken::decode::<Value>(token, &trusted.key, &trusted.validation).map_err(token_error)?;
         caller_from_claims(&data.claims)
     }
 
@@ -184,11 +162,7 @@ impl Verifier {
             return self.keys.first().ok_or(AuthError::UnknownKeyId);
         }
         match kid {
-            Some(kid) => self
-                .keys
-                .iter()
-                .find(|key| key.kid.as_deref() == Some(kid))
-                .ok_or(AuthError::UnknownKeyId),
+            Some(kid) => self.keys.iter().find(|key| key.kid.as_deref() == Some(kid)).ok_or(AuthError::UnknownKeyId),
             None => match self.keys.as_slice() {
                 [only] => Ok(only),
                 keys => Err(AuthError::MissingKeyId { keys: keys.len() }),
@@ -198,9 +172,7 @@ impl Verifier {
 }
 
 fn config_error(problem: impl Into<String>) -> AuthError {
-    AuthError::Config {
-        problem: problem.into(),
-    }
+    AuthError::Config { problem: problem.into() }
 }
 
 /// Rejects secrets too short for HS256.
@@ -226,14 +198,10 @@ struct PeekedHeader {
 
 fn peek_header(token: &str) -> Result<PeekedHeader, AuthError> {
     let mut parts = token.split('.');
-    let (Some(header), Some(_), Some(_), None) =
-        (parts.next(), parts.next(), parts.next(), parts.next())
-    else {
+    let (Some(header), Some(_), Some(_), None) = (parts.next(), parts.next(), parts.next(), parts.next()) else {
         return Err(AuthError::MalformedToken);
     };
-    let json = URL_SAFE_NO_PAD
-        .decode(header)
-        .map_err(|_| AuthError::MalformedToken)?;
+    let json = URL_SAFE_NO_PAD.decode(header).map_err(|_| AuthError::MalformedToken)?;
     serde_json::from_slice(&json).map_err(|_| AuthError::MalformedToken)
 }
 
@@ -245,17 +213,12 @@ fn token_error(err: jsonwebtoken::errors::Error) -> AuthError {
         ErrorKind::InvalidIssuer => AuthError::UntrustedIssuer,
         ErrorKind::InvalidAudience => AuthError::AudienceMismatch,
         ErrorKind::MissingRequiredClaim(claim) | ErrorKind::InvalidClaimFormat(claim) => {
-            AuthError::Claim {
-                claim: spec_claim_name(&claim),
-            }
+            AuthError::Claim { claim: spec_claim_name(&claim) }
         }
-        ErrorKind::InvalidToken
-        | ErrorKind::Base64(_)
-        | ErrorKind::Json(_)
-        | ErrorKind::Utf8(_) => AuthError::MalformedToken,
-        other => AuthError::Unverifiable {
-            reason: format!("{other:?}").to_lowercase(),
-        },
+        ErrorKind::InvalidToken | ErrorKind::Base64(_) | ErrorKind::Json(_) | ErrorKind::Utf8(_) => {
+            AuthError::MalformedToken
+        }
+        other => AuthError::Unverifiable { reason: format!("{other:?}").to_lowercase() },
     }
 }
 
@@ -272,64 +235,40 @@ fn spec_claim_name(claim: &str) -> &'static str {
 }
 
 fn caller_from_claims(claims: &Value) -> Result<Caller, AuthError> {
-    let text = |claim: &'static str| {
-        claims
-            .get(claim)
-            .and_then(Value::as_str)
-            .ok_or(AuthError::Claim { claim })
-    };
+    let text = |claim: &'static str| claims.get(claim).and_then(Value::as_str).ok_or(AuthError::Claim { claim });
     let subject = text("sub")?;
     if subject.is_empty() {
         return Err(AuthError::Claim { claim: "sub" });
     }
-    let org: OrgId = text("org")?
-        .parse()
-        .map_err(|_| AuthError::Claim { claim: "org" })?;
-    let role: Role = text("role")?
-        .parse()
-        .map_err(|_| AuthError::Claim { claim: "role" })?;
+    let org: OrgId = text("org")?.parse().map_err(|_| AuthError::Claim { claim: "org" })?;
+    let role: Role = text("role")?.parse().map_err(|_| AuthError::Claim { claim: "role" })?;
     // A patient's subject is their id; services rely on `Caller::patient_id` for ownership.
     if role == Role::Patient && subject.parse::<PatientId>().is_err() {
         return Err(AuthError::Claim { claim: "sub" });
     }
-    Ok(Caller {
-        org,
-        role,
-        subject: subject.to_owned(),
-    })
+    Ok(Caller { org, role, subject: subject.to_owned() })
 }
 
 /// Reads a JWKS file into (kid, pinned algorithm, key) triples.
 fn load_jwks(path: &Path) -> Result<Vec<(Option<String>, Algorithm, DecodingKey)>, AuthError> {
-    let text = std::fs::read_to_string(path).map_err(|source| AuthError::ReadJwks {
-        path: path.to_owned(),
-        source,
-    })?;
-    let set: JwkSet = serde_json::from_str(&text).map_err(|source| AuthError::ParseJwks {
-        path: path.to_owned(),
-        source,
-    })?;
+    let text = std::fs::read_to_string(path).map_err(|source| AuthError::ReadJwks { path: path.to_owned(), source })?;
+    let set: JwkSet =
+        serde_json::from_str(&text).map_err(|source| AuthError::ParseJwks { path: path.to_owned(), source })?;
 
-    let mut keys: Vec<(Option<String>, Algorithm, DecodingKey)> =
-        Vec::with_capacity(set.keys.len());
+    let mut keys: Vec<(Option<String>, Algorithm, DecodingKey)> = Vec::with_capacity(set.keys.len());
     for (index, jwk) in set.keys.iter().enumerate() {
         let name = match &jwk.common.key_id {
             Some(kid) => format!("`{kid}`"),
             None => format!("#{index}"),
         };
-        let key_error = |problem: String| AuthError::JwksKey {
-            path: path.to_owned(),
-            key: name.clone(),
-            problem,
-        };
+        let key_error = |problem: String| AuthError::JwksKey { path: path.to_owned(), key: name.clone(), problem };
         if matches!(&jwk.common.public_key_use, Some(usage) if *usage != PublicKeyUse::Signature) {
             tracing::debug!(key = %name, "skipping jwks key that is not for signatures");
             continue;
         }
         let Some(key_algorithm) = jwk.common.key_algorithm else {
             return Err(key_error(
-                "has no `alg`: every signing key must name its algorithm so tokens cannot choose it"
-                    .to_owned(),
+                "has no `alg`: every signing key must name its algorithm so tokens cannot choose it".to_owned(),
             ));
         };
         let algorithm = match Algorithm::try_from(key_algorithm) {
@@ -344,27 +283,20 @@ fn load_jwks(path: &Path) -> Result<Vec<(Option<String>, Algorithm, DecodingKey)
             }
         };
         check_key_shape(jwk, algorithm).map_err(key_error)?;
-        let key = DecodingKey::from_jwk(jwk)
-            .map_err(|err| key_error(format!("cannot be decoded: {err}")))?;
+        let key = DecodingKey::from_jwk(jwk).map_err(|err| key_error(format!("cannot be decoded: {err}")))?;
         // Build a verifier once now so a broken key fails at startup, not on the first request.
         jsonwebtoken::crypto::verify("AA", b"probe", &key, algorithm)
             .map_err(|err| key_error(format!("is not a valid {algorithm:?} public key: {err}")))?;
         if let Some(kid) = &jwk.common.key_id
-            && keys
-                .iter()
-                .any(|(other, _, _)| other.as_deref() == Some(kid.as_str()))
+            && keys.iter().any(|(other, _, _)| other.as_deref() == Some(kid.as_str()))
         {
-            return Err(key_error(
-                "appears twice: each `kid` must be unique".to_owned(),
-            ));
+            return Err(key_error("appears twice: each `kid` must be unique".to_owned()));
         }
         keys.push((jwk.common.key_id.clone(), algorithm, key));
     }
 
     if keys.is_empty() {
-        return Err(AuthError::NoUsableKeys {
-            path: path.to_owned(),
-        });
+        return Err(AuthError::NoUsableKeys { path: path.to_owned() });
     }
     if keys.len() > 1 && keys.iter().any(|(kid, _, _)| kid.is_none()) {
         tracing::warn!(
@@ -378,35 +310,17 @@ fn load_jwks(path: &Path) -> Result<Vec<(Option<String>, Algorithm, DecodingKey)
 /// Checks that a key's parameters fit the algorithm it is pinned to.
 fn check_key_shape(jwk: &Jwk, algorithm: Algorithm) -> Result<(), String> {
     match (&jwk.algorithm, algorithm) {
-        (
-            AlgorithmParameters::RSA(rsa),
-            Algorithm::RS256 | Algorithm::RS384 | Algorithm::RS512 | Algorithm::PS256,
-        ) => {
-            let modulus = URL_SAFE_NO_PAD
-                .decode(&rsa.n)
-                .map_err(|_| "has an `n` that is not base64url".to_owned())?;
+        (AlgorithmParameters::RSA(rsa), Algorithm::RS256 | Algorithm::RS384 | Algorithm::RS512 | Algorithm::PS256) => {
+            let modulus = URL_SAFE_NO_PAD.decode(&rsa.n).map_err(|_| "has an `n` that is not base64url".to_owned())?;
             let significant = modulus.iter().skip_while(|byte| **byte == 0).count();
             if significant < MIN_RSA_MODULUS_BYTES {
-                return Err(format!(
-                    "is a {}-bit rsa key: use at least 2048 bits",
-                    significant * 8
-                ));
+                return Err(format!("is a {}-bit rsa key: use at least 2048 bits", significant * 8));
             }
             Ok(())
         }
-        (AlgorithmParameters::EllipticCurve(ec), Algorithm::ES256)
-            if ec.curve == EllipticCurve::P256 =>
-        {
-            Ok(())
-        }
-        (AlgorithmParameters::EllipticCurve(ec), Algorithm::ES384)
-            if ec.curve == EllipticCurve::P384 =>
-        {
-            Ok(())
-        }
-        (AlgorithmParameters::OctetKeyPair(okp), Algorithm::EdDSA)
-            if okp.curve == EllipticCurve::Ed25519 =>
-        {
+        (AlgorithmParameters::EllipticCurve(ec), Algorithm::ES256) if ec.curve == EllipticCurve::P256 => Ok(()),
+        (AlgorithmParameters::EllipticCurve(ec), Algorithm::ES384) if ec.curve == EllipticCurve::P384 => Ok(()),
+        (AlgorithmParameters::OctetKeyPair(okp), Algorithm::EdDSA) if okp.curve == EllipticCurve::Ed25519 => {
             // The verifier slices the first 32 bytes and would panic on a shorter key.
             match URL_SAFE_NO_PAD.decode(&okp.x) {
                 Ok(x) if x.len() == 32 => Ok(()),

@@ -28,6 +28,46 @@ enum Command {
     /// Mints a development token signed with the key `tandem up` uses, and
     /// prints it on stdout.
     Token(TokenArgs),
+    /// Plays a clinic's weeks through the public API, embedded in a
+    /// temporary directory: a plan, check-ins, a crisis, the alert climbing
+    /// the care team until a clinician acknowledges. Exits 0 only if a human
+    /// acknowledged.
+    Demo,
+    /// Measures alert latency (crisis check-in accepted → signed webhook
+    /// received): p50 and p99. Reported, never asserted.
+    Bench(BenchArgs),
+    /// Reads texts from stdin (one per line, or JSON lines with a `text`
+    /// field) and writes one JSON line per text with its crisis-language
+    /// level and evidence spans, for reviewing the vocabulary and
+    /// backtesting a change on past texts.
+    Detect(DetectArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct DetectArgs {
+    /// Prints only texts at or above this level: none, low, moderate, high or imminent.
+    #[arg(long, value_name = "LEVEL")]
+    min_level: Option<tandem_clinical::TextRiskLevel>,
+    /// Also prints the matches that did not count (negated, reported, idiom, ...) and why.
+    #[arg(long)]
+    explain: bool,
+    /// Uses this vocabulary file instead of the built-in one, to backtest an edit of
+    /// crates/clinical/data/crisis_vocabulary.toml without rebuilding.
+    #[arg(long, value_name = "FILE")]
+    vocabulary: Option<PathBuf>,
+}
+
+#[derive(Debug, clap::Args)]
+struct BenchArgs {
+    /// Crisis check-ins to time (the first only warms up).
+    #[arg(long, default_value_t = 50)]
+    alerts: usize,
+    /// PostgreSQL URL; empty runs on SQLite in a temporary directory.
+    #[arg(long, default_value = "")]
+    database_url: String,
+    /// Event bus: `embedded` or kafka://host:port.
+    #[arg(long, default_value = "embedded")]
+    events: String,
 }
 
 #[derive(Debug, clap::Args)]
@@ -68,15 +108,10 @@ struct TokenArgs {
 }
 
 fn load_settings(common: &CommonArgs, listen: Option<SocketAddr>) -> anyhow::Result<Settings> {
-    load_figment(common, listen)?
-        .extract()
-        .context("invalid configuration")
+    load_figment(common, listen)?.extract().context("invalid configuration")
 }
 
-fn load_figment(
-    common: &CommonArgs,
-    listen: Option<SocketAddr>,
-) -> anyhow::Result<figment::Figment> {
+fn load_figment(common: &CommonArgs, listen: Option<SocketAddr>) -> anyhow::Result<figment::Figment> {
     let mut figment = Settings::figment(common.config.as_deref())?;
     if let Some(data_dir) = &common.data_dir {
         figment = figment.merge(Serialized::default("data_dir", data_dir));
@@ -93,22 +128,62 @@ async fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Up(args) => up(args).await,
         Command::Token(args) => token(args),
+        Command::Demo => demo().await,
+        Command::Bench(args) => bench(args).await,
+        Command::Detect(args) => detect(args),
+    }
+}
+
+async fn bench(args: BenchArgs) -> anyhow::Result<()> {
+    let mut settings = tandem_telemetry::TelemetrySettings::from_env("tandem-bench");
+    if std::env::var_os("TANDEM_LOG").is_none() && std::env::var_os("RUST_LOG").is_none() {
+        settings.filter = "error".to_owned();
+    }
+    let telemetry = tandem_telemetry::init(&settings)?;
+    let config =
+        tandem_cli::bench::AlertBench { alerts: args.alerts, database_url: args.database_url, events: args.events };
+    let result = tandem_cli::bench::alerts(&config).await;
+    telemetry.shutdown();
+    let latencies = result?;
+    let store = if config.database_url.is_empty() { "sqlite" } else { "postgresql" };
+    println!("| store | events | alerts | p50 ms | p99 ms | max ms |");
+    println!("|---|---|---|---|---|---|");
+    println!(
+        "| {store} | {} | {} | {:.1} | {:.1} | {:.1} |",
+        config.events.split('?').next().unwrap_or_default(),
+        latencies.count,
+        latencies.p50_ms,
+        latencies.p99_ms,
+        latencies.max_ms
+    );
+    Ok(())
+}
+
+async fn demo() -> anyhow::Result<()> {
+    // Logs stay quiet unless asked for: the demo prints its own timeline.
+    let mut settings = tandem_telemetry::TelemetrySettings::from_env("tandem-demo");
+    if std::env::var_os("TANDEM_LOG").is_none() && std::env::var_os("RUST_LOG").is_none() {
+        settings.filter = "error".to_owned();
+    }
+    let telemetry = tandem_telemetry::init(&settings)?;
+    let acknowledged = tandem_cli::demo::run().await;
+    telemetry.shutdown();
+    match acknowledged? {
+        true => {
+            println!("\ndemo ok: a human acknowledged the alert");
+            Ok(())
+        }
+        false => anyhow::bail!("demo failed: nobody acknowledged the alert"),
     }
 }
 
 async fn up(args: UpArgs) -> anyhow::Result<()> {
-    let telemetry =
-        tandem_telemetry::init(&tandem_telemetry::TelemetrySettings::from_env("tandem"))?;
+    let telemetry = tandem_telemetry::init(&tandem_telemetry::TelemetrySettings::from_env("tandem"))?;
     let figment = load_figment(&args.common, args.listen)?;
     let settings: Settings = figment.extract().context("invalid configuration")?;
-    let listener = tokio::net::TcpListener::bind(settings.listen)
-        .await
-        .with_context(|| {
-            format!(
-                "cannot listen on {}; is another tandem running? try --listen 127.0.0.1:0",
-                settings.listen
-            )
-        })?;
+    let listener = tokio::net::TcpListener::bind(settings.listen).await.with_context(|| {
+        format!("cannot listen on {}; is another tandem running? try --listen 127.0.0.1:0", settings.listen)
+    })?;
     let addr = listener.local_addr()?;
     let store = if settings.database_url.is_empty() {
         format!("sqlite files in {}", settings.data_dir.display())
@@ -118,13 +193,7 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
     // Printed on stdout, for people and for scripts that wait for it.
     println!("tandem listening on {addr} ({store})");
     println!("  try: grpcurl -plaintext {addr} list");
-    let served = tandem_cli::up::serve(
-        &settings,
-        &figment,
-        listener,
-        tandem_server::shutdown_signal(),
-    )
-    .await;
+    let served = tandem_cli::up::serve(&settings, &figment, listener, tandem_server::shutdown_signal()).await;
     telemetry.shutdown();
     served
 }
@@ -138,9 +207,7 @@ fn token(args: TokenArgs) -> anyhow::Result<()> {
     }
     let secret = match &settings.auth.hs256_secret {
         Some(secret) => secret.as_bytes().to_vec(),
-        None => tandem_auth::DevSigningKey::load_or_create(&settings.data_dir)?
-            .bytes()
-            .to_vec(),
+        None => tandem_auth::DevSigningKey::load_or_create(&settings.data_dir)?.bytes().to_vec(),
     };
     if args.sub.trim().is_empty() {
         bail!("--sub must not be empty");
@@ -158,5 +225,157 @@ fn token(args: TokenArgs) -> anyhow::Result<()> {
         args.ttl,
     )?;
     println!("{token}");
+    Ok(())
+}
+
+/// One output line of `tandem detect`.
+#[derive(serde::Serialize)]
+struct DetectedLine<'a> {
+    /// 1-based line number in the input, so results can be joined back to it.
+    line: usize,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    id: Option<serde_json::Value>,
+    level: &'static str,
+    findings: Vec<DetectedSpan<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    suppressed: Option<Vec<DetectedSpan<'a>>>,
+}
+
+#[derive(serde::Serialize)]
+struct DetectedSpan<'a> {
+    category: &'static str,
+    level: &'static str,
+    start: usize,
+    end: usize,
+    matched: &'a str,
+    rule: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    qualifier: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reason: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cue: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    idiom: Option<&'a str>,
+}
+
+/// The text of a `tandem detect` input line, and its `id` when it is a JSON object with a
+/// string `text`; any other line is the text itself.
+fn detect_input(line: &str) -> (Option<serde_json::Value>, std::borrow::Cow<'_, str>) {
+    if line.trim_start().starts_with('{')
+        && let Ok(serde_json::Value::Object(mut object)) = serde_json::from_str(line)
+        && let Some(serde_json::Value::String(text)) = object.remove("text")
+    {
+        return (object.remove("id"), text.into());
+    }
+    (None, line.into())
+}
+
+fn detect(args: DetectArgs) -> anyhow::Result<()> {
+    use std::io::{BufRead, Write};
+    use tandem_clinical::{TextRiskLevel, Vocabulary};
+
+    let invalid = |errors: &tandem_clinical::ValidationErrors| {
+        errors.violations().iter().map(|v| format!("\n  {}: {}", v.field, v.description)).collect::<String>()
+    };
+    let loaded;
+    let vocabulary = match &args.vocabulary {
+        Some(path) => {
+            let source = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+            loaded = Vocabulary::parse(&source).map_err(|errors| {
+                anyhow::anyhow!("{} is not a valid vocabulary:{}", path.display(), invalid(&errors))
+            })?;
+            // Broken examples are warnings, not errors: the point of a backtest is to see an
+            // edit's effect, and an example it breaks is part of that effect.
+            for failure in loaded.check_examples() {
+                eprintln!("tandem detect: warning: {failure}");
+            }
+            &loaded
+        }
+        None => Vocabulary::builtin()
+            .map_err(|errors| anyhow::anyhow!("the built-in vocabulary is invalid:{}", invalid(errors)))?,
+    };
+    let min_level = args.min_level.unwrap_or_default();
+    let mut input = std::io::stdin().lock();
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    let mut counts: std::collections::BTreeMap<TextRiskLevel, usize> = std::collections::BTreeMap::new();
+    let mut raw = Vec::new();
+    let mut line_number = 0;
+    loop {
+        raw.clear();
+        if input.read_until(b'\n', &mut raw)? == 0 {
+            break;
+        }
+        line_number += 1;
+        // Invalid UTF-8 is replaced, not fatal: one bad byte must not stop a backtest.
+        let decoded = String::from_utf8_lossy(&raw);
+        let line = decoded.trim_end_matches(['\n', '\r']);
+        if line.trim().is_empty() {
+            continue;
+        }
+        let (id, text) = detect_input(line);
+        let detection = vocabulary.detect(&text);
+        *counts.entry(detection.level).or_default() += 1;
+        if detection.level < min_level {
+            continue;
+        }
+        let cue = |span: &Option<std::ops::Range<usize>>| span.clone().and_then(|span| text.get(span));
+        let output = DetectedLine {
+            line: line_number,
+            id,
+            level: detection.level.as_str(),
+            findings: detection
+                .findings
+                .iter()
+                .map(|finding| DetectedSpan {
+                    category: finding.category.as_str(),
+                    level: finding.level.as_str(),
+                    start: finding.span.start,
+                    end: finding.span.end,
+                    matched: &finding.matched,
+                    rule: &finding.rule,
+                    qualifier: Some(finding.qualifier.as_str()),
+                    reason: None,
+                    cue: None,
+                    idiom: None,
+                })
+                .collect(),
+            suppressed: args.explain.then(|| {
+                detection
+                    .suppressed
+                    .iter()
+                    .map(|item| DetectedSpan {
+                        category: item.category.as_str(),
+                        level: item.vocabulary_level.as_str(),
+                        start: item.span.start,
+                        end: item.span.end,
+                        matched: &item.matched,
+                        rule: &item.rule,
+                        qualifier: None,
+                        reason: Some(item.reason.as_str()),
+                        cue: cue(&item.cue),
+                        idiom: item.idiom.as_deref(),
+                    })
+                    .collect()
+            }),
+        };
+        let written =
+            serde_json::to_writer(&mut out, &output).map_err(std::io::Error::from).and_then(|()| writeln!(out));
+        match written {
+            Err(error) if error.kind() == std::io::ErrorKind::BrokenPipe => return Ok(()),
+            other => other?,
+        }
+    }
+    match out.flush() {
+        Err(error) if error.kind() == std::io::ErrorKind::BrokenPipe => return Ok(()),
+        other => other?,
+    }
+    let summary: Vec<String> = counts.iter().map(|(level, count)| format!("{level} {count}")).collect();
+    eprintln!(
+        "tandem detect: {} texts ({}); vocabulary {}",
+        counts.values().sum::<usize>(),
+        summary.join(", "),
+        vocabulary.revision()
+    );
     Ok(())
 }

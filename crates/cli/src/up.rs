@@ -2,8 +2,11 @@
 
 use std::future::Future;
 
+use std::sync::Arc;
+
 use anyhow::Context;
-use tandem_server::{GrpcServer, Settings};
+use tandem_events::EventBus;
+use tandem_server::{GrpcServer, Settings, Tasks};
 use tokio::net::TcpListener;
 
 /// The four services, opened on their stores.
@@ -22,34 +25,39 @@ pub struct Services {
 impl Services {
     /// Opens every service's store (creating and migrating it).
     pub async fn open(settings: &Settings, figment: &figment::Figment) -> anyhow::Result<Self> {
-        if settings.database_url.is_empty() {
-            std::fs::create_dir_all(&settings.data_dir).with_context(|| {
-                format!("cannot create data dir {}", settings.data_dir.display())
-            })?;
-        }
+        // The data dir holds the SQLite files, the embedded event log and the
+        // development signing key.
+        std::fs::create_dir_all(&settings.data_dir)
+            .with_context(|| format!("cannot create data dir {}", settings.data_dir.display()))?;
         let careplans = tandem_careplans::CarePlans::open(&settings.database_url_for("careplans")?)
             .await
             .context("opening the careplans store")?;
         let checkins_settings = tandem_server::config::section(figment, "checkins")?;
-        let checkins = tandem_checkins::CheckIns::open(
-            &settings.database_url_for("checkins")?,
-            checkins_settings,
+        let checkins = tandem_checkins::CheckIns::open(&settings.database_url_for("checkins")?, checkins_settings)
+            .await
+            .context("opening the checkins store")?;
+        let triage = tandem_triage::Triage::open(
+            &settings.database_url_for("triage")?,
+            tandem_server::config::section(figment, "triage")?,
         )
         .await
-        .context("opening the checkins store")?;
-        let triage = tandem_triage::Triage::open(&settings.database_url_for("triage")?)
-            .await
-            .context("opening the triage store")?;
-        let notifications =
-            tandem_notifications::Notifications::open(&settings.database_url_for("notifications")?)
-                .await
-                .context("opening the notifications store")?;
-        Ok(Self {
-            careplans,
-            checkins,
-            triage,
-            notifications,
-        })
+        .context("opening the triage store")?;
+        let notifications_settings = tandem_server::config::section(figment, "notifications")?;
+        let notifications = tandem_notifications::Notifications::open(
+            &settings.database_url_for("notifications")?,
+            notifications_settings,
+        )
+        .await
+        .context("opening the notifications store")?;
+        Ok(Self { careplans, checkins, triage, notifications })
+    }
+
+    /// Starts every service's relays and consumers on `bus`.
+    pub fn start(&self, bus: &Arc<dyn EventBus>, tasks: &mut Tasks) {
+        self.careplans.start(bus.clone(), tasks);
+        self.checkins.start(bus.clone(), tasks);
+        self.notifications.start(bus.clone(), tasks);
+        self.triage.start(bus.clone(), tasks);
     }
 
     /// Closes every store.
@@ -71,6 +79,9 @@ pub async fn serve(
 ) -> anyhow::Result<()> {
     let verifier = settings.verifier()?;
     let services = Services::open(settings, figment).await?;
+    let bus = tandem_server::bus::connect(settings).await?;
+    let mut tasks = Tasks::new();
+    services.start(&bus, &mut tasks);
     let server = GrpcServer::new()
         .with_service(services.careplans.grpc_service(verifier.clone()))
         .with_service(services.checkins.grpc_service(verifier.clone()))
@@ -78,6 +89,14 @@ pub async fn serve(
         .with_service(services.notifications.grpc_service(verifier))
         .drain_delay(settings.shutdown_drain);
     let served = server.serve(listener, shutdown).await;
+    // gRPC has drained: stop relays and consumers (what they had not
+    // finished stays in the outboxes and the log for the next start).
+    for (task, error) in tasks.shutdown().await {
+        tracing::error!(task, %error, "background task ended with an error");
+    }
+    if let Err(error) = bus.flush(std::time::Duration::from_secs(10)).await {
+        tracing::warn!(%error, "event bus did not flush; unsent events stay in the outboxes");
+    }
     services.close().await;
     served.context("serving gRPC")
 }

@@ -38,10 +38,7 @@ fn start_up(data_dir: &std::path::Path, extra_env: &[(&str, &str)]) -> Running {
     let mut child = command.spawn().expect("start tandem up");
     let stdout = child.stdout.take().expect("stdout");
     let mut lines = BufReader::new(stdout).lines();
-    let first = lines
-        .next()
-        .expect("a first line")
-        .expect("readable stdout");
+    let first = lines.next().expect("a first line").expect("readable stdout");
     // "tandem listening on 127.0.0.1:PORT (sqlite files in ...)"
     let addr = first
         .strip_prefix("tandem listening on ")
@@ -59,11 +56,7 @@ async fn health(addr: &str) -> Result<ServingStatus, tonic::Status> {
         .connect()
         .await
         .map_err(|error| tonic::Status::unavailable(error.to_string()))?;
-    let response = HealthClient::new(channel)
-        .check(HealthCheckRequest {
-            service: String::new(),
-        })
-        .await?;
+    let response = HealthClient::new(channel).check(HealthCheckRequest { service: String::new() }).await?;
     Ok(response.into_inner().status())
 }
 
@@ -79,10 +72,7 @@ async fn wait_serving(addr: &str) {
 }
 
 fn sigterm(child: &Child) {
-    let status = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .expect("run kill");
+    let status = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().expect("run kill");
     assert!(status.success());
 }
 
@@ -92,10 +82,7 @@ fn wait_exit(child: &mut Child) -> std::process::ExitStatus {
         if let Some(status) = child.try_wait().expect("poll child") {
             return status;
         }
-        assert!(
-            Instant::now() < deadline,
-            "tandem did not exit after SIGTERM"
-        );
+        assert!(Instant::now() < deadline, "tandem did not exit after SIGTERM");
         std::thread::sleep(Duration::from_millis(50));
     }
 }
@@ -106,49 +93,23 @@ async fn up_serves_accepts_cli_tokens_and_drains_on_sigterm() {
     let mut running = start_up(data_dir.path(), &[("TANDEM_SHUTDOWN_DRAIN", "3s")]);
     wait_serving(&running.addr).await;
     for service in ["careplans", "checkins", "triage", "notifications"] {
-        assert!(
-            data_dir.path().join(format!("{service}.db")).exists(),
-            "{service}.db in the data dir"
-        );
+        assert!(data_dir.path().join(format!("{service}.db")).exists(), "{service}.db in the data dir");
     }
 
     // A token minted by `tandem token` with the same data dir is accepted.
     let output = Command::new(TANDEM)
-        .args([
-            "token",
-            "--role",
-            "integration",
-            "--org",
-            "demo-clinic",
-            "--sub",
-            "ehr-1",
-            "--data-dir",
-        ])
+        .args(["token", "--role", "integration", "--org", "demo-clinic", "--sub", "ehr-1", "--data-dir"])
         .arg(data_dir.path())
         .output()
         .expect("run tandem token");
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
     let token = String::from_utf8(output.stdout).unwrap().trim().to_owned();
-    let channel = tonic::transport::Channel::from_shared(format!("http://{}", running.addr))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
-    let mut client =
-        tandem_proto::careplans::v1::care_plan_service_client::CarePlanServiceClient::new(channel);
-    let mut request =
-        tonic::Request::new(tandem_proto::careplans::v1::ListPatientsRequest::default());
-    request
-        .metadata_mut()
-        .insert("authorization", format!("Bearer {token}").parse().unwrap());
-    client
-        .list_patients(request)
-        .await
-        .expect("the CLI's token is accepted");
+    let channel =
+        tonic::transport::Channel::from_shared(format!("http://{}", running.addr)).unwrap().connect().await.unwrap();
+    let mut client = tandem_proto::careplans::v1::care_plan_service_client::CarePlanServiceClient::new(channel);
+    let mut request = tonic::Request::new(tandem_proto::careplans::v1::ListPatientsRequest::default());
+    request.metadata_mut().insert("authorization", format!("Bearer {token}").parse().unwrap());
+    client.list_patients(request).await.expect("the CLI's token is accepted");
 
     // SIGTERM: health turns NOT_SERVING while draining, then the process exits 0.
     sigterm(&running.child);
@@ -168,18 +129,11 @@ async fn up_serves_accepts_cli_tokens_and_drains_on_sigterm() {
 
 #[test]
 fn up_help_lists_every_setting_with_its_default() {
-    let output = Command::new(TANDEM)
-        .args(["up", "--help"])
-        .output()
-        .expect("run tandem up --help");
+    let output = Command::new(TANDEM).args(["up", "--help"]).output().expect("run tandem up --help");
     assert!(output.status.success());
     let help = String::from_utf8(output.stdout).unwrap();
     for setting in tandem_server::config::SETTINGS {
-        assert!(
-            help.contains(setting.env),
-            "{} missing from --help",
-            setting.env
-        );
+        assert!(help.contains(setting.env), "{} missing from --help", setting.env);
     }
     assert!(help.contains("[default: 127.0.0.1:50051]"), "{help}");
     assert!(help.contains("[default: ./tandem-data]"), "{help}");
@@ -189,16 +143,7 @@ fn up_help_lists_every_setting_with_its_default() {
 fn token_refuses_a_patient_subject_that_is_not_a_patient_id() {
     let data_dir = tempfile::tempdir().unwrap();
     let output = Command::new(TANDEM)
-        .args([
-            "token",
-            "--role",
-            "patient",
-            "--org",
-            "demo-clinic",
-            "--sub",
-            "alice",
-            "--data-dir",
-        ])
+        .args(["token", "--role", "patient", "--org", "demo-clinic", "--sub", "alice", "--data-dir"])
         .arg(data_dir.path())
         .output()
         .unwrap();
@@ -219,8 +164,5 @@ fn a_second_up_on_a_taken_port_says_what_to_do() {
         .unwrap();
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        stderr.contains("cannot listen on") && stderr.contains("--listen"),
-        "{stderr}"
-    );
+    assert!(stderr.contains("cannot listen on") && stderr.contains("--listen"), "{stderr}");
 }

@@ -34,10 +34,7 @@ impl TryFrom<i32> for Mood {
     fn try_from(value: i32) -> Result<Self, Self::Error> {
         match u8::try_from(value) {
             Ok(rating) if (MOOD_MIN..=MOOD_MAX).contains(&rating) => Ok(Self(rating)),
-            _ => Err(ValidationErrors::single(
-                "mood",
-                format!("mood is {MOOD_MIN}-{MOOD_MAX}, got {value}"),
-            )),
+            _ => Err(ValidationErrors::single("mood", format!("mood is {MOOD_MIN}-{MOOD_MAX}, got {value}"))),
         }
     }
 }
@@ -83,17 +80,11 @@ pub fn validate_journal(text: &str) -> Result<Journal, ValidationErrors> {
     if text.len() > JOURNAL_MAX_CHARS {
         let chars = text.chars().count();
         if chars > JOURNAL_MAX_CHARS {
-            errors.push(
-                "journal",
-                format!("journal is at most 20,000 characters, got {chars}"),
-            );
+            errors.push("journal", format!("journal is at most 20,000 characters, got {chars}"));
         }
     }
     if text.contains('\0') {
-        errors.push(
-            "journal",
-            "journal must not contain NUL (U+0000) characters",
-        );
+        errors.push("journal", "journal must not contain NUL (U+0000) characters");
     }
     errors.into_result(Journal(text.to_owned()))
 }
@@ -104,10 +95,7 @@ pub fn journal_from_bytes(bytes: &[u8]) -> Result<Journal, ValidationErrors> {
         Ok(text) => validate_journal(text),
         Err(error) => Err(ValidationErrors::single(
             "journal",
-            format!(
-                "journal must be valid UTF-8; invalid byte at offset {}",
-                error.valid_up_to()
-            ),
+            format!("journal must be valid UTF-8; invalid byte at offset {}", error.valid_up_to()),
         )),
     }
 }
@@ -147,32 +135,19 @@ mod tests {
     use super::*;
 
     fn fields_and_descriptions(errors: ValidationErrors) -> Vec<(String, String)> {
-        errors
-            .into_violations()
-            .into_iter()
-            .map(|violation| (violation.field, violation.description))
-            .collect()
+        errors.into_violations().into_iter().map(|violation| (violation.field, violation.description)).collect()
     }
 
     #[test]
     fn mood_is_optional_and_0_to_10() {
         assert_eq!(validate_mood(None), Ok(None));
-        assert_eq!(
-            validate_mood(Some(0)).map(|mood| mood.map(Mood::value)),
-            Ok(Some(0))
-        );
-        assert_eq!(
-            validate_mood(Some(10)).map(|mood| mood.map(Mood::value)),
-            Ok(Some(10))
-        );
+        assert_eq!(validate_mood(Some(0)).map(|mood| mood.map(Mood::value)), Ok(Some(0)));
+        assert_eq!(validate_mood(Some(10)).map(|mood| mood.map(Mood::value)), Ok(Some(10)));
         for bad in [-1, 11, i32::MIN, i32::MAX, 256] {
             let Err(errors) = validate_mood(Some(bad)) else {
                 panic!("mood {bad} must be rejected");
             };
-            assert_eq!(
-                fields_and_descriptions(errors),
-                [("mood".to_owned(), format!("mood is 0-10, got {bad}"))]
-            );
+            assert_eq!(fields_and_descriptions(errors), [("mood".to_owned(), format!("mood is 0-10, got {bad}"))]);
         }
     }
 
@@ -187,20 +162,14 @@ mod tests {
         };
         assert_eq!(
             fields_and_descriptions(errors),
-            [(
-                "journal".to_owned(),
-                "journal is at most 20,000 characters, got 20001".to_owned()
-            )]
+            [("journal".to_owned(), "journal is at most 20,000 characters, got 20001".to_owned())]
         );
     }
 
     #[test]
     fn journal_is_kept_verbatim() {
         let text = "  Slept badly.\nTalked to Sam — felt better.  ";
-        assert_eq!(
-            validate_journal(text).map(Journal::into_string).as_deref(),
-            Ok(text)
-        );
+        assert_eq!(validate_journal(text).map(Journal::into_string).as_deref(), Ok(text));
         assert!(validate_journal("").is_ok_and(|journal| journal.is_empty()));
     }
 
@@ -209,29 +178,18 @@ mod tests {
         let Err(errors) = validate_journal("before\0after") else {
             panic!("NUL must be rejected");
         };
-        assert_eq!(
-            errors.violations().first().map(|v| v.field.as_str()),
-            Some("journal")
-        );
+        assert_eq!(errors.violations().first().map(|v| v.field.as_str()), Some("journal"));
     }
 
     #[test]
     fn journal_bytes_must_be_utf8() {
-        assert_eq!(
-            journal_from_bytes("fine".as_bytes())
-                .map(Journal::into_string)
-                .as_deref(),
-            Ok("fine")
-        );
+        assert_eq!(journal_from_bytes("fine".as_bytes()).map(Journal::into_string).as_deref(), Ok("fine"));
         let Err(errors) = journal_from_bytes(&[b'o', b'k', 0xff, b'!']) else {
             panic!("invalid UTF-8 must be rejected");
         };
         assert_eq!(
             fields_and_descriptions(errors),
-            [(
-                "journal".to_owned(),
-                "journal must be valid UTF-8; invalid byte at offset 2".to_owned()
-            )]
+            [("journal".to_owned(), "journal must be valid UTF-8; invalid byte at offset 2".to_owned())]
         );
     }
 
@@ -240,22 +198,11 @@ mod tests {
         let phq9 = [1; 9];
         let gad7 = [0; 7];
         let cssrs = [0, 0, -1, -1, -1, 0];
-        let parsed = parse_instruments([
-            ("44249-1", &phq9[..]),
-            ("69737-5", &gad7[..]),
-            ("cssrs-screener", &cssrs[..]),
-        ]);
-        let instruments: Option<Vec<Instrument>> = parsed
-            .ok()
-            .map(|all| all.iter().map(Responses::instrument).collect());
-        assert_eq!(
-            instruments,
-            Some(vec![
-                Instrument::Phq9,
-                Instrument::Gad7,
-                Instrument::CssrsScreener
-            ])
-        );
+        let parsed =
+            parse_instruments([("44249-1", &phq9[..]), ("69737-5", &gad7[..]), ("cssrs-screener", &cssrs[..])]);
+        let instruments: Option<Vec<Instrument>> =
+            parsed.ok().map(|all| all.iter().map(Responses::instrument).collect());
+        assert_eq!(instruments, Some(vec![Instrument::Phq9, Instrument::Gad7, Instrument::CssrsScreener]));
         assert_eq!(parse_instruments([]), Ok(Vec::new()));
     }
 
@@ -269,8 +216,7 @@ mod tests {
             fields_and_descriptions(errors),
             [(
                 "instruments[1].instrument".to_owned(),
-                "PHQ-9 is already in instruments[0]; send each instrument at most once per check-in"
-                    .to_owned()
+                "PHQ-9 is already in instruments[0]; send each instrument at most once per check-in".to_owned()
             )]
         );
     }
@@ -279,25 +225,12 @@ mod tests {
     fn every_bad_instrument_is_reported_with_its_index() {
         let phq9 = [0, 0, 0, 4, 0, 0, 0, 0, 0];
         let cssrs = [0, 0, 1, -1, -1, 0];
-        let Err(errors) = parse_instruments([
-            ("44249-1", &phq9[..]),
-            ("beck", &[1, 2][..]),
-            ("cssrs-screener", &cssrs[..]),
-        ]) else {
+        let Err(errors) =
+            parse_instruments([("44249-1", &phq9[..]), ("beck", &[1, 2][..]), ("cssrs-screener", &cssrs[..])])
+        else {
             panic!("three bad instruments must be rejected");
         };
-        let fields: Vec<String> = errors
-            .into_violations()
-            .into_iter()
-            .map(|v| v.field)
-            .collect();
-        assert_eq!(
-            fields,
-            [
-                "instruments[0].answers[3]",
-                "instruments[1].instrument",
-                "instruments[2].answers[2]"
-            ]
-        );
+        let fields: Vec<String> = errors.into_violations().into_iter().map(|v| v.field).collect();
+        assert_eq!(fields, ["instruments[0].answers[3]", "instruments[1].instrument", "instruments[2].answers[2]"]);
     }
 }

@@ -15,19 +15,13 @@ pub struct FieldViolation {
 impl FieldViolation {
     /// A violation of `field` described by `description`.
     pub fn new(field: impl Into<String>, description: impl Into<String>) -> Self {
-        Self {
-            field: field.into(),
-            description: description.into(),
-        }
+        Self { field: field.into(), description: description.into() }
     }
 
     /// The same violation with its field path nested under `prefix`.
     fn nested_under(self, prefix: &str) -> Self {
         let field = join_path(prefix, &self.field);
-        Self {
-            field,
-            description: self.description,
-        }
+        Self { field, description: self.description }
     }
 }
 
@@ -69,15 +63,12 @@ impl ValidationErrors {
 
     /// Exactly one violation.
     pub fn single(field: impl Into<String>, description: impl Into<String>) -> Self {
-        Self {
-            violations: vec![FieldViolation::new(field, description)],
-        }
+        Self { violations: vec![FieldViolation::new(field, description)] }
     }
 
     /// Records one more violation.
     pub fn push(&mut self, field: impl Into<String>, description: impl Into<String>) {
-        self.violations
-            .push(FieldViolation::new(field, description));
+        self.violations.push(FieldViolation::new(field, description));
     }
 
     /// Moves every violation of `other` into `self`, keeping their order.
@@ -108,13 +99,7 @@ impl ValidationErrors {
     /// The same violations with every field path nested under `prefix`
     /// (`answers[3]` under `instruments[0]` becomes `instruments[0].answers[3]`).
     pub fn nested_under(self, prefix: &str) -> Self {
-        Self {
-            violations: self
-                .violations
-                .into_iter()
-                .map(|violation| violation.nested_under(prefix))
-                .collect(),
-        }
+        Self { violations: self.violations.into_iter().map(|violation| violation.nested_under(prefix)).collect() }
     }
 
     /// `Ok(value)` when no violation was recorded, else `Err(self)`.
@@ -158,19 +143,8 @@ mod tests {
         errors.push("instrument", "unknown instrument");
         errors.push("", "whole message");
         let nested = errors.nested_under("instruments[0]");
-        let fields: Vec<&str> = nested
-            .violations()
-            .iter()
-            .map(|violation| violation.field.as_str())
-            .collect();
-        assert_eq!(
-            fields,
-            [
-                "instruments[0].answers[3]",
-                "instruments[0].instrument",
-                "instruments[0]"
-            ]
-        );
+        let fields: Vec<&str> = nested.violations().iter().map(|violation| violation.field.as_str()).collect();
+        assert_eq!(fields, ["instruments[0].answers[3]", "instruments[0].instrument", "instruments[0]"]);
         assert_eq!(join_path("instruments", "[2]"), "instruments[2]");
     }
 
@@ -178,20 +152,13 @@ mod tests {
     fn display_lists_every_violation() {
         let mut errors = ValidationErrors::single("mood", "mood is 0-10, got 11");
         errors.push("journal", "too long");
-        assert_eq!(
-            errors.to_string(),
-            "invalid input: mood: mood is 0-10, got 11; journal: too long"
-        );
+        assert_eq!(errors.to_string(), "invalid input: mood: mood is 0-10, got 11; journal: too long");
     }
 
     #[test]
     fn into_result_is_ok_only_without_violations() {
         assert_eq!(ValidationErrors::new().into_result(7), Ok(7));
-        assert!(
-            ValidationErrors::single("mood", "bad")
-                .into_result(7)
-                .is_err()
-        );
+        assert!(ValidationErrors::single("mood", "bad").into_result(7).is_err());
     }
 
     #[test]

@@ -94,17 +94,13 @@ impl FromStr for Instrument {
     type Err = UnknownInstrument;
 
     fn from_str(code: &str) -> Result<Self, Self::Err> {
-        Self::from_code(code).ok_or_else(|| UnknownInstrument {
-            code: excerpt(code),
-        })
+        Self::from_code(code).ok_or_else(|| UnknownInstrument { code: excerpt(code) })
     }
 }
 
 /// Looks up an API code, reporting an unknown one as a violation of field `instrument`.
 pub fn parse_instrument(code: &str) -> Result<Instrument, ValidationErrors> {
-    code.parse().map_err(|unknown: UnknownInstrument| {
-        ValidationErrors::single("instrument", unknown.to_string())
-    })
+    code.parse().map_err(|unknown: UnknownInstrument| ValidationErrors::single("instrument", unknown.to_string()))
 }
 
 /// A code from a code system, as in FHIR's `Coding`.
@@ -120,11 +116,7 @@ pub struct Coding {
 
 impl Coding {
     const fn loinc(code: &'static str, display: &'static str) -> Self {
-        Self {
-            system: LOINC_SYSTEM,
-            code,
-            display,
-        }
+        Self { system: LOINC_SYSTEM, code, display }
     }
 }
 
@@ -192,54 +184,19 @@ pub fn definition(instrument: Instrument) -> &'static InstrumentDefinition {
 
 /// The 0-3 frequency options shared by PHQ-9 and GAD-7, with their LOINC answer codes.
 const FREQUENCY_OPTIONS: [ResponseOption; 4] = [
-    ResponseOption {
-        value: 0,
-        label: "Not at all",
-        loinc_answer: Some("LA6568-5"),
-    },
-    ResponseOption {
-        value: 1,
-        label: "Several days",
-        loinc_answer: Some("LA6569-3"),
-    },
-    ResponseOption {
-        value: 2,
-        label: "More than half the days",
-        loinc_answer: Some("LA6570-1"),
-    },
-    ResponseOption {
-        value: 3,
-        label: "Nearly every day",
-        loinc_answer: Some("LA6571-9"),
-    },
+    ResponseOption { value: 0, label: "Not at all", loinc_answer: Some("LA6568-5") },
+    ResponseOption { value: 1, label: "Several days", loinc_answer: Some("LA6569-3") },
+    ResponseOption { value: 2, label: "More than half the days", loinc_answer: Some("LA6570-1") },
+    ResponseOption { value: 3, label: "Nearly every day", loinc_answer: Some("LA6571-9") },
 ];
 
 const YES_NO_OPTIONS: [ResponseOption; 2] = [
-    ResponseOption {
-        value: 0,
-        label: "No",
-        loinc_answer: Some("LA32-8"),
-    },
-    ResponseOption {
-        value: 1,
-        label: "Yes",
-        loinc_answer: Some("LA33-6"),
-    },
+    ResponseOption { value: 0, label: "No", loinc_answer: Some("LA32-8") },
+    ResponseOption { value: 1, label: "Yes", loinc_answer: Some("LA33-6") },
 ];
 
-const fn item(
-    index: usize,
-    label: &'static str,
-    text: &'static str,
-    loinc: Option<&'static str>,
-) -> ItemDefinition {
-    ItemDefinition {
-        index,
-        label,
-        text,
-        loinc,
-        asked_only_if_yes_to: None,
-    }
+const fn item(index: usize, label: &'static str, text: &'static str, loinc: Option<&'static str>) -> ItemDefinition {
+    ItemDefinition { index, label, text, loinc, asked_only_if_yes_to: None }
 }
 
 const fn branched_item(index: usize, label: &'static str, text: &'static str) -> ItemDefinition {
@@ -254,30 +211,10 @@ const fn branched_item(index: usize, label: &'static str, text: &'static str) ->
 }
 
 const PHQ9_ITEMS: [ItemDefinition; 9] = [
-    item(
-        0,
-        "Q1",
-        "Little interest or pleasure in doing things",
-        Some("44250-9"),
-    ),
-    item(
-        1,
-        "Q2",
-        "Feeling down, depressed, or hopeless",
-        Some("44255-8"),
-    ),
-    item(
-        2,
-        "Q3",
-        "Trouble falling or staying asleep, or sleeping too much",
-        Some("44259-0"),
-    ),
-    item(
-        3,
-        "Q4",
-        "Feeling tired or having little energy",
-        Some("44254-1"),
-    ),
+    item(0, "Q1", "Little interest or pleasure in doing things", Some("44250-9")),
+    item(1, "Q2", "Feeling down, depressed, or hopeless", Some("44255-8")),
+    item(2, "Q3", "Trouble falling or staying asleep, or sleeping too much", Some("44259-0")),
+    item(3, "Q4", "Feeling tired or having little energy", Some("44254-1")),
     item(4, "Q5", "Poor appetite or overeating", Some("44251-7")),
     item(
         5,
@@ -306,43 +243,13 @@ const PHQ9_ITEMS: [ItemDefinition; 9] = [
 ];
 
 const GAD7_ITEMS: [ItemDefinition; 7] = [
-    item(
-        0,
-        "Q1",
-        "Feeling nervous, anxious, or on edge",
-        Some("69725-0"),
-    ),
-    item(
-        1,
-        "Q2",
-        "Not being able to stop or control worrying",
-        Some("68509-9"),
-    ),
-    item(
-        2,
-        "Q3",
-        "Worrying too much about different things",
-        Some("69733-4"),
-    ),
+    item(0, "Q1", "Feeling nervous, anxious, or on edge", Some("69725-0")),
+    item(1, "Q2", "Not being able to stop or control worrying", Some("68509-9")),
+    item(2, "Q3", "Worrying too much about different things", Some("69733-4")),
     item(3, "Q4", "Trouble relaxing", Some("69734-2")),
-    item(
-        4,
-        "Q5",
-        "Being so restless that it is hard to sit still",
-        Some("69735-9"),
-    ),
-    item(
-        5,
-        "Q6",
-        "Becoming easily annoyed or irritable",
-        Some("69689-8"),
-    ),
-    item(
-        6,
-        "Q7",
-        "Feeling afraid, as if something awful might happen",
-        Some("69736-7"),
-    ),
+    item(4, "Q5", "Being so restless that it is hard to sit still", Some("69735-9")),
+    item(5, "Q6", "Becoming easily annoyed or irritable", Some("69689-8")),
+    item(6, "Q7", "Feeling afraid, as if something awful might happen", Some("69736-7")),
 ];
 
 // Wording paraphrases the public C-SSRS Screen Version (Posner et al., Columbia University).
@@ -353,22 +260,9 @@ const CSSRS_ITEMS: [ItemDefinition; 6] = [
         "In the past month, have you wished you were dead or wished you could go to sleep and not wake up?",
         None,
     ),
-    item(
-        1,
-        "Q2",
-        "In the past month, have you actually had any thoughts about killing yourself?",
-        None,
-    ),
-    branched_item(
-        2,
-        "Q3",
-        "Have you been thinking about how you might do this?",
-    ),
-    branched_item(
-        3,
-        "Q4",
-        "Have you had these thoughts and had some intention of acting on them?",
-    ),
+    item(1, "Q2", "In the past month, have you actually had any thoughts about killing yourself?", None),
+    branched_item(2, "Q3", "Have you been thinking about how you might do this?"),
+    branched_item(3, "Q4", "Have you had these thoughts and had some intention of acting on them?"),
     branched_item(
         4,
         "Q5",
@@ -387,14 +281,8 @@ const PHQ9: InstrumentDefinition = InstrumentDefinition {
     code: "44249-1",
     short_name: "PHQ-9",
     title: "Patient Health Questionnaire (PHQ-9)",
-    panel: Some(Coding::loinc(
-        "44249-1",
-        "PHQ-9 quick depression assessment panel [Reported.PHQ]",
-    )),
-    total: Some(Coding::loinc(
-        "44261-6",
-        "Patient Health Questionnaire 9 item (PHQ-9) total score [Reported]",
-    )),
+    panel: Some(Coding::loinc("44249-1", "PHQ-9 quick depression assessment panel [Reported.PHQ]")),
+    total: Some(Coding::loinc("44261-6", "Patient Health Questionnaire 9 item (PHQ-9) total score [Reported]")),
     max_total: Some(27),
     prompt: "Over the last 2 weeks, how often have you been bothered by any of the following problems?",
     items: &PHQ9_ITEMS,
@@ -407,14 +295,8 @@ const GAD7: InstrumentDefinition = InstrumentDefinition {
     code: "69737-5",
     short_name: "GAD-7",
     title: "Generalized Anxiety Disorder 7-item scale (GAD-7)",
-    panel: Some(Coding::loinc(
-        "69737-5",
-        "Generalized anxiety disorder 7 item (GAD-7)",
-    )),
-    total: Some(Coding::loinc(
-        "70274-6",
-        "Generalized anxiety disorder 7 item (GAD-7) total score [Reported.PHQ]",
-    )),
+    panel: Some(Coding::loinc("69737-5", "Generalized anxiety disorder 7 item (GAD-7)")),
+    total: Some(Coding::loinc("70274-6", "Generalized anxiety disorder 7 item (GAD-7) total score [Reported.PHQ]")),
     max_total: Some(21),
     prompt: "Over the last 2 weeks, how often have you been bothered by the following problems?",
     items: &GAD7_ITEMS,
@@ -447,15 +329,8 @@ mod tests {
         assert_eq!(Instrument::from_code(" phq9 "), Some(Instrument::Phq9));
         assert_eq!(Instrument::from_code("69737-5"), Some(Instrument::Gad7));
         assert_eq!(Instrument::from_code("Gad7"), Some(Instrument::Gad7));
-        assert_eq!(
-            Instrument::from_code("CSSRS-Screener"),
-            Some(Instrument::CssrsScreener)
-        );
-        assert_eq!(
-            Instrument::from_code("44261-6"),
-            None,
-            "a total code is not a panel"
-        );
+        assert_eq!(Instrument::from_code("CSSRS-Screener"), Some(Instrument::CssrsScreener));
+        assert_eq!(Instrument::from_code("44261-6"), None, "a total code is not a panel");
         assert_eq!(Instrument::from_code(""), None);
     }
 
@@ -488,14 +363,12 @@ mod tests {
         assert_eq!(phq9.panel.map(|coding| coding.code), Some("44249-1"));
         assert_eq!(phq9.total.map(|coding| coding.code), Some("44261-6"));
         assert_eq!(phq9.items.len(), 9);
-        assert_eq!(
-            phq9.items.get(8).and_then(|item| item.loinc),
-            Some("44260-8")
+        assert_eq!(phq9.items.get(8).and_then(|item| item.loinc), Some("44260-8"));
+        assert!(
+            phq9.items
+                .get(8)
+                .is_some_and(|item| { item.text.starts_with("Thoughts that you would be better off dead") })
         );
-        assert!(phq9.items.get(8).is_some_and(|item| {
-            item.text
-                .starts_with("Thoughts that you would be better off dead")
-        }));
 
         let gad7 = definition(Instrument::Gad7);
         assert_eq!(gad7.panel.map(|coding| coding.code), Some("69737-5"));
@@ -506,10 +379,7 @@ mod tests {
         assert_eq!(cssrs.panel, None);
         assert_eq!(cssrs.total, None);
         assert_eq!(cssrs.items.len(), 6);
-        for coding in [phq9.panel, phq9.total, gad7.panel, gad7.total]
-            .into_iter()
-            .flatten()
-        {
+        for coding in [phq9.panel, phq9.total, gad7.panel, gad7.total].into_iter().flatten() {
             assert_eq!(coding.system, "http://loinc.org");
         }
     }
@@ -526,24 +396,13 @@ mod tests {
 
     #[test]
     fn frequency_options_read_as_on_the_paper_form() {
-        let labels: Vec<(i32, &str)> = definition(Instrument::Phq9)
-            .options
-            .iter()
-            .map(|option| (option.value, option.label))
-            .collect();
+        let labels: Vec<(i32, &str)> =
+            definition(Instrument::Phq9).options.iter().map(|option| (option.value, option.label)).collect();
         assert_eq!(
             labels,
-            [
-                (0, "Not at all"),
-                (1, "Several days"),
-                (2, "More than half the days"),
-                (3, "Nearly every day")
-            ]
+            [(0, "Not at all"), (1, "Several days"), (2, "More than half the days"), (3, "Nearly every day")]
         );
-        assert_eq!(
-            definition(Instrument::Gad7).options,
-            definition(Instrument::Phq9).options
-        );
+        assert_eq!(definition(Instrument::Gad7).options, definition(Instrument::Phq9).options);
     }
 
     #[test]
@@ -556,13 +415,7 @@ mod tests {
             .collect();
         assert_eq!(branched, ["Q3", "Q4", "Q5"]);
         for instrument in [Instrument::Phq9, Instrument::Gad7] {
-            assert!(
-                instrument
-                    .definition()
-                    .items
-                    .iter()
-                    .all(|item| item.asked_only_if_yes_to.is_none())
-            );
+            assert!(instrument.definition().items.iter().all(|item| item.asked_only_if_yes_to.is_none()));
         }
     }
 }

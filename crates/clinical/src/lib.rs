@@ -19,18 +19,11 @@
 //! assert_eq!(rejected.violations()[0].field, "instruments[1].answers[3]");
 //! # Ok::<(), tandem_clinical::ValidationErrors>(())
 //! ```
-#![cfg_attr(
-    not(test),
-    deny(
-        clippy::unwrap_used,
-        clippy::expect_used,
-        clippy::panic,
-        clippy::indexing_slicing
-    )
-)]
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing))]
 #![warn(missing_docs)]
 
 mod checkin;
+mod detector;
 mod error;
 mod instrument;
 mod responses;
@@ -38,23 +31,24 @@ mod score;
 mod trend;
 
 pub use checkin::{
-    JOURNAL_MAX_CHARS, Journal, MOOD_MAX, MOOD_MIN, Mood, journal_from_bytes, parse_instruments,
-    validate_journal, validate_mood,
+    JOURNAL_MAX_CHARS, Journal, MOOD_MAX, MOOD_MIN, Mood, journal_from_bytes, parse_instruments, validate_journal,
+    validate_mood,
+};
+pub use detector::{
+    Category, Detection, Finding, Qualifier, Suppressed, SuppressionReason, TextRiskLevel, UnknownLevel, Vocabulary,
+    detect,
 };
 pub use error::{FieldViolation, ValidationErrors};
 pub use instrument::{
-    CSSRS_SCREENER_CODE, Coding, Instrument, InstrumentDefinition, ItemDefinition, LOINC_SYSTEM,
-    PHQ9_ITEM9_LOINC, ResponseOption, SKIPPED, UnknownInstrument, definition, parse_instrument,
+    CSSRS_SCREENER_CODE, Coding, Instrument, InstrumentDefinition, ItemDefinition, LOINC_SYSTEM, PHQ9_ITEM9_LOINC,
+    ResponseOption, SKIPPED, UnknownInstrument, definition, parse_instrument,
 };
 pub use responses::{
-    ActiveIdeation, CssrsResponses, Frequency, Gad7Responses, Phq9Responses, Responses,
-    parse_answers, parse_responses, parse_responses_at,
+    ActiveIdeation, CssrsResponses, Frequency, Gad7Responses, Phq9Responses, Responses, parse_answers, parse_responses,
+    parse_responses_at,
 };
 pub use score::{
-    Band, CSSRS_HIGH_RISK_TRIGGER, CrisisTrigger, CssrsRisk, PHQ9_ITEM9_TRIGGER, Score,
-    crisis_triggers_in_unparsed, gad7_band, phq9_band, score,
+    Band, CSSRS_HIGH_RISK_TRIGGER, CrisisTrigger, CssrsRisk, PHQ9_ITEM9_TRIGGER, Score, crisis_triggers_in_unparsed,
+    gad7_band, phq9_band, score,
 };
-pub use trend::{
-    Observation, RELIABLE_DETERIORATION_POINTS, REMISSION_BELOW, Trend, phq9_trend,
-    phq9_trend_since,
-};
+pub use trend::{Observation, RELIABLE_DETERIORATION_POINTS, REMISSION_BELOW, Trend, phq9_trend, phq9_trend_since};

@@ -22,12 +22,8 @@ pub enum Frequency {
 
 impl Frequency {
     /// Every option, from 0 to 3.
-    pub const ALL: [Frequency; 4] = [
-        Self::NotAtAll,
-        Self::SeveralDays,
-        Self::MoreThanHalfTheDays,
-        Self::NearlyEveryDay,
-    ];
+    pub const ALL: [Frequency; 4] =
+        [Self::NotAtAll, Self::SeveralDays, Self::MoreThanHalfTheDays, Self::NearlyEveryDay];
 
     /// The option for a wire value 0-3, or `None` for anything else.
     pub fn from_value(value: i32) -> Option<Self> {
@@ -155,24 +151,12 @@ impl Responses {
             Self::CssrsScreener(responses) => {
                 let yes_no = |answer: bool| i32::from(answer);
                 let (q2, [q3, q4, q5]) = match responses.suicidal_thoughts {
-                    Some(ideation) => (
-                        1,
-                        [
-                            yes_no(ideation.method),
-                            yes_no(ideation.intent),
-                            yes_no(ideation.plan_with_intent),
-                        ],
-                    ),
+                    Some(ideation) => {
+                        (1, [yes_no(ideation.method), yes_no(ideation.intent), yes_no(ideation.plan_with_intent)])
+                    }
                     None => (0, [SKIPPED; 3]),
                 };
-                vec![
-                    yes_no(responses.wish_to_be_dead),
-                    q2,
-                    q3,
-                    q4,
-                    q5,
-                    yes_no(responses.behaviour_past_3_months),
-                ]
+                vec![yes_no(responses.wish_to_be_dead), q2, q3, q4, q5, yes_no(responses.behaviour_past_3_months)]
             }
         }
     }
@@ -185,43 +169,31 @@ fn frequencies_to_wire(items: &[Frequency]) -> Vec<i32> {
 /// Parses one instrument's answers as the API sends them. Field paths in errors are
 /// relative to the instrument message (`instrument`, `answers`, `answers[3]`); nest them with
 /// [`ValidationErrors::nested_under`] or use [`parse_responses_at`].
-pub fn parse_responses(
-    instrument_code: &str,
-    answers: &[i32],
-) -> Result<Responses, ValidationErrors> {
+pub fn parse_responses(instrument_code: &str, answers: &[i32]) -> Result<Responses, ValidationErrors> {
     let instrument = parse_instrument(instrument_code)?;
     parse_answers(instrument, answers)
 }
 
 /// [`parse_responses`] for the check-in's `instruments[index]`, with full field paths.
-pub fn parse_responses_at(
-    index: usize,
-    instrument_code: &str,
-    answers: &[i32],
-) -> Result<Responses, ValidationErrors> {
-    parse_responses(instrument_code, answers)
-        .map_err(|errors| errors.nested_under(&format!("instruments[{index}]")))
+pub fn parse_responses_at(index: usize, instrument_code: &str, answers: &[i32]) -> Result<Responses, ValidationErrors> {
+    parse_responses(instrument_code, answers).map_err(|errors| errors.nested_under(&format!("instruments[{index}]")))
 }
 
 /// Parses the answers to a known instrument; errors name `answers` or `answers[i]`.
-pub fn parse_answers(
-    instrument: Instrument,
-    answers: &[i32],
-) -> Result<Responses, ValidationErrors> {
+pub fn parse_answers(instrument: Instrument, answers: &[i32]) -> Result<Responses, ValidationErrors> {
     match instrument {
-        Instrument::Phq9 => parse_frequencies(instrument, answers)
-            .map(|items| Responses::Phq9(Phq9Responses { items })),
-        Instrument::Gad7 => parse_frequencies(instrument, answers)
-            .map(|items| Responses::Gad7(Gad7Responses { items })),
+        Instrument::Phq9 => {
+            parse_frequencies(instrument, answers).map(|items| Responses::Phq9(Phq9Responses { items }))
+        }
+        Instrument::Gad7 => {
+            parse_frequencies(instrument, answers).map(|items| Responses::Gad7(Gad7Responses { items }))
+        }
         Instrument::CssrsScreener => parse_cssrs(answers).map(Responses::CssrsScreener),
     }
 }
 
 fn item_count_error(instrument: Instrument, expected: usize, got: usize) -> ValidationErrors {
-    ValidationErrors::single(
-        "answers",
-        format!("{instrument} has {expected} items, got {got}"),
-    )
+    ValidationErrors::single("answers", format!("{instrument} has {expected} items, got {got}"))
 }
 
 fn parse_frequencies<const N: usize>(
@@ -236,10 +208,7 @@ fn parse_frequencies<const N: usize>(
     for (index, (slot, &raw)) in items.iter_mut().zip(answers).enumerate() {
         match Frequency::from_value(raw) {
             Some(frequency) => *slot = frequency,
-            None => errors.push(
-                format!("answers[{index}]"),
-                format!("answers are 0-3, got {raw}"),
-            ),
+            None => errors.push(format!("answers[{index}]"), format!("answers are 0-3, got {raw}")),
         }
     }
     errors.into_result(items)
@@ -249,11 +218,7 @@ const CSSRS_ITEM_COUNT: usize = 6;
 
 fn parse_cssrs(answers: &[i32]) -> Result<CssrsResponses, ValidationErrors> {
     let Ok([q1, q2, q3, q4, q5, q6]) = <[i32; CSSRS_ITEM_COUNT]>::try_from(answers) else {
-        return Err(item_count_error(
-            Instrument::CssrsScreener,
-            CSSRS_ITEM_COUNT,
-            answers.len(),
-        ));
+        return Err(item_count_error(Instrument::CssrsScreener, CSSRS_ITEM_COUNT, answers.len()));
     };
     let mut errors = ValidationErrors::new();
     let wish_to_be_dead = always_asked(0, q1, &mut errors);
@@ -273,10 +238,8 @@ fn parse_cssrs(answers: &[i32]) -> Result<CssrsResponses, ValidationErrors> {
         Some(false) => {
             for (index, raw) in follow_ups {
                 if raw != SKIPPED {
-                    errors.push(
-                        format!("answers[{index}]"),
-                        format!("must be skipped (-1) because Q2 is no, got {raw}"),
-                    );
+                    errors
+                        .push(format!("answers[{index}]"), format!("must be skipped (-1) because Q2 is no, got {raw}"));
                 }
             }
             None
@@ -307,10 +270,7 @@ fn always_asked(index: usize, raw: i32, errors: &mut ValidationErrors) -> Option
     if answer.is_none() {
         errors.push(
             format!("answers[{index}]"),
-            format!(
-                "Q{} is always asked; answers are 0 (no) or 1 (yes), got {raw}",
-                index + 1
-            ),
+            format!("Q{} is always asked; answers are 0 (no) or 1 (yes), got {raw}", index + 1),
         );
     }
     answer
@@ -378,11 +338,7 @@ mod tests {
     #[test]
     fn out_of_range_answers_are_reported_each_at_its_index() {
         assert_eq!(
-            violations(parse_responses_at(
-                0,
-                "44249-1",
-                &[0, 0, 0, 4, 0, 0, 0, 0, -1]
-            )),
+            violations(parse_responses_at(0, "44249-1", &[0, 0, 0, 4, 0, 0, 0, 0, -1])),
             [
                 pair("instruments[0].answers[3]", "answers are 0-3, got 4"),
                 pair("instruments[0].answers[8]", "answers are 0-3, got -1"),
@@ -393,10 +349,7 @@ mod tests {
     #[test]
     fn gad7_needs_exactly_seven_answers() {
         assert!(parse_responses("69737-5", &[3; 7]).is_ok());
-        assert_eq!(
-            violations(parse_responses("gad-7", &[1; 9])),
-            [pair("answers", "GAD-7 has 7 items, got 9")]
-        );
+        assert_eq!(violations(parse_responses("gad-7", &[1; 9])), [pair("answers", "GAD-7 has 7 items, got 9")]);
     }
 
     #[test]
@@ -430,11 +383,7 @@ mod tests {
             parsed,
             Ok(Responses::CssrsScreener(CssrsResponses {
                 wish_to_be_dead: true,
-                suicidal_thoughts: Some(ActiveIdeation {
-                    method: true,
-                    intent: false,
-                    plan_with_intent: true,
-                }),
+                suicidal_thoughts: Some(ActiveIdeation { method: true, intent: false, plan_with_intent: true }),
                 behaviour_past_3_months: true,
             }))
         );
@@ -443,35 +392,18 @@ mod tests {
     #[test]
     fn cssrs_q3_answered_after_q2_no_is_an_error() {
         assert_eq!(
-            violations(parse_responses_at(
-                2,
-                "cssrs-screener",
-                &[0, 0, 0, -1, -1, 0]
-            )),
-            [pair(
-                "instruments[2].answers[2]",
-                "must be skipped (-1) because Q2 is no, got 0"
-            )]
+            violations(parse_responses_at(2, "cssrs-screener", &[0, 0, 0, -1, -1, 0])),
+            [pair("instruments[2].answers[2]", "must be skipped (-1) because Q2 is no, got 0")]
         );
     }
 
     #[test]
     fn cssrs_q3_to_q5_are_required_after_q2_yes() {
         assert_eq!(
-            violations(parse_responses_at(
-                2,
-                "cssrs-screener",
-                &[0, 1, -1, 0, -1, 0]
-            )),
+            violations(parse_responses_at(2, "cssrs-screener", &[0, 1, -1, 0, -1, 0])),
             [
-                pair(
-                    "instruments[2].answers[2]",
-                    "required because Q2 is yes; answers are 0 (no) or 1 (yes), got -1"
-                ),
-                pair(
-                    "instruments[2].answers[4]",
-                    "required because Q2 is yes; answers are 0 (no) or 1 (yes), got -1"
-                ),
+                pair("instruments[2].answers[2]", "required because Q2 is yes; answers are 0 (no) or 1 (yes), got -1"),
+                pair("instruments[2].answers[4]", "required because Q2 is yes; answers are 0 (no) or 1 (yes), got -1"),
             ]
         );
     }
@@ -481,14 +413,8 @@ mod tests {
         assert_eq!(
             violations(parse_responses("cssrs-screener", &[-1, 0, -1, -1, -1, -1])),
             [
-                pair(
-                    "answers[0]",
-                    "Q1 is always asked; answers are 0 (no) or 1 (yes), got -1"
-                ),
-                pair(
-                    "answers[5]",
-                    "Q6 is always asked; answers are 0 (no) or 1 (yes), got -1"
-                ),
+                pair("answers[0]", "Q1 is always asked; answers are 0 (no) or 1 (yes), got -1"),
+                pair("answers[5]", "Q6 is always asked; answers are 0 (no) or 1 (yes), got -1"),
             ]
         );
     }
@@ -498,14 +424,8 @@ mod tests {
         assert_eq!(
             violations(parse_responses("cssrs-screener", &[0, 2, 1, 7, -1, 0])),
             [
-                pair(
-                    "answers[1]",
-                    "Q2 is always asked; answers are 0 (no) or 1 (yes), got 2"
-                ),
-                pair(
-                    "answers[3]",
-                    "answers are 0 (no), 1 (yes) or -1 (skipped), got 7"
-                ),
+                pair("answers[1]", "Q2 is always asked; answers are 0 (no) or 1 (yes), got 2"),
+                pair("answers[3]", "answers are 0 (no), 1 (yes) or -1 (skipped), got 7"),
             ]
         );
     }
@@ -528,10 +448,7 @@ mod tests {
         ];
         for (code, answers) in inputs {
             let parsed = parse_responses(code, answers);
-            assert_eq!(
-                parsed.as_ref().map(Responses::to_wire).ok().as_deref(),
-                Some(answers)
-            );
+            assert_eq!(parsed.as_ref().map(Responses::to_wire).ok().as_deref(), Some(answers));
         }
     }
 }

@@ -126,12 +126,8 @@ impl CssrsResponses {
 
     /// The answers that make the screener high risk, or `None` when it is not.
     fn high_risk_evidence(&self) -> Option<CrisisTrigger> {
-        let intent = self
-            .suicidal_thoughts
-            .is_some_and(|ideation| ideation.intent);
-        let plan_with_intent = self
-            .suicidal_thoughts
-            .is_some_and(|ideation| ideation.plan_with_intent);
+        let intent = self.suicidal_thoughts.is_some_and(|ideation| ideation.intent);
+        let plan_with_intent = self.suicidal_thoughts.is_some_and(|ideation| ideation.plan_with_intent);
         if !(intent || plan_with_intent || self.behaviour_past_3_months) {
             return None;
         }
@@ -181,18 +177,11 @@ impl CrisisTrigger {
                 "PHQ-9 item 9 (thoughts of being better off dead or of self-harm) answered \"{}\"",
                 answer.label()
             ),
-            Self::CssrsHighRisk {
-                intent,
-                plan_with_intent,
-                behaviour_past_3_months,
-            } => {
+            Self::CssrsHighRisk { intent, plan_with_intent, behaviour_past_3_months } => {
                 let reasons: Vec<&str> = [
                     (*intent, "Q4 yes (intent to act on suicidal thoughts)"),
                     (*plan_with_intent, "Q5 yes (suicide plan with intent)"),
-                    (
-                        *behaviour_past_3_months,
-                        "Q6 yes (suicidal behaviour in the past 3 months)",
-                    ),
+                    (*behaviour_past_3_months, "Q6 yes (suicidal behaviour in the past 3 months)"),
                 ]
                 .into_iter()
                 .filter_map(|(answered_yes, reason)| answered_yes.then_some(reason))
@@ -307,16 +296,11 @@ pub fn crisis_triggers_in_unparsed(instrument_code: &str, answers: &[i32]) -> Ve
             .into_iter()
             .collect(),
         Some(Instrument::CssrsScreener) => {
-            let (intent, plan_with_intent, behaviour_past_3_months) =
-                (yes_at(3), yes_at(4), yes_at(5));
+            let (intent, plan_with_intent, behaviour_past_3_months) = (yes_at(3), yes_at(4), yes_at(5));
             if !(intent || plan_with_intent || behaviour_past_3_months) {
                 return Vec::new();
             }
-            vec![CrisisTrigger::CssrsHighRisk {
-                intent,
-                plan_with_intent,
-                behaviour_past_3_months,
-            }]
+            vec![CrisisTrigger::CssrsHighRisk { intent, plan_with_intent, behaviour_past_3_months }]
         }
         Some(Instrument::Gad7) | None => Vec::new(),
     }
@@ -340,20 +324,14 @@ mod tests {
         assert_eq!(result.total, Some(27));
         assert_eq!(result.band, Band::Severe);
         assert_eq!(result.band.as_str(), "severe");
-        let ids: Vec<&str> = result
-            .crisis_triggers
-            .iter()
-            .map(CrisisTrigger::id)
-            .collect();
+        let ids: Vec<&str> = result.crisis_triggers.iter().map(CrisisTrigger::id).collect();
         assert_eq!(ids, ["phq9-item9"]);
     }
 
     #[test]
     fn phq9_total_coding_is_loinc_44261_6() {
         let result = scored("44249-1", &[0; 9]);
-        let coding = result
-            .total_coding
-            .map(|coding| (coding.system, coding.code));
+        let coding = result.total_coding.map(|coding| (coding.system, coding.code));
         assert_eq!(coding, Some(("http://loinc.org", "44261-6")));
         assert_eq!(result.total, Some(0));
         assert_eq!(result.band, Band::Minimal);
@@ -400,21 +378,10 @@ mod tests {
         let result = scored("44249-1", &[0, 0, 0, 0, 0, 0, 0, 0, 1]);
         assert_eq!(result.total, Some(1));
         assert_eq!(result.band, Band::Minimal);
+        assert_eq!(result.crisis_triggers, [CrisisTrigger::Phq9Item9 { answer: Frequency::SeveralDays }]);
         assert_eq!(
-            result.crisis_triggers,
-            [CrisisTrigger::Phq9Item9 {
-                answer: Frequency::SeveralDays
-            }]
-        );
-        assert_eq!(
-            result
-                .crisis_triggers
-                .first()
-                .map(CrisisTrigger::evidence)
-                .as_deref(),
-            Some(
-                "PHQ-9 item 9 (thoughts of being better off dead or of self-harm) answered \"Several days\""
-            )
+            result.crisis_triggers.first().map(CrisisTrigger::evidence).as_deref(),
+            Some("PHQ-9 item 9 (thoughts of being better off dead or of self-harm) answered \"Several days\"")
         );
     }
 
@@ -431,10 +398,7 @@ mod tests {
         let result = scored("69737-5", &[2, 2, 2, 2, 2, 2, 2]);
         assert_eq!(result.total, Some(14));
         assert_eq!(result.band, Band::Moderate);
-        assert_eq!(
-            result.total_coding.map(|coding| coding.code),
-            Some("70274-6")
-        );
+        assert_eq!(result.total_coding.map(|coding| coding.code), Some("70274-6"));
         assert!(result.crisis_triggers.is_empty());
     }
 
@@ -469,11 +433,7 @@ mod tests {
             let result = scored("cssrs-screener", &answers);
             assert_eq!(result.cssrs_risk, Some(CssrsRisk::High), "{answers:?}");
             assert_eq!(result.band.as_str(), "high_risk");
-            let ids: Vec<&str> = result
-                .crisis_triggers
-                .iter()
-                .map(CrisisTrigger::id)
-                .collect();
+            let ids: Vec<&str> = result.crisis_triggers.iter().map(CrisisTrigger::id).collect();
             assert_eq!(ids, ["cssrs-high-risk"], "{answers:?}");
         }
     }
@@ -483,11 +443,7 @@ mod tests {
         let result = scored("cssrs-screener", &[0, 0, -1, -1, -1, 1]);
         assert_eq!(result.cssrs_risk, Some(CssrsRisk::High));
         assert_eq!(
-            result
-                .crisis_triggers
-                .first()
-                .map(CrisisTrigger::evidence)
-                .as_deref(),
+            result.crisis_triggers.first().map(CrisisTrigger::evidence).as_deref(),
             Some("C-SSRS screener high risk: Q6 yes (suicidal behaviour in the past 3 months)")
         );
     }
@@ -497,19 +453,11 @@ mod tests {
         // Q5 "yes" sent although Q2 is "no": rejected, but the plan must not be lost.
         assert!(parse_responses("cssrs-screener", &[0, 0, -1, -1, 1, 0]).is_err());
         let triggers = crisis_triggers_in_unparsed("cssrs-screener", &[0, 0, -1, -1, 1, 0]);
-        assert_eq!(
-            triggers.iter().map(CrisisTrigger::id).collect::<Vec<_>>(),
-            ["cssrs-high-risk"]
-        );
+        assert_eq!(triggers.iter().map(CrisisTrigger::id).collect::<Vec<_>>(), ["cssrs-high-risk"]);
 
         // A tenth PHQ-9 answer makes the submission invalid, not item 9 any less alarming.
         let triggers = crisis_triggers_in_unparsed("phq-9", &[0, 0, 0, 0, 0, 0, 0, 0, 2, 0]);
-        assert_eq!(
-            triggers,
-            [CrisisTrigger::Phq9Item9 {
-                answer: Frequency::MoreThanHalfTheDays
-            }]
-        );
+        assert_eq!(triggers, [CrisisTrigger::Phq9Item9 { answer: Frequency::MoreThanHalfTheDays }]);
 
         assert!(crisis_triggers_in_unparsed("phq-9", &[3; 8]).is_empty());
         assert!(crisis_triggers_in_unparsed("gad-7", &[3; 7]).is_empty());

@@ -3,9 +3,9 @@
 
 use proptest::prelude::*;
 use tandem_clinical::{
-    Band, CrisisTrigger, CssrsRisk, Instrument, JOURNAL_MAX_CHARS, crisis_triggers_in_unparsed,
-    gad7_band, parse_instruments, parse_responses, parse_responses_at, phq9_band, phq9_trend,
-    score, validate_journal, validate_mood,
+    Band, CrisisTrigger, CssrsRisk, Instrument, JOURNAL_MAX_CHARS, crisis_triggers_in_unparsed, gad7_band,
+    parse_instruments, parse_responses, parse_responses_at, phq9_band, phq9_trend, score, validate_journal,
+    validate_mood,
 };
 
 fn likert(items: usize) -> impl Strategy<Value = Vec<i32>> {
@@ -14,15 +14,12 @@ fn likert(items: usize) -> impl Strategy<Value = Vec<i32>> {
 
 /// Any C-SSRS answers the branching allows.
 fn valid_cssrs() -> impl Strategy<Value = Vec<i32>> {
-    (
-        0..=1i32,
-        prop::option::of((0..=1i32, 0..=1i32, 0..=1i32)),
-        0..=1i32,
-    )
-        .prop_map(|(q1, follow_ups, q6)| match follow_ups {
+    (0..=1i32, prop::option::of((0..=1i32, 0..=1i32, 0..=1i32)), 0..=1i32).prop_map(|(q1, follow_ups, q6)| {
+        match follow_ups {
             Some((q3, q4, q5)) => vec![q1, 1, q3, q4, q5, q6],
             None => vec![q1, 0, -1, -1, -1, q6],
-        })
+        }
+    })
 }
 
 /// Codes that hit an instrument, its aliases, near misses and noise.

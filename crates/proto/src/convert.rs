@@ -7,9 +7,7 @@ macro_rules! id_conversions {
     ($typed:ty, $wire:ty) => {
         impl From<$typed> for $wire {
             fn from(id: $typed) -> Self {
-                Self {
-                    value: id.to_string(),
-                }
+                Self { value: id.to_string() }
             }
         }
 

@@ -20,9 +20,7 @@ pub enum IdError {
     )]
     NotUuid { kind: &'static str, len: usize },
     /// The value had characters outside the allowed set or was too long.
-    #[error(
-        "{kind} must be 1-64 characters of a-z, 0-9, '-' or '_' starting with a letter or digit"
-    )]
+    #[error("{kind} must be 1-64 characters of a-z, 0-9, '-' or '_' starting with a letter or digit")]
     BadSlug { kind: &'static str },
 }
 
@@ -137,9 +135,7 @@ impl FromStr for OrgId {
         }
         let well_formed = value.len() <= 64
             && value.starts_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
-            && value
-                .chars()
-                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_');
+            && value.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_');
         if !well_formed {
             return Err(IdError::BadSlug { kind: "org id" });
         }
@@ -179,17 +175,8 @@ mod tests {
 
     #[test]
     fn patient_id_rejects_non_uuid() {
-        assert_eq!(
-            "mrn-123".parse::<PatientId>(),
-            Err(IdError::NotUuid {
-                kind: "patient id",
-                len: 7
-            })
-        );
-        assert_eq!(
-            "".parse::<PatientId>(),
-            Err(IdError::Empty { kind: "patient id" })
-        );
+        assert_eq!("mrn-123".parse::<PatientId>(), Err(IdError::NotUuid { kind: "patient id", len: 7 }));
+        assert_eq!("".parse::<PatientId>(), Err(IdError::Empty { kind: "patient id" }));
     }
 
     #[test]

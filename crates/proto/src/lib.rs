@@ -6,8 +6,7 @@ pub mod ids;
 pub mod render;
 
 /// The encoded `FileDescriptorSet` of every Tandem proto, for gRPC reflection.
-pub const FILE_DESCRIPTOR_SET: &[u8] =
-    include_bytes!(concat!(env!("OUT_DIR"), "/tandem_descriptor.bin"));
+pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/tandem_descriptor.bin"));
 
 /// Shared types: ids, actors, paging, codings.
 pub mod common {

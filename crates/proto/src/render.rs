@@ -26,35 +26,15 @@ pub fn safety_plan_text(plan: &SafetyPlan) -> String {
     }
     let mut out = String::new();
     section(&mut out, "1. Warning signs", plan.warning_signs.clone());
-    section(
-        &mut out,
-        "2. Things I can do on my own",
-        plan.coping_strategies.clone(),
-    );
+    section(&mut out, "2. Things I can do on my own", plan.coping_strategies.clone());
     section(
         &mut out,
         "3. People and places that take my mind off things",
-        plan.distraction_contacts
-            .iter()
-            .map(contact)
-            .chain(plan.distraction_places.iter().cloned())
-            .collect(),
+        plan.distraction_contacts.iter().map(contact).chain(plan.distraction_places.iter().cloned()).collect(),
     );
-    section(
-        &mut out,
-        "4. People I can ask for help",
-        plan.help_contacts.iter().map(contact).collect(),
-    );
-    section(
-        &mut out,
-        "5. Professionals and crisis lines",
-        plan.professional_contacts.iter().map(contact).collect(),
-    );
-    section(
-        &mut out,
-        "6. Making my environment safe",
-        plan.environment_safety.clone(),
-    );
+    section(&mut out, "4. People I can ask for help", plan.help_contacts.iter().map(contact).collect());
+    section(&mut out, "5. Professionals and crisis lines", plan.professional_contacts.iter().map(contact).collect());
+    section(&mut out, "6. Making my environment safe", plan.environment_safety.clone());
     out
 }
 
@@ -66,10 +46,7 @@ mod tests {
     fn keeps_the_patients_words_in_stanley_brown_order() {
         let plan = SafetyPlan {
             warning_signs: vec!["Not sleeping".into()],
-            help_contacts: vec![SafetyContact {
-                name: "Sam".into(),
-                phone: "555-0100".into(),
-            }],
+            help_contacts: vec![SafetyContact { name: "Sam".into(), phone: "555-0100".into() }],
             ..Default::default()
         };
         assert_eq!(

@@ -70,6 +70,9 @@ pub struct Settings {
     pub data_dir: PathBuf,
     /// A PostgreSQL URL; empty means SQLite files in the data directory.
     pub database_url: String,
+    /// The event bus: `embedded` (a log in the data directory) or
+    /// `kafka://host:port,...`.
+    pub events: String,
     /// How long health says NOT_SERVING before the server stops taking calls.
     #[serde(with = "humantime_serde_compat")]
     pub shutdown_drain: Duration,
@@ -83,6 +86,7 @@ impl Default for Settings {
             listen: SocketAddr::from(([127, 0, 0, 1], 50051)),
             data_dir: PathBuf::from("./tandem-data"),
             database_url: String::new(),
+            events: "embedded".to_owned(),
             shutdown_drain: Duration::ZERO,
             auth: AuthSettings::default(),
         }
@@ -130,6 +134,12 @@ pub const SETTINGS: &[SettingDoc] = &[
         doc: "postgres://... to use PostgreSQL (one schema per service); empty = SQLite in the data dir",
     },
     SettingDoc {
+        env: "TANDEM_EVENTS",
+        key: "events",
+        default: "embedded",
+        doc: "event bus: embedded (a durable log in the data dir) or kafka://host:port,... (?partitions=N&replication=N)",
+    },
+    SettingDoc {
         env: "TANDEM_SHUTDOWN_DRAIN",
         key: "shutdown_drain",
         default: "0s",
@@ -165,18 +175,8 @@ pub const SETTINGS: &[SettingDoc] = &[
         default: "30",
         doc: "clock skew tolerated on exp/nbf",
     },
-    SettingDoc {
-        env: "TANDEM_LOG",
-        key: "-",
-        default: "info",
-        doc: "log filter (RUST_LOG syntax)",
-    },
-    SettingDoc {
-        env: "TANDEM_LOG_FORMAT",
-        key: "-",
-        default: "plain",
-        doc: "plain or json log lines",
-    },
+    SettingDoc { env: "TANDEM_LOG", key: "-", default: "info", doc: "log filter (RUST_LOG syntax)" },
+    SettingDoc { env: "TANDEM_LOG_FORMAT", key: "-", default: "plain", doc: "plain or json log lines" },
     SettingDoc {
         env: "OTEL_EXPORTER_OTLP_ENDPOINT",
         key: "-",
@@ -193,11 +193,7 @@ pub fn settings_help() -> String {
             "  {:<30} {:<18} [default: {}]\n      {}\n",
             setting.env,
             setting.key,
-            if setting.default.is_empty() {
-                "empty"
-            } else {
-                setting.default
-            },
+            if setting.default.is_empty() { "empty" } else { setting.default },
             setting.doc
         ));
     }
@@ -207,17 +203,13 @@ pub fn settings_help() -> String {
 impl Settings {
     /// Loads defaults, then the file (if any), then the environment.
     pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
-        Self::figment(file)?
-            .extract()
-            .map_err(|error| ConfigError::Invalid(Box::new(error)))
+        Self::figment(file)?.extract().map_err(|error| ConfigError::Invalid(Box::new(error)))
     }
 
     /// The layered sources, for callers that add their own overrides.
     pub fn figment(file: Option<&Path>) -> Result<Figment, ConfigError> {
         let mut figment = Figment::from(Serialized::defaults(Settings::default()));
-        let file = file
-            .map(Path::to_path_buf)
-            .or_else(|| std::env::var_os("TANDEM_CONFIG").map(PathBuf::from));
+        let file = file.map(Path::to_path_buf).or_else(|| std::env::var_os("TANDEM_CONFIG").map(PathBuf::from));
         if let Some(file) = file {
             if !file.exists() {
                 return Err(ConfigError::MissingFile(file));
@@ -281,9 +273,7 @@ where
     if figment.find_value(key).is_err() {
         return Ok(T::default());
     }
-    figment
-        .extract_inner(key)
-        .map_err(|error| ConfigError::Invalid(Box::new(error)))
+    figment.extract_inner(key).map_err(|error| ConfigError::Invalid(Box::new(error)))
 }
 
 /// Durations as humantime text ("30s", "5m") in files and the environment.
@@ -298,11 +288,8 @@ mod humantime_serde_compat {
 
     pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
         let text = String::deserialize(deserializer)?;
-        humantime::parse_duration(&text).map_err(|error| {
-            serde::de::Error::custom(format!(
-                "`{text}` is not a duration like 30s or 5m: {error}"
-            ))
-        })
+        humantime::parse_duration(&text)
+            .map_err(|error| serde::de::Error::custom(format!("`{text}` is not a duration like 30s or 5m: {error}")))
     }
 }
 
@@ -319,19 +306,13 @@ mod tests {
             let text = match value {
                 Ok(value) => match value {
                     figment::value::Value::String(_, text) => text,
-                    figment::value::Value::Num(_, num) => {
-                        num.to_u128().map(|n| n.to_string()).unwrap_or_default()
-                    }
+                    figment::value::Value::Num(_, num) => num.to_u128().map(|n| n.to_string()).unwrap_or_default(),
                     figment::value::Value::Empty(..) => "(none)".to_owned(),
                     other => format!("{other:?}"),
                 },
                 Err(_) => "(none)".to_owned(),
             };
-            assert_eq!(
-                text, setting.default,
-                "documented default of {}",
-                setting.env
-            );
+            assert_eq!(text, setting.default, "documented default of {}", setting.env);
         }
     }
 
@@ -356,8 +337,7 @@ mod tests {
                 "data_dir = \"/srv/tandem\"\nshutdown_drain = \"5s\"\n[auth]\naudience = \"ehr\"\n",
             )?;
             jail.set_env("TANDEM_AUTH__AUDIENCE", "from-env");
-            let settings = Settings::load(Some(Path::new("tandem.toml")))
-                .map_err(|error| error.to_string())?;
+            let settings = Settings::load(Some(Path::new("tandem.toml"))).map_err(|error| error.to_string())?;
             assert_eq!(settings.data_dir, PathBuf::from("/srv/tandem"));
             assert_eq!(settings.shutdown_drain, Duration::from_secs(5));
             assert_eq!(settings.auth.audience, "from-env");
@@ -373,19 +353,10 @@ mod tests {
 
     #[test]
     fn sqlite_gets_a_file_per_service_and_postgres_is_shared() {
-        let mut settings = Settings {
-            data_dir: PathBuf::from("/d"),
-            ..Settings::default()
-        };
-        assert_eq!(
-            settings.database_url_for("triage").unwrap(),
-            "sqlite:///d/triage.db"
-        );
+        let mut settings = Settings { data_dir: PathBuf::from("/d"), ..Settings::default() };
+        assert_eq!(settings.database_url_for("triage").unwrap(), "sqlite:///d/triage.db");
         settings.database_url = "postgres://p@h/db".to_owned();
-        assert_eq!(
-            settings.database_url_for("triage").unwrap(),
-            "postgres://p@h/db"
-        );
+        assert_eq!(settings.database_url_for("triage").unwrap(), "postgres://p@h/db");
         settings.database_url = "sqlite://x.db".to_owned();
         assert!(settings.database_url_for("triage").is_err());
     }

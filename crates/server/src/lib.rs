@@ -2,8 +2,10 @@
 //! health, reflection, request tracing and graceful shutdown. Services plug
 //! their tonic services in; they never import each other.
 
+pub mod bus;
 pub mod config;
 pub mod status;
+pub mod tasks;
 
 use std::future::Future;
 use std::time::Duration;
@@ -15,6 +17,7 @@ use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
 pub use config::{AuthSettings, Settings};
+pub use tasks::Tasks;
 
 /// Errors of this crate.
 #[derive(Debug, thiserror::Error)]
@@ -44,20 +47,14 @@ impl Default for GrpcServer {
 impl GrpcServer {
     /// An empty server.
     pub fn new() -> Self {
-        Self {
-            routes: Routes::default(),
-            names: Vec::new(),
-            drain_delay: Duration::ZERO,
-        }
+        Self { routes: Routes::default(), names: Vec::new(), drain_delay: Duration::ZERO }
     }
 
     /// Adds a service; health checks know it by its fully qualified name.
     pub fn with_service<S>(mut self, service: S) -> Self
     where
-        S: tonic::codegen::Service<
-                tonic::codegen::http::Request<tonic::body::Body>,
-                Error = std::convert::Infallible,
-            > + tonic::server::NamedService
+        S: tonic::codegen::Service<tonic::codegen::http::Request<tonic::body::Body>, Error = std::convert::Infallible>
+            + tonic::server::NamedService
             + Clone
             + Send
             + Sync
@@ -86,13 +83,9 @@ impl GrpcServer {
     ) -> Result<(), ServerError> {
         let (reporter, health) = tonic_health::server::health_reporter();
         for name in &self.names {
-            reporter
-                .set_service_status(*name, ServingStatus::Serving)
-                .await;
+            reporter.set_service_status(*name, ServingStatus::Serving).await;
         }
-        reporter
-            .set_service_status("", ServingStatus::Serving)
-            .await;
+        reporter.set_service_status("", ServingStatus::Serving).await;
 
         let reflection_v1 = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(tandem_proto::FILE_DESCRIPTOR_SET)
@@ -103,20 +96,13 @@ impl GrpcServer {
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
             .build_v1alpha()?;
 
-        let routes = self
-            .routes
-            .add_service(health)
-            .add_service(reflection_v1)
-            .add_service(reflection_v1alpha);
+        let routes = self.routes.add_service(health).add_service(reflection_v1).add_service(reflection_v1alpha);
         let names = self.names.clone();
         let drain_delay = self.drain_delay;
         let draining = async move {
             shutdown.await;
             mark_not_serving(&reporter, &names).await;
-            tracing::info!(
-                delay_ms = drain_delay.as_millis() as u64,
-                "shutting down: health is NOT_SERVING, draining"
-            );
+            tracing::info!(delay_ms = drain_delay.as_millis() as u64, "shutting down: health is NOT_SERVING, draining");
             tokio::time::sleep(drain_delay).await;
         };
         tonic::transport::Server::builder()
@@ -131,13 +117,9 @@ impl GrpcServer {
 
 async fn mark_not_serving(reporter: &HealthReporter, names: &[&'static str]) {
     for name in names {
-        reporter
-            .set_service_status(*name, ServingStatus::NotServing)
-            .await;
+        reporter.set_service_status(*name, ServingStatus::NotServing).await;
     }
-    reporter
-        .set_service_status("", ServingStatus::NotServing)
-        .await;
+    reporter.set_service_status("", ServingStatus::NotServing).await;
 }
 
 /// Completes on SIGTERM or SIGINT (Ctrl-C).

@@ -31,9 +31,7 @@ pub enum StoreError {
     #[error("schema name `{0}` must be lowercase letters, digits and '_'")]
     BadSchema(String),
     /// The database could not be reached.
-    #[error(
-        "cannot connect to the {backend} database: {source}; check TANDEM_DATABASE_URL and that the server is up"
-    )]
+    #[error("cannot connect to the {backend} database: {source}; check TANDEM_DATABASE_URL and that the server is up")]
     Connect {
         /// Which backend.
         backend: Backend,
@@ -115,11 +113,7 @@ pub struct StoreOptions {
 impl StoreOptions {
     /// Options with the default pool size.
     pub fn new(url: impl Into<String>, schema: impl Into<String>) -> Self {
-        Self {
-            url: url.into(),
-            schema: schema.into(),
-            max_connections: 8,
-        }
+        Self { url: url.into(), schema: schema.into(), max_connections: 8 }
     }
 }
 
@@ -129,10 +123,8 @@ impl Store {
         install_default_drivers();
         let backend: Backend = options.url.parse()?;
         let schema = options.schema.clone();
-        let schema_ok = !schema.is_empty()
-            && schema
-                .chars()
-                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+        let schema_ok =
+            !schema.is_empty() && schema.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
         if !schema_ok {
             return Err(StoreError::BadSchema(schema));
         }
@@ -172,19 +164,9 @@ impl Store {
             Backend::Sqlite => migrations.sqlite,
             Backend::Postgres => migrations.postgres,
         };
-        migrator
-            .run(&pool)
-            .await
-            .map_err(|source| StoreError::Migrate {
-                schema: schema.clone(),
-                source,
-            })?;
+        migrator.run(&pool).await.map_err(|source| StoreError::Migrate { schema: schema.clone(), source })?;
         tracing::debug!(%backend, schema = %schema, "store ready");
-        Ok(Self {
-            pool,
-            backend,
-            schema,
-        })
+        Ok(Self { pool, backend, schema })
     }
 
     /// The pool.
@@ -221,17 +203,13 @@ impl Store {
 
 async fn create_schema(url: &str, schema: &str, backend: Backend) -> Result<(), StoreError> {
     use sqlx::Connection;
-    let mut conn = sqlx::AnyConnection::connect(url)
-        .await
-        .map_err(|source| StoreError::Connect { backend, source })?;
+    let mut conn = sqlx::AnyConnection::connect(url).await.map_err(|source| StoreError::Connect { backend, source })?;
     let statement = format!("CREATE SCHEMA IF NOT EXISTS \"{schema}\"");
     if let Err(error) = conn.execute(sqlx::AssertSqlSafe(statement)).await {
         // Two services starting at once can race on CREATE SCHEMA IF NOT
         // EXISTS; the loser sees a unique violation and the schema exists.
-        let raced = error
-            .as_database_error()
-            .and_then(|db| db.code())
-            .is_some_and(|code| code == "23505" || code == "42P06");
+        let raced =
+            error.as_database_error().and_then(|db| db.code()).is_some_and(|code| code == "23505" || code == "42P06");
         if !raced {
             return Err(error.into());
         }
@@ -259,7 +237,5 @@ pub fn from_unix_micros(micros: i64) -> std::time::SystemTime {
 
 /// Whether an error is a unique-constraint violation (on either backend).
 pub fn is_unique_violation(error: &sqlx::Error) -> bool {
-    error
-        .as_database_error()
-        .is_some_and(|db| db.is_unique_violation())
+    error.as_database_error().is_some_and(|db| db.is_unique_violation())
 }

@@ -42,9 +42,7 @@ impl Cursor {
             return Ok(None);
         }
         let bytes = URL_SAFE_NO_PAD.decode(token).map_err(|_| BadPageToken)?;
-        serde_json::from_slice(&bytes)
-            .map(Some)
-            .map_err(|_| BadPageToken)
+        serde_json::from_slice(&bytes).map(Some).map_err(|_| BadPageToken)
     }
 }
 
@@ -62,10 +60,7 @@ mod tests {
 
     #[test]
     fn cursor_round_trips() {
-        let cursor = Cursor {
-            at: 1_700_000_000_000_000,
-            id: "abc".into(),
-        };
+        let cursor = Cursor { at: 1_700_000_000_000_000, id: "abc".into() };
         assert_eq!(Cursor::decode(&cursor.encode()).unwrap(), Some(cursor));
         assert_eq!(Cursor::decode("").unwrap(), None);
     }

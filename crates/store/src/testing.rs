@@ -40,12 +40,7 @@ impl TestDatabase {
             Backend::Sqlite => {
                 let dir = tempfile::tempdir().expect("create a temporary directory for sqlite");
                 let url = format!("sqlite://{}/{name}.db", dir.path().display());
-                Self {
-                    url,
-                    backend,
-                    name,
-                    _dir: Some(dir),
-                }
+                Self { url, backend, name, _dir: Some(dir) }
             }
             Backend::Postgres => {
                 let admin = postgres_admin_url();
@@ -59,12 +54,7 @@ impl TestDatabase {
                     .expect("create the test database");
                 conn.close().await.ok();
                 let url = replace_database(&admin, &name);
-                Self {
-                    url,
-                    backend,
-                    name,
-                    _dir: None,
-                }
+                Self { url, backend, name, _dir: None }
             }
         }
     }
@@ -119,9 +109,8 @@ where
     Fut: Future<Output = ()>,
 {
     let database = TestDatabase::create(backend).await;
-    let store = Store::open(StoreOptions::new(database.url.clone(), schema), migrations)
-        .await
-        .expect("open the test store");
+    let store =
+        Store::open(StoreOptions::new(database.url.clone(), schema), migrations).await.expect("open the test store");
     let outcome = AssertUnwindSafe(body(store.clone())).catch_unwind().await;
     store.close().await;
     database.drop_database().await;
@@ -163,9 +152,6 @@ mod tests {
             replace_database("postgres://u@h:5432/postgres?sslmode=disable", "t1"),
             "postgres://u@h:5432/t1?sslmode=disable"
         );
-        assert_eq!(
-            replace_database("postgres://u@h:5432", "t1"),
-            "postgres://u@h:5432/t1"
-        );
+        assert_eq!(replace_database("postgres://u@h:5432", "t1"), "postgres://u@h:5432/t1");
     }
 }

@@ -17,8 +17,8 @@ use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 
 pub use propagation::{
-    MetadataExtractor, MetadataInjector, TraceContextInterceptor, current_traceparent,
-    grpc_server_span, inject_current_context, parent_context_from_traceparent,
+    MetadataExtractor, MetadataInjector, TraceContextInterceptor, current_traceparent, grpc_server_span,
+    inject_current_context, parent_context_from_traceparent,
 };
 
 /// Errors of this crate.
@@ -81,22 +81,11 @@ impl TelemetrySettings {
     /// `info`), `TANDEM_LOG_FORMAT` (`plain` or `json`) and
     /// `OTEL_EXPORTER_OTLP_ENDPOINT`.
     pub fn from_env(service_name: &str) -> Self {
-        let filter = std::env::var("TANDEM_LOG")
-            .or_else(|_| std::env::var("RUST_LOG"))
-            .unwrap_or_else(|_| "info".to_owned());
-        let format = std::env::var("TANDEM_LOG_FORMAT")
-            .ok()
-            .and_then(|value| value.parse().ok())
-            .unwrap_or_default();
-        let otlp_endpoint = std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT")
-            .ok()
-            .filter(|value| !value.is_empty());
-        Self {
-            service_name: service_name.to_owned(),
-            filter,
-            format,
-            otlp_endpoint,
-        }
+        let filter =
+            std::env::var("TANDEM_LOG").or_else(|_| std::env::var("RUST_LOG")).unwrap_or_else(|_| "info".to_owned());
+        let format = std::env::var("TANDEM_LOG_FORMAT").ok().and_then(|value| value.parse().ok()).unwrap_or_default();
+        let otlp_endpoint = std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT").ok().filter(|value| !value.is_empty());
+        Self { service_name: service_name.to_owned(), filter, format, otlp_endpoint }
     }
 }
 
@@ -124,9 +113,7 @@ impl Telemetry {
 /// Builds the tracer provider for the settings: OTLP over gRPC when an
 /// endpoint is set, else one that records context but exports nothing.
 pub fn tracer_provider(settings: &TelemetrySettings) -> Result<SdkTracerProvider, TelemetryError> {
-    let resource = Resource::builder()
-        .with_service_name(settings.service_name.clone())
-        .build();
+    let resource = Resource::builder().with_service_name(settings.service_name.clone()).build();
     let mut builder = SdkTracerProvider::builder().with_resource(resource);
     if let Some(endpoint) = &settings.otlp_endpoint {
         use opentelemetry_otlp::WithExportConfig;
@@ -142,15 +129,9 @@ pub fn tracer_provider(settings: &TelemetrySettings) -> Result<SdkTracerProvider
 
 /// Installs the global subscriber with the given provider and the W3C trace
 /// context propagator.
-pub fn install(
-    settings: &TelemetrySettings,
-    provider: SdkTracerProvider,
-) -> Result<Telemetry, TelemetryError> {
-    let filter =
-        EnvFilter::try_new(&settings.filter).map_err(|error| TelemetryError::BadFilter {
-            filter: settings.filter.clone(),
-            reason: error.to_string(),
-        })?;
+pub fn install(settings: &TelemetrySettings, provider: SdkTracerProvider) -> Result<Telemetry, TelemetryError> {
+    let filter = EnvFilter::try_new(&settings.filter)
+        .map_err(|error| TelemetryError::BadFilter { filter: settings.filter.clone(), reason: error.to_string() })?;
     opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
     let tracer = provider.tracer("tandem");
     let otel = tracing_opentelemetry::layer().with_tracer(tracer);

@@ -40,10 +40,7 @@ impl Injector for MetadataInjector<'_> {
 /// `Server::trace_fn`.
 pub fn grpc_server_span<B>(request: &http::Request<B>) -> tracing::Span {
     let path = request.uri().path();
-    let (service, method) = path
-        .trim_start_matches('/')
-        .split_once('/')
-        .unwrap_or((path, ""));
+    let (service, method) = path.trim_start_matches('/').split_once('/').unwrap_or((path, ""));
     let span = tracing::info_span!(
         "grpc.request",
         otel.name = %path,
@@ -84,10 +81,7 @@ pub fn parent_context_from_traceparent(traceparent: &str) -> Context {
 pub struct TraceContextInterceptor;
 
 impl tonic::service::Interceptor for TraceContextInterceptor {
-    fn call(
-        &mut self,
-        mut request: tonic::Request<()>,
-    ) -> Result<tonic::Request<()>, tonic::Status> {
+    fn call(&mut self, mut request: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
         inject_current_context(request.metadata_mut());
         Ok(request)
     }
@@ -106,11 +100,9 @@ mod tests {
     #[test]
     fn server_span_is_a_child_of_the_incoming_traceparent() {
         let exporter = InMemorySpanExporter::default();
-        let provider = SdkTracerProvider::builder()
-            .with_simple_exporter(exporter.clone())
-            .build();
-        let subscriber = tracing_subscriber::registry()
-            .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("test")));
+        let provider = SdkTracerProvider::builder().with_simple_exporter(exporter.clone()).build();
+        let subscriber =
+            tracing_subscriber::registry().with(tracing_opentelemetry::layer().with_tracer(provider.tracer("test")));
         tracing::subscriber::with_default(subscriber, || {
             let request = http::Request::builder()
                 .uri("/tandem.careplans.v1.CarePlanService/GetPatient")
@@ -127,21 +119,12 @@ mod tests {
             );
             // What this span sends on carries the same trace.
             let sent = current_traceparent().unwrap();
-            assert!(
-                sent.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-"),
-                "{sent}"
-            );
-            assert!(
-                !sent.contains("00f067aa0ba902b7"),
-                "a new span id is sent onwards"
-            );
+            assert!(sent.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-"), "{sent}");
+            assert!(!sent.contains("00f067aa0ba902b7"), "a new span id is sent onwards");
         });
         provider.force_flush().unwrap();
         let spans = exporter.get_finished_spans().unwrap();
-        let server = spans
-            .iter()
-            .find(|span| span.name.contains("GetPatient"))
-            .unwrap();
+        let server = spans.iter().find(|span| span.name.contains("GetPatient")).unwrap();
         assert_eq!(server.parent_span_id.to_string(), "00f067aa0ba902b7");
         let handler = spans.iter().find(|span| span.name == "handler").unwrap();
         assert_eq!(handler.parent_span_id, server.span_context.span_id());
@@ -151,8 +134,7 @@ mod tests {
     fn injector_writes_traceparent_metadata() {
         let context = parent_context_from_traceparent(TRACEPARENT);
         let mut metadata = tonic::metadata::MetadataMap::new();
-        TraceContextPropagator::new()
-            .inject_context(&context, &mut MetadataInjector(&mut metadata));
+        TraceContextPropagator::new().inject_context(&context, &mut MetadataInjector(&mut metadata));
         assert_eq!(metadata.get("traceparent").unwrap(), TRACEPARENT);
     }
 }

@@ -43,11 +43,7 @@ impl CarePlanApi {
         let allowed = match caller.role {
             Role::Patient => caller.subject == patient.id.to_string(),
             Role::Integration | Role::Admin | Role::Supervisor => true,
-            Role::Clinician => self
-                .repo
-                .on_care_team(&patient.id, &caller.subject)
-                .await
-                .map_err(repo_status)?,
+            Role::Clinician => self.repo.on_care_team(&patient.id, &caller.subject).await.map_err(repo_status)?,
         };
         if !allowed {
             return Err(no_access());
@@ -60,30 +56,21 @@ impl CarePlanApi {
     async fn plan_writer(&self, caller: &Caller, id: &PatientId) -> Result<Patient, Status> {
         let patient = self.visible_patient(caller, id).await?;
         if caller.role == Role::Patient {
-            return Err(Status::permission_denied(
-                "patients read their care plans; their clinician changes them",
-            ));
+            return Err(Status::permission_denied("patients read their care plans; their clinician changes them"));
         }
         Ok(patient)
     }
 
     /// The current plan and its patient, if the caller may see it. Patients
     /// never see drafts.
-    async fn visible_plan(
-        &self,
-        caller: &Caller,
-        id: &CarePlanId,
-    ) -> Result<(Patient, pb::CarePlan), Status> {
+    async fn visible_plan(&self, caller: &Caller, id: &CarePlanId) -> Result<(Patient, pb::CarePlan), Status> {
         let stored = self.repo.plan(id).await.map_err(repo_status)?;
         let Some(stored) = stored.filter(|stored| stored.org == caller.org) else {
             return Err(no_plan_access());
         };
         let patient_id = patient_id("care_plan.patient_id", stored.plan.patient_id.as_ref())
             .map_err(|_| internal(&RepoError::Corrupt("care plan without patient".into())))?;
-        let patient = self
-            .visible_patient(caller, &patient_id)
-            .await
-            .map_err(|_| no_plan_access())?;
+        let patient = self.visible_patient(caller, &patient_id).await.map_err(|_| no_plan_access())?;
         if caller.role == Role::Patient && stored.plan.status() == pb::CarePlanStatus::Draft {
             return Err(no_plan_access());
         }
@@ -92,9 +79,7 @@ impl CarePlanApi {
 }
 
 fn no_plan_access() -> Status {
-    Status::permission_denied(
-        "the caller may not access this care plan; check the id and your role",
-    )
+    Status::permission_denied("the caller may not access this care plan; check the id and your role")
 }
 
 fn actor(caller: &Caller) -> common::Actor {
@@ -105,10 +90,7 @@ fn actor(caller: &Caller) -> common::Actor {
         Role::Integration => common::Role::Integration,
         Role::Admin => common::Role::Admin,
     };
-    common::Actor {
-        subject: caller.subject.clone(),
-        role: role as i32,
-    }
+    common::Actor { subject: caller.subject.clone(), role: role as i32 }
 }
 
 fn update_status(error: UpdateError) -> Status {
@@ -120,16 +102,14 @@ fn update_status(error: UpdateError) -> Status {
 }
 
 fn no_access() -> Status {
-    Status::permission_denied(
-        "the caller may not access this patient; check the patient id and your role",
-    )
+    Status::permission_denied("the caller may not access this patient; check the patient id and your role")
 }
 
 fn repo_status(error: RepoError) -> Status {
     match error {
         RepoError::DuplicateExternalId => Status::already_exists(error.to_string()),
         RepoError::IdempotencyConflict => invalid_field("idempotency_key", error.to_string()),
-        RepoError::Corrupt(_) | RepoError::Store(_) => internal(&error),
+        RepoError::Corrupt(_) | RepoError::Store(_) | RepoError::Events(_) => internal(&error),
     }
 }
 
@@ -137,14 +117,13 @@ fn care_plan_id(field: &str, id: Option<&common::CarePlanId>) -> Result<CarePlan
     let Some(id) = id else {
         return Err(invalid_field(field, "required: the care plan's id"));
     };
-    CarePlanId::try_from(id)
-        .map_err(|error| invalid_field(format!("{field}.value"), error.to_string()))
+    CarePlanId::try_from(id).map_err(|error| invalid_field(format!("{field}.value"), error.to_string()))
 }
 
 fn page_of(page: Option<&common::PageRequest>) -> Result<(Option<Cursor>, u32), Status> {
     let page = page.cloned().unwrap_or_default();
-    let cursor = Cursor::decode(&page.page_token)
-        .map_err(|error| invalid_field("page.page_token", error.to_string()))?;
+    let cursor =
+        Cursor::decode(&page.page_token).map_err(|error| invalid_field("page.page_token", error.to_string()))?;
     Ok((cursor, page_size(page.page_size)))
 }
 
@@ -152,8 +131,7 @@ fn patient_id(field: &str, id: Option<&common::PatientId>) -> Result<PatientId, 
     let Some(id) = id else {
         return Err(invalid_field(field, "required: the patient's id"));
     };
-    PatientId::try_from(id)
-        .map_err(|error| invalid_field(format!("{field}.value"), error.to_string()))
+    PatientId::try_from(id).map_err(|error| invalid_field(format!("{field}.value"), error.to_string()))
 }
 
 fn timestamp(time: std::time::SystemTime) -> prost_types::Timestamp {
@@ -183,35 +161,13 @@ fn check_text(violations: &mut Violations, field: &str, value: &str, max: usize)
 
 fn parse_enrolment(request: &pb::EnrollPatientRequest) -> Result<NewPatient, Status> {
     let mut violations = Violations::new();
-    check_text(
-        &mut violations,
-        "idempotency_key",
-        &request.idempotency_key,
-        MAX_KEY_LEN,
-    );
-    check_text(
-        &mut violations,
-        "external_id",
-        &request.external_id,
-        MAX_EXTERNAL_ID_LEN,
-    );
-    check_text(
-        &mut violations,
-        "display_name",
-        &request.display_name,
-        MAX_DISPLAY_NAME_LEN,
-    );
-    let zone_name = if request.time_zone.is_empty() {
-        "UTC"
-    } else {
-        request.time_zone.as_str()
-    };
+    check_text(&mut violations, "idempotency_key", &request.idempotency_key, MAX_KEY_LEN);
+    check_text(&mut violations, "external_id", &request.external_id, MAX_EXTERNAL_ID_LEN);
+    check_text(&mut violations, "display_name", &request.display_name, MAX_DISPLAY_NAME_LEN);
+    let zone_name = if request.time_zone.is_empty() { "UTC" } else { request.time_zone.as_str() };
     let time_zone = zone_name.parse::<chrono_tz::Tz>();
     if time_zone.is_err() {
-        violations.add(
-            "time_zone",
-            "must be an IANA time zone such as America/Chicago, or empty for UTC",
-        );
+        violations.add("time_zone", "must be an IANA time zone such as America/Chicago, or empty for UTC");
     }
     violations.into_result()?;
     Ok(NewPatient {
@@ -232,11 +188,7 @@ impl CarePlanService for CarePlanApi {
         let caller = Caller::from_request(&request)?.clone();
         caller.require_role(&[Role::Integration, Role::Admin])?;
         let new = parse_enrolment(request.get_ref())?;
-        let enrolled = self
-            .repo
-            .enroll_patient(&caller.org, &new)
-            .await
-            .map_err(repo_status)?;
+        let enrolled = self.repo.enroll_patient(&caller.org, &new).await.map_err(repo_status)?;
         let patient = match enrolled {
             Enrolled::Created(patient) => {
                 tracing::info!(patient_id = %patient.id, org = %caller.org, "patient enrolled");
@@ -244,9 +196,7 @@ impl CarePlanService for CarePlanApi {
             }
             Enrolled::Replayed(patient) => patient,
         };
-        Ok(Response::new(pb::EnrollPatientResponse {
-            patient: Some(patient_to_pb(&patient)),
-        }))
+        Ok(Response::new(pb::EnrollPatientResponse { patient: Some(patient_to_pb(&patient)) }))
     }
 
     #[tracing::instrument(name = "careplans.get_patient", skip_all)]
@@ -257,9 +207,7 @@ impl CarePlanService for CarePlanApi {
         let caller = Caller::from_request(&request)?.clone();
         let id = patient_id("patient_id", request.get_ref().patient_id.as_ref())?;
         let patient = self.visible_patient(&caller, &id).await?;
-        Ok(Response::new(pb::GetPatientResponse {
-            patient: Some(patient_to_pb(&patient)),
-        }))
+        Ok(Response::new(pb::GetPatientResponse { patient: Some(patient_to_pb(&patient)) }))
     }
 
     #[tracing::instrument(name = "careplans.list_patients", skip_all)]
@@ -269,39 +217,24 @@ impl CarePlanService for CarePlanApi {
     ) -> Result<Response<pb::ListPatientsResponse>, Status> {
         let caller = Caller::from_request(&request)?.clone();
         let page = request.get_ref().page.clone().unwrap_or_default();
-        let cursor = Cursor::decode(&page.page_token)
-            .map_err(|error| invalid_field("page.page_token", error.to_string()))?;
+        let cursor =
+            Cursor::decode(&page.page_token).map_err(|error| invalid_field("page.page_token", error.to_string()))?;
         let limit = page_size(page.page_size);
         if caller.role == Role::Patient {
             // A patient's list is themself.
             let own = caller.subject.parse::<PatientId>().ok();
             let patient = match own {
-                Some(id) if cursor.is_none() => {
-                    self.repo.patient(&id).await.map_err(repo_status)?
-                }
+                Some(id) if cursor.is_none() => self.repo.patient(&id).await.map_err(repo_status)?,
                 _ => None,
             };
-            let patients = patient
-                .filter(|p| p.org == caller.org)
-                .iter()
-                .map(patient_to_pb)
-                .collect();
-            return Ok(Response::new(pb::ListPatientsResponse {
-                patients,
-                next_page_token: String::new(),
-            }));
+            let patients = patient.filter(|p| p.org == caller.org).iter().map(patient_to_pb).collect();
+            return Ok(Response::new(pb::ListPatientsResponse { patients, next_page_token: String::new() }));
         }
         if caller.role == Role::Clinician {
-            return self
-                .list_caseload(&caller, cursor.as_ref(), limit)
-                .await
-                .map(Response::new);
+            return self.list_caseload(&caller, cursor.as_ref(), limit).await.map(Response::new);
         }
-        let (patients, next) = self
-            .repo
-            .list_patients(&caller.org, cursor.as_ref(), limit)
-            .await
-            .map_err(repo_status)?;
+        let (patients, next) =
+            self.repo.list_patients(&caller.org, cursor.as_ref(), limit).await.map_err(repo_status)?;
         Ok(Response::new(pb::ListPatientsResponse {
             patients: patients.iter().map(patient_to_pb).collect(),
             next_page_token: next.map(|cursor| cursor.encode()).unwrap_or_default(),
@@ -317,19 +250,8 @@ impl CarePlanService for CarePlanApi {
         let message = request.into_inner();
         let id = patient_id("patient_id", message.patient_id.as_ref())?;
         let mut violations = Violations::new();
-        check_text(
-            &mut violations,
-            "idempotency_key",
-            &message.idempotency_key,
-            MAX_KEY_LEN,
-        );
-        let content = parse_content(
-            &message.title,
-            &message.goals,
-            &message.tasks,
-            &message.measures,
-            &mut violations,
-        );
+        check_text(&mut violations, "idempotency_key", &message.idempotency_key, MAX_KEY_LEN);
+        let content = parse_content(&message.title, &message.goals, &message.tasks, &message.measures, &mut violations);
         let status = match message.status() {
             pb::CarePlanStatus::Unspecified => pb::CarePlanStatus::Draft,
             status @ (pb::CarePlanStatus::Draft | pb::CarePlanStatus::Active) => status,
@@ -342,19 +264,10 @@ impl CarePlanService for CarePlanApi {
         let patient = self.plan_writer(&caller, &id).await?;
         let created = self
             .repo
-            .create_plan(
-                &caller.org,
-                &patient.id,
-                &message.idempotency_key,
-                content,
-                status,
-                actor(&caller),
-            )
+            .create_plan(&caller.org, &patient.id, &message.idempotency_key, content, status, actor(&caller))
             .await
             .map_err(repo_status)?;
-        Ok(Response::new(pb::CreateCarePlanResponse {
-            care_plan: Some(created.into_inner()),
-        }))
+        Ok(Response::new(pb::CreateCarePlanResponse { care_plan: Some(created.into_inner()) }))
     }
 
     #[tracing::instrument(name = "careplans.get_care_plan", skip_all)]
@@ -365,9 +278,7 @@ impl CarePlanService for CarePlanApi {
         let caller = Caller::from_request(&request)?.clone();
         let id = care_plan_id("care_plan_id", request.get_ref().care_plan_id.as_ref())?;
         let (_, plan) = self.visible_plan(&caller, &id).await?;
-        Ok(Response::new(pb::GetCarePlanResponse {
-            care_plan: Some(plan),
-        }))
+        Ok(Response::new(pb::GetCarePlanResponse { care_plan: Some(plan) }))
     }
 
     #[tracing::instrument(name = "careplans.update_care_plan", skip_all)]
@@ -380,27 +291,20 @@ impl CarePlanService for CarePlanApi {
         let id = care_plan_id("care_plan_id", message.care_plan_id.as_ref())?;
         let mut violations = Violations::new();
         if message.expected_version == 0 {
-            violations.add(
-                "expected_version",
-                "required: the version your change is based on",
-            );
+            violations.add("expected_version", "required: the version your change is based on");
         }
         if message.status() == pb::CarePlanStatus::Unspecified {
             violations.add("status", "required: draft, active, completed or revoked");
         }
-        let content = parse_content(
-            &message.title,
-            &message.goals,
-            &message.tasks,
-            &message.measures,
-            &mut violations,
-        );
+        let content = parse_content(&message.title, &message.goals, &message.tasks, &message.measures, &mut violations);
         violations.into_result()?;
         let (patient, _) = self.visible_plan(&caller, &id).await?;
         self.plan_writer(&caller, &patient.id).await?;
         let plan = self
             .repo
             .update_plan(
+                &patient.org,
+                &patient.id,
                 &id,
                 message.expected_version,
                 content,
@@ -409,9 +313,7 @@ impl CarePlanService for CarePlanApi {
             )
             .await
             .map_err(update_status)?;
-        Ok(Response::new(pb::UpdateCarePlanResponse {
-            care_plan: Some(plan),
-        }))
+        Ok(Response::new(pb::UpdateCarePlanResponse { care_plan: Some(plan) }))
     }
 
     #[tracing::instrument(name = "careplans.list_care_plans", skip_all)]
@@ -424,11 +326,8 @@ impl CarePlanService for CarePlanApi {
         let (cursor, limit) = page_of(request.get_ref().page.as_ref())?;
         let patient = self.visible_patient(&caller, &id).await?;
         let include_drafts = caller.role != Role::Patient;
-        let (care_plans, next) = self
-            .repo
-            .list_plans(&patient.id, include_drafts, cursor.as_ref(), limit)
-            .await
-            .map_err(repo_status)?;
+        let (care_plans, next) =
+            self.repo.list_plans(&patient.id, include_drafts, cursor.as_ref(), limit).await.map_err(repo_status)?;
         Ok(Response::new(pb::ListCarePlansResponse {
             care_plans,
             next_page_token: next.map(|cursor| cursor.encode()).unwrap_or_default(),
@@ -448,14 +347,8 @@ impl CarePlanService for CarePlanApi {
         violations.into_result()?;
         let patient = self.visible_patient(&caller, &id).await?;
         caller.require_role(&[Role::Integration, Role::Admin, Role::Supervisor])?;
-        let team = self
-            .repo
-            .set_care_team(&patient.id, members)
-            .await
-            .map_err(repo_status)?;
-        Ok(Response::new(pb::SetCareTeamResponse {
-            care_team: Some(team),
-        }))
+        let team = self.repo.set_care_team(&patient.org, &patient.id, members).await.map_err(repo_status)?;
+        Ok(Response::new(pb::SetCareTeamResponse { care_team: Some(team) }))
     }
 
     #[tracing::instrument(name = "careplans.get_care_team", skip_all)]
@@ -466,19 +359,10 @@ impl CarePlanService for CarePlanApi {
         let caller = Caller::from_request(&request)?.clone();
         let id = patient_id("patient_id", request.get_ref().patient_id.as_ref())?;
         let patient = self.visible_patient(&caller, &id).await?;
-        let team = self
-            .repo
-            .care_team(&patient.id)
-            .await
-            .map_err(repo_status)?;
-        let team = team.unwrap_or(pb::CareTeam {
-            patient_id: Some(patient.id.into()),
-            members: Vec::new(),
-            version: 0,
-        });
-        Ok(Response::new(pb::GetCareTeamResponse {
-            care_team: Some(team),
-        }))
+        let team = self.repo.care_team(&patient.id).await.map_err(repo_status)?;
+        let team =
+            team.unwrap_or(pb::CareTeam { patient_id: Some(patient.id.into()), members: Vec::new(), version: 0 });
+        Ok(Response::new(pb::GetCareTeamResponse { care_team: Some(team) }))
     }
 
     #[tracing::instrument(name = "careplans.put_safety_plan", skip_all)]
@@ -489,10 +373,7 @@ impl CarePlanService for CarePlanApi {
         let caller = Caller::from_request(&request)?.clone();
         let message = request.into_inner();
         let Some(plan) = message.safety_plan else {
-            return Err(invalid_field(
-                "safety_plan",
-                "required: the plan's six steps",
-            ));
+            return Err(invalid_field("safety_plan", "required: the plan's six steps"));
         };
         let id = patient_id("safety_plan.patient_id", plan.patient_id.as_ref())?;
         let mut violations = Violations::new();
@@ -502,18 +383,14 @@ impl CarePlanService for CarePlanApi {
         // clinicians may both save a version.
         let patient = self.visible_patient(&caller, &id).await?;
         if caller.role == Role::Integration {
-            return Err(Status::permission_denied(
-                "a safety plan is written by the patient and their clinician",
-            ));
+            return Err(Status::permission_denied("a safety plan is written by the patient and their clinician"));
         }
         let saved = self
             .repo
-            .put_safety_plan(&patient.id, message.expected_version, plan)
+            .put_safety_plan(&patient.org, &patient.id, message.expected_version, plan)
             .await
             .map_err(update_status)?;
-        Ok(Response::new(pb::PutSafetyPlanResponse {
-            safety_plan: Some(saved),
-        }))
+        Ok(Response::new(pb::PutSafetyPlanResponse { safety_plan: Some(saved) }))
     }
 
     #[tracing::instrument(name = "careplans.get_safety_plan", skip_all)]
@@ -524,19 +401,11 @@ impl CarePlanService for CarePlanApi {
         let caller = Caller::from_request(&request)?.clone();
         let id = patient_id("patient_id", request.get_ref().patient_id.as_ref())?;
         let patient = self.visible_patient(&caller, &id).await?;
-        let plan = self
-            .repo
-            .safety_plan(&patient.id)
-            .await
-            .map_err(repo_status)?;
+        let plan = self.repo.safety_plan(&patient.id).await.map_err(repo_status)?;
         let Some(plan) = plan else {
-            return Err(Status::not_found(
-                "this patient has no safety plan yet; write one with PutSafetyPlan",
-            ));
+            return Err(Status::not_found("this patient has no safety plan yet; write one with PutSafetyPlan"));
         };
-        Ok(Response::new(pb::GetSafetyPlanResponse {
-            safety_plan: Some(plan),
-        }))
+        Ok(Response::new(pb::GetSafetyPlanResponse { safety_plan: Some(plan) }))
     }
 }
 
@@ -547,11 +416,7 @@ impl CarePlanApi {
         cursor: Option<&Cursor>,
         limit: u32,
     ) -> Result<pb::ListPatientsResponse, Status> {
-        let ids = self
-            .repo
-            .caseload(&caller.subject)
-            .await
-            .map_err(repo_status)?;
+        let ids = self.repo.caseload(&caller.subject).await.map_err(repo_status)?;
         let mut patients = Vec::with_capacity(ids.len());
         for id in ids {
             if let Some(patient) = self.repo.patient(&id).await.map_err(repo_status)?
@@ -562,27 +427,14 @@ impl CarePlanApi {
         }
         let key = |p: &Patient| (tandem_store::unix_micros(p.enrolled_at), p.id.to_string());
         patients.sort_by_key(key);
-        let after: Vec<&Patient> = patients
-            .iter()
-            .filter(|p| cursor.is_none_or(|c| key(p) > (c.at, c.id.clone())))
-            .collect();
+        let after: Vec<&Patient> =
+            patients.iter().filter(|p| cursor.is_none_or(|c| key(p) > (c.at, c.id.clone()))).collect();
         let page: Vec<&Patient> = after.iter().take(limit as usize).copied().collect();
         let next = if after.len() > page.len() {
-            page.last()
-                .map(|p| {
-                    Cursor {
-                        at: key(p).0,
-                        id: key(p).1,
-                    }
-                    .encode()
-                })
-                .unwrap_or_default()
+            page.last().map(|p| Cursor { at: key(p).0, id: key(p).1 }.encode()).unwrap_or_default()
         } else {
             String::new()
         };
-        Ok(pb::ListPatientsResponse {
-            patients: page.into_iter().map(patient_to_pb).collect(),
-            next_page_token: next,
-        })
+        Ok(pb::ListPatientsResponse { patients: page.into_iter().map(patient_to_pb).collect(), next_page_token: next })
     }
 }

@@ -13,7 +13,9 @@ use std::sync::Arc;
 
 use sqlx::migrate::Migrator;
 use tandem_auth::{AuthInterceptor, Verifier};
+use tandem_events::{EventBus, Outbox, Relay};
 use tandem_proto::careplans::v1::care_plan_service_server::CarePlanServiceServer;
+use tandem_server::Tasks;
 use tandem_store::{Migrations, Store, StoreError, StoreOptions};
 use tonic::service::interceptor::InterceptedService;
 
@@ -26,22 +28,39 @@ static SQLITE: Migrator = sqlx::migrate!("./migrations/sqlite");
 static POSTGRES: Migrator = sqlx::migrate!("./migrations/postgres");
 
 /// This service's migrations.
-pub static MIGRATIONS: Migrations = Migrations {
-    sqlite: &SQLITE,
-    postgres: &POSTGRES,
-};
+pub static MIGRATIONS: Migrations = Migrations { sqlite: &SQLITE, postgres: &POSTGRES };
 
-/// A running care plans service: its store and its gRPC surface.
+/// Why the service could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The database.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The event spine.
+    #[error(transparent)]
+    Events(#[from] tandem_events::Error),
+}
+
+/// A running care plans service: its store, its outbox and its gRPC surface.
 #[derive(Debug, Clone)]
 pub struct CarePlans {
     store: Store,
+    outbox: Outbox,
 }
 
 impl CarePlans {
-    /// Opens (and migrates) the service's database.
-    pub async fn open(database_url: &str) -> Result<Self, StoreError> {
+    /// Opens (and migrates) the service's database and its outbox.
+    pub async fn open(database_url: &str) -> Result<Self, StartError> {
         let store = Store::open(StoreOptions::new(database_url, SCHEMA), &MIGRATIONS).await?;
-        Ok(Self { store })
+        tandem_events::install(&store).await?;
+        let outbox = Outbox::new(store.clone(), "careplans");
+        Ok(Self { store, outbox })
+    }
+
+    /// Starts the outbox relay that publishes this service's events.
+    pub fn start(&self, bus: Arc<dyn EventBus>, tasks: &mut Tasks) {
+        let relay = Relay::new(&self.outbox, bus);
+        tasks.spawn("careplans relay", relay.run(tasks.stopped()));
     }
 
     /// The service's store.
@@ -54,7 +73,7 @@ impl CarePlans {
         &self,
         verifier: Arc<Verifier>,
     ) -> InterceptedService<CarePlanServiceServer<api::CarePlanApi>, AuthInterceptor> {
-        let api = api::CarePlanApi::new(repo::Repo::new(self.store.clone()));
+        let api = api::CarePlanApi::new(repo::Repo::new(self.store.clone(), self.outbox.clone()));
         CarePlanServiceServer::with_interceptor(api, AuthInterceptor::new(verifier))
     }
 

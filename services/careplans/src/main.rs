@@ -14,13 +14,13 @@ struct Args {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let telemetry = tandem_telemetry::init(&tandem_telemetry::TelemetrySettings::from_env(
-        "tandem-careplans",
-    ))?;
+    let telemetry = tandem_telemetry::init(&tandem_telemetry::TelemetrySettings::from_env("tandem-careplans"))?;
     let settings = tandem_server::Settings::load(args.config.as_deref())?;
     let verifier = settings.verifier()?;
-    let service =
-        tandem_careplans::CarePlans::open(&settings.database_url_for("careplans")?).await?;
+    let service = tandem_careplans::CarePlans::open(&settings.database_url_for("careplans")?).await?;
+    let bus = tandem_server::bus::connect(&settings).await?;
+    let mut tasks = tandem_server::Tasks::new();
+    service.start(bus.clone(), &mut tasks);
     let listener = tokio::net::TcpListener::bind(settings.listen).await?;
     tracing::info!(addr = %listener.local_addr()?, "careplans serving");
     tandem_server::GrpcServer::new()
@@ -28,6 +28,12 @@ async fn main() -> anyhow::Result<()> {
         .drain_delay(settings.shutdown_drain)
         .serve(listener, tandem_server::shutdown_signal())
         .await?;
+    for (task, error) in tasks.shutdown().await {
+        tracing::error!(task, %error, "background task ended with an error");
+    }
+    if let Err(error) = bus.flush(std::time::Duration::from_secs(10)).await {
+        tracing::warn!(%error, "event bus did not flush; unsent events stay in the outbox");
+    }
     service.close().await;
     telemetry.shutdown();
     Ok(())

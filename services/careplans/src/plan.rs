@@ -43,26 +43,10 @@ fn text(violations: &mut Violations, field: &str, value: &str, max: usize, requi
     }
 }
 
-fn item_id(
-    given: &str,
-    used: &mut HashSet<String>,
-    violations: &mut Violations,
-    field: &str,
-) -> String {
-    let id = if given.is_empty() {
-        uuid_like()
-    } else {
-        given.to_owned()
-    };
-    if id.len() > 64
-        || !id
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
-    {
-        violations.add(
-            field,
-            "ids are 1-64 characters of letters, digits, '-' and '_'",
-        );
+fn item_id(given: &str, used: &mut HashSet<String>, violations: &mut Violations, field: &str) -> String {
+    let id = if given.is_empty() { uuid_like() } else { given.to_owned() };
+    if id.len() > 64 || !id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
+        violations.add(field, "ids are 1-64 characters of letters, digits, '-' and '_'");
     }
     if !used.insert(id.clone()) {
         violations.add(field, format!("id `{id}` is used twice in this plan"));
@@ -80,16 +64,10 @@ fn recurrence(violations: &mut Violations, field: &str, recurrence: Option<&pb::
         return;
     };
     if recurrence.every_days == 0 || recurrence.every_days > MAX_EVERY_DAYS {
-        violations.add(
-            format!("{field}.every_days"),
-            format!("1 to {MAX_EVERY_DAYS}"),
-        );
+        violations.add(format!("{field}.every_days"), format!("1 to {MAX_EVERY_DAYS}"));
     }
     if recurrence.starts_at.is_none() {
-        violations.add(
-            format!("{field}.starts_at"),
-            "required: the first occurrence",
-        );
+        violations.add(format!("{field}.starts_at"), "required: the first occurrence");
     }
     if let (Some(start), Some(end)) = (&recurrence.starts_at, &recurrence.ends_at)
         && (end.seconds, end.nanos) <= (start.seconds, start.nanos)
@@ -107,11 +85,7 @@ pub fn parse_content(
     violations: &mut Violations,
 ) -> PlanContent {
     text(violations, "title", title, MAX_TITLE, true);
-    for (name, count) in [
-        ("goals", goals.len()),
-        ("tasks", tasks.len()),
-        ("measures", measures.len()),
-    ] {
+    for (name, count) in [("goals", goals.len()), ("tasks", tasks.len()), ("measures", measures.len())] {
         if count > MAX_ITEMS {
             violations.add(name, format!("at most {MAX_ITEMS} per plan"));
         }
@@ -122,26 +96,12 @@ pub fn parse_content(
         .enumerate()
         .map(|(i, goal)| {
             let field = format!("goals[{i}]");
-            text(
-                violations,
-                &format!("{field}.description"),
-                &goal.description,
-                MAX_TEXT,
-                true,
-            );
+            text(violations, &format!("{field}.description"), &goal.description, MAX_TEXT, true);
             if goal.status() == pb::GoalStatus::Unspecified {
-                violations.add(
-                    format!("{field}.status"),
-                    "required: proposed, active, achieved or cancelled",
-                );
+                violations.add(format!("{field}.status"), "required: proposed, active, achieved or cancelled");
             }
             pb::Goal {
-                goal_id: item_id(
-                    &goal.goal_id,
-                    &mut used,
-                    violations,
-                    &format!("{field}.goal_id"),
-                ),
+                goal_id: item_id(&goal.goal_id, &mut used, violations, &format!("{field}.goal_id")),
                 ..goal.clone()
             }
         })
@@ -152,12 +112,23 @@ pub fn parse_content(
         .map(|(i, task)| {
             let field = format!("tasks[{i}]");
             if task.kind() == pb::TaskKind::Unspecified {
-                violations.add(format!("{field}.kind"), "required: thought record, behavioural activation, breathing/grounding, worksheet or custom");
+                violations.add(
+                    format!("{field}.kind"),
+                    "required: thought record, behavioural activation, breathing/grounding, worksheet or custom",
+                );
             }
             text(violations, &format!("{field}.title"), &task.title, MAX_TITLE, true);
-            text(violations, &format!("{field}.instructions"), &task.instructions, MAX_TEXT, task.kind() == pb::TaskKind::Custom);
+            text(
+                violations,
+                &format!("{field}.instructions"),
+                &task.instructions,
+                MAX_TEXT,
+                task.kind() == pb::TaskKind::Custom,
+            );
             match &task.schedule {
-                None => violations.add(format!("{field}.schedule"), "required: due_at for a one-off task or recurrence"),
+                None => {
+                    violations.add(format!("{field}.schedule"), "required: due_at for a one-off task or recurrence")
+                }
                 Some(pb::homework_task::Schedule::DueAt(_)) => {}
                 Some(pb::homework_task::Schedule::Recurrence(rule)) => {
                     recurrence(violations, &format!("{field}.recurrence"), Some(rule))
@@ -180,34 +151,17 @@ pub fn parse_content(
                     "unknown instrument; use 44249-1 (PHQ-9), 69737-5 (GAD-7) or cssrs-screener",
                 );
             }
-            recurrence(
-                violations,
-                &format!("{field}.recurrence"),
-                measure.recurrence.as_ref(),
-            );
+            recurrence(violations, &format!("{field}.recurrence"), measure.recurrence.as_ref());
             if measure.expiry_window_hours == 0 || measure.expiry_window_hours > MAX_EXPIRY_HOURS {
-                violations.add(
-                    format!("{field}.expiry_window_hours"),
-                    format!("1 to {MAX_EXPIRY_HOURS} hours"),
-                );
+                violations.add(format!("{field}.expiry_window_hours"), format!("1 to {MAX_EXPIRY_HOURS} hours"));
             }
             pb::MeasureSchedule {
-                schedule_id: item_id(
-                    &measure.schedule_id,
-                    &mut used,
-                    violations,
-                    &format!("{field}.schedule_id"),
-                ),
+                schedule_id: item_id(&measure.schedule_id, &mut used, violations, &format!("{field}.schedule_id")),
                 ..measure.clone()
             }
         })
         .collect();
-    PlanContent {
-        title: title.trim().to_owned(),
-        goals,
-        tasks,
-        measures,
-    }
+    PlanContent { title: title.trim().to_owned(), goals, tasks, measures }
 }
 
 /// Whether a plan may move from one status to another.
@@ -225,10 +179,7 @@ pub fn transition_allowed(from: pb::CarePlanStatus, to: pb::CarePlanStatus) -> b
 }
 
 /// Parses a care team: members in chain order, exactly one primary, first.
-pub fn parse_care_team(
-    members: &[pb::CareTeamMember],
-    violations: &mut Violations,
-) -> Vec<pb::CareTeamMember> {
+pub fn parse_care_team(members: &[pb::CareTeamMember], violations: &mut Violations) -> Vec<pb::CareTeamMember> {
     if members.is_empty() {
         violations.add("members", "required: at least the primary clinician");
     }
@@ -236,53 +187,22 @@ pub fn parse_care_team(
         violations.add("members", "at most 20 members");
     }
     let mut seen = HashSet::new();
-    let primaries = members
-        .iter()
-        .filter(|m| m.role() == pb::CareTeamRole::Primary)
-        .count();
+    let primaries = members.iter().filter(|m| m.role() == pb::CareTeamRole::Primary).count();
     if !members.is_empty() && primaries != 1 {
-        violations.add(
-            "members",
-            format!("exactly one primary clinician, got {primaries}"),
-        );
+        violations.add("members", format!("exactly one primary clinician, got {primaries}"));
     }
-    if members
-        .first()
-        .is_some_and(|m| m.role() != pb::CareTeamRole::Primary)
-        && primaries == 1
-    {
-        violations.add(
-            "members[0].role",
-            "the primary clinician comes first: alerts climb the chain in order",
-        );
+    if members.first().is_some_and(|m| m.role() != pb::CareTeamRole::Primary) && primaries == 1 {
+        violations.add("members[0].role", "the primary clinician comes first: alerts climb the chain in order");
     }
     for (i, member) in members.iter().enumerate() {
         let field = format!("members[{i}]");
-        text(
-            violations,
-            &format!("{field}.clinician_id"),
-            &member.clinician_id,
-            128,
-            true,
-        );
-        text(
-            violations,
-            &format!("{field}.display_name"),
-            &member.display_name,
-            MAX_TITLE,
-            false,
-        );
+        text(violations, &format!("{field}.clinician_id"), &member.clinician_id, 128, true);
+        text(violations, &format!("{field}.display_name"), &member.display_name, MAX_TITLE, false);
         if member.role() == pb::CareTeamRole::Unspecified {
-            violations.add(
-                format!("{field}.role"),
-                "required: primary, backup or on_call",
-            );
+            violations.add(format!("{field}.role"), "required: primary, backup or on_call");
         }
         if !seen.insert(member.clinician_id.clone()) {
-            violations.add(
-                format!("{field}.clinician_id"),
-                "each clinician appears once",
-            );
+            violations.add(format!("{field}.clinician_id"), "each clinician appears once");
         }
     }
     members.to_vec()
@@ -297,15 +217,9 @@ pub fn parse_safety_plan(plan: &pb::SafetyPlan, violations: &mut Violations) {
         ("safety_plan.environment_safety", &plan.environment_safety),
     ];
     let contacts: [(&str, &Vec<pb::SafetyContact>); 3] = [
-        (
-            "safety_plan.distraction_contacts",
-            &plan.distraction_contacts,
-        ),
+        ("safety_plan.distraction_contacts", &plan.distraction_contacts),
         ("safety_plan.help_contacts", &plan.help_contacts),
-        (
-            "safety_plan.professional_contacts",
-            &plan.professional_contacts,
-        ),
+        ("safety_plan.professional_contacts", &plan.professional_contacts),
     ];
     let mut entries = 0;
     for (field, items) in lists {
@@ -322,28 +236,13 @@ pub fn parse_safety_plan(plan: &pb::SafetyPlan, violations: &mut Violations) {
             violations.add(field, format!("at most {MAX_ITEMS} entries"));
         }
         for (i, contact) in items.iter().enumerate() {
-            text(
-                violations,
-                &format!("{field}[{i}].name"),
-                &contact.name,
-                MAX_TITLE,
-                true,
-            );
-            text(
-                violations,
-                &format!("{field}[{i}].phone"),
-                &contact.phone,
-                64,
-                false,
-            );
+            text(violations, &format!("{field}[{i}].name"), &contact.name, MAX_TITLE, true);
+            text(violations, &format!("{field}[{i}].phone"), &contact.phone, 64, false);
         }
         entries += items.len();
     }
     if entries == 0 {
-        violations.add(
-            "safety_plan",
-            "an empty safety plan helps nobody: fill in at least one step",
-        );
+        violations.add("safety_plan", "an empty safety plan helps nobody: fill in at least one step");
     }
 }
 
@@ -354,10 +253,7 @@ mod tests {
     fn daily() -> pb::Recurrence {
         pb::Recurrence {
             every_days: 1,
-            starts_at: Some(prost_types::Timestamp {
-                seconds: 1_700_000_000,
-                nanos: 0,
-            }),
+            starts_at: Some(prost_types::Timestamp { seconds: 1_700_000_000, nanos: 0 }),
             ends_at: None,
         }
     }
@@ -399,10 +295,7 @@ mod tests {
             "",
             &[pb::Goal::default()],
             &[pb::HomeworkTask::default()],
-            &[pb::MeasureSchedule {
-                instrument: "bdi".into(),
-                ..Default::default()
-            }],
+            &[pb::MeasureSchedule { instrument: "bdi".into(), ..Default::default() }],
             &mut violations,
         );
         let status = violations.into_status();
@@ -416,11 +309,7 @@ mod tests {
             "measures[0].recurrence",
             "measures[0].expiry_window_hours",
         ] {
-            assert!(
-                status.message().contains(field),
-                "{field} in {}",
-                status.message()
-            );
+            assert!(status.message().contains(field), "{field} in {}", status.message());
         }
     }
 
@@ -443,28 +332,19 @@ mod tests {
         };
         let mut violations = Violations::new();
         parse_care_team(
-            &[
-                member("a", pb::CareTeamRole::Primary),
-                member("b", pb::CareTeamRole::Backup),
-            ],
+            &[member("a", pb::CareTeamRole::Primary), member("b", pb::CareTeamRole::Backup)],
             &mut violations,
         );
         assert!(violations.is_empty());
         let mut violations = Violations::new();
         parse_care_team(
-            &[
-                member("b", pb::CareTeamRole::Backup),
-                member("a", pb::CareTeamRole::Primary),
-            ],
+            &[member("b", pb::CareTeamRole::Backup), member("a", pb::CareTeamRole::Primary)],
             &mut violations,
         );
         assert!(!violations.is_empty());
         let mut violations = Violations::new();
         parse_care_team(
-            &[
-                member("a", pb::CareTeamRole::Primary),
-                member("a", pb::CareTeamRole::Backup),
-            ],
+            &[member("a", pb::CareTeamRole::Primary), member("a", pb::CareTeamRole::Backup)],
             &mut violations,
         );
         assert!(!violations.is_empty());

@@ -12,6 +12,8 @@ use tandem_store::{is_unique_violation, unix_micros};
 
 use crate::plan::PlanContent;
 use crate::repo::{Repo, RepoError, from_unix_micros};
+use tandem_proto::events::v1 as events;
+use tandem_proto::events::v1::event_envelope::Payload;
 
 /// The outcome of a create with an idempotency key.
 #[derive(Debug, Clone, PartialEq)]
@@ -44,9 +46,7 @@ pub struct StoredPlan {
 #[derive(Debug, thiserror::Error)]
 pub enum UpdateError {
     /// `expected_version` is not the current version.
-    #[error(
-        "care plan is at version {current}, not {expected}; reload it and apply your change again"
-    )]
+    #[error("care plan is at version {current}, not {expected}; reload it and apply your change again")]
     Stale {
         /// The current version.
         current: u32,
@@ -118,11 +118,7 @@ impl Repo {
             updated_by: Some(actor),
             updated_at: Some(timestamp(now)),
         };
-        let id = plan
-            .id
-            .as_ref()
-            .map(|id| id.value.clone())
-            .unwrap_or_default();
+        let id = plan.id.as_ref().map(|id| id.value.clone()).unwrap_or_default();
         let body = plan.encode_to_vec();
         let mut tx = self.store().begin_write().await?;
         let inserted = sqlx::query(
@@ -150,26 +146,24 @@ impl Repo {
             }
             Err(error) => return Err(error.into()),
         }
-        sqlx::query(
-            "INSERT INTO care_plan_versions (care_plan_id, version, body) VALUES ($1, 1, $2)",
-        )
-        .bind(id)
-        .bind(body)
-        .execute(&mut *tx)
-        .await?;
-        tx.commit().await?;
+        sqlx::query("INSERT INTO care_plan_versions (care_plan_id, version, body) VALUES ($1, 1, $2)")
+            .bind(id)
+            .bind(body)
+            .execute(&mut *tx)
+            .await?;
+        let changed = events::CarePlanChanged { care_plan: Some(plan.clone()) };
+        self.enqueue(&mut tx, org, patient, Payload::CarePlanChanged(changed)).await?;
+        self.outbox().commit(tx).await.map_err(RepoError::from)?;
         Ok(Created::New(plan))
     }
 
     async fn plan_by_key(&self, org: &OrgId, key: &str) -> Result<Option<pb::CarePlan>, RepoError> {
-        let row =
-            sqlx::query("SELECT body FROM care_plans WHERE org_id = $1 AND idempotency_key = $2")
-                .bind(org.to_string())
-                .bind(key.to_owned())
-                .fetch_optional(self.store().pool())
-                .await?;
-        row.map(|row| decode(&row.try_get::<Vec<u8>, _>("body")?, "care_plans.body"))
-            .transpose()
+        let row = sqlx::query("SELECT body FROM care_plans WHERE org_id = $1 AND idempotency_key = $2")
+            .bind(org.to_string())
+            .bind(key.to_owned())
+            .fetch_optional(self.store().pool())
+            .await?;
+        row.map(|row| decode(&row.try_get::<Vec<u8>, _>("body")?, "care_plans.body")).transpose()
     }
 
     /// A care plan by id.
@@ -181,16 +175,17 @@ impl Repo {
         let Some(row) = row else { return Ok(None) };
         let org: String = row.try_get("org_id")?;
         Ok(Some(StoredPlan {
-            org: org
-                .parse()
-                .map_err(|_| RepoError::Corrupt("care_plans.org_id".into()))?,
+            org: org.parse().map_err(|_| RepoError::Corrupt("care_plans.org_id".into()))?,
             plan: decode(&row.try_get::<Vec<u8>, _>("body")?, "care_plans.body")?,
         }))
     }
 
     /// Replaces a plan's content and status, making the next version.
+    #[allow(clippy::too_many_arguments)]
     pub async fn update_plan(
         &self,
+        org: &OrgId,
+        patient: &PatientId,
         id: &CarePlanId,
         expected_version: u32,
         content: PlanContent,
@@ -203,22 +198,14 @@ impl Repo {
             .fetch_optional(&mut *tx)
             .await?;
         let Some(row) = row else {
-            return Err(UpdateError::Repo(RepoError::Corrupt(
-                "care plan vanished".into(),
-            )));
+            return Err(UpdateError::Repo(RepoError::Corrupt("care plan vanished".into())));
         };
         let current: pb::CarePlan = decode(&row.try_get::<Vec<u8>, _>("body")?, "care_plans.body")?;
         if current.version != expected_version {
-            return Err(UpdateError::Stale {
-                current: current.version,
-                expected: expected_version,
-            });
+            return Err(UpdateError::Stale { current: current.version, expected: expected_version });
         }
         if !crate::plan::transition_allowed(current.status(), status) {
-            return Err(UpdateError::Transition {
-                from: current.status().as_str_name(),
-                to: status.as_str_name(),
-            });
+            return Err(UpdateError::Transition { from: current.status().as_str_name(), to: status.as_str_name() });
         }
         let now = now_micros();
         let next = pb::CarePlan {
@@ -246,20 +233,17 @@ impl Repo {
         .execute(&mut *tx)
         .await?;
         if updated.rows_affected() != 1 {
-            return Err(UpdateError::Stale {
-                current: expected_version + 1,
-                expected: expected_version,
-            });
+            return Err(UpdateError::Stale { current: expected_version + 1, expected: expected_version });
         }
-        sqlx::query(
-            "INSERT INTO care_plan_versions (care_plan_id, version, body) VALUES ($1, $2, $3)",
-        )
-        .bind(id.to_string())
-        .bind(i64::from(next.version))
-        .bind(body)
-        .execute(&mut *tx)
-        .await?;
-        tx.commit().await?;
+        sqlx::query("INSERT INTO care_plan_versions (care_plan_id, version, body) VALUES ($1, $2, $3)")
+            .bind(id.to_string())
+            .bind(i64::from(next.version))
+            .bind(body)
+            .execute(&mut *tx)
+            .await?;
+        let changed = events::CarePlanChanged { care_plan: Some(next.clone()) };
+        self.enqueue(&mut tx, org, patient, Payload::CarePlanChanged(changed)).await?;
+        self.outbox().commit(tx).await.map_err(RepoError::from)?;
         Ok(next)
     }
 
@@ -271,9 +255,7 @@ impl Repo {
         cursor: Option<&Cursor>,
         limit: u32,
     ) -> Result<(Vec<pb::CarePlan>, Option<Cursor>), RepoError> {
-        let (at, id) = cursor
-            .map(|c| (c.at, c.id.clone()))
-            .unwrap_or((i64::MAX, "~".to_owned()));
+        let (at, id) = cursor.map(|c| (c.at, c.id.clone())).unwrap_or((i64::MAX, "~".to_owned()));
         let rows = sqlx::query(
             "SELECT id, created_at, status, body FROM care_plans \
              WHERE patient_id = $1 AND (created_at < $2 OR (created_at = $3 AND id < $4)) \
@@ -290,29 +272,20 @@ impl Repo {
         let mut last = None;
         for row in rows.iter().take(limit as usize) {
             let status: String = row.try_get("status")?;
-            last = Some(Cursor {
-                at: row.try_get("created_at")?,
-                id: row.try_get("id")?,
-            });
+            last = Some(Cursor { at: row.try_get("created_at")?, id: row.try_get("id")? });
             if !include_drafts && status == pb::CarePlanStatus::Draft.as_str_name() {
                 continue;
             }
-            plans.push(decode(
-                &row.try_get::<Vec<u8>, _>("body")?,
-                "care_plans.body",
-            )?);
+            plans.push(decode(&row.try_get::<Vec<u8>, _>("body")?, "care_plans.body")?);
         }
-        let next = if rows.len() > limit as usize {
-            last
-        } else {
-            None
-        };
+        let next = if rows.len() > limit as usize { last } else { None };
         Ok((plans, next))
     }
 
     /// Sets a patient's care team, making its next version.
     pub async fn set_care_team(
         &self,
+        org: &OrgId,
         patient: &PatientId,
         members: Vec<pb::CareTeamMember>,
     ) -> Result<pb::CareTeam, RepoError> {
@@ -327,22 +300,18 @@ impl Repo {
         };
         let now = unix_micros(SystemTime::now());
         if version == 1 {
-            sqlx::query(
-                "INSERT INTO care_teams (patient_id, version, updated_at) VALUES ($1, 1, $2)",
-            )
-            .bind(patient.to_string())
-            .bind(now)
-            .execute(&mut *tx)
-            .await?;
+            sqlx::query("INSERT INTO care_teams (patient_id, version, updated_at) VALUES ($1, 1, $2)")
+                .bind(patient.to_string())
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
         } else {
-            sqlx::query(
-                "UPDATE care_teams SET version = $1, updated_at = $2 WHERE patient_id = $3",
-            )
-            .bind(version)
-            .bind(now)
-            .bind(patient.to_string())
-            .execute(&mut *tx)
-            .await?;
+            sqlx::query("UPDATE care_teams SET version = $1, updated_at = $2 WHERE patient_id = $3")
+                .bind(version)
+                .bind(now)
+                .bind(patient.to_string())
+                .execute(&mut *tx)
+                .await?;
         }
         sqlx::query("DELETE FROM care_team_members WHERE patient_id = $1")
             .bind(patient.to_string())
@@ -360,12 +329,11 @@ impl Repo {
             .execute(&mut *tx)
             .await?;
         }
-        tx.commit().await?;
-        Ok(pb::CareTeam {
-            patient_id: Some((*patient).into()),
-            members,
-            version: version as u32,
-        })
+        let team = pb::CareTeam { patient_id: Some((*patient).into()), members, version: version as u32 };
+        let changed = events::CareTeamChanged { care_team: Some(team.clone()) };
+        self.enqueue(&mut tx, org, patient, Payload::CareTeamChanged(changed)).await?;
+        self.outbox().commit(tx).await?;
+        Ok(team)
     }
 
     /// A patient's care team, if one was set.
@@ -393,42 +361,29 @@ impl Repo {
                 display_name: row.try_get("display_name")?,
             });
         }
-        Ok(Some(pb::CareTeam {
-            patient_id: Some((*patient).into()),
-            members,
-            version: version as u32,
-        }))
+        Ok(Some(pb::CareTeam { patient_id: Some((*patient).into()), members, version: version as u32 }))
     }
 
     /// Whether the clinician is on the patient's care team.
-    pub async fn on_care_team(
-        &self,
-        patient: &PatientId,
-        clinician: &str,
-    ) -> Result<bool, RepoError> {
-        let row = sqlx::query(
-            "SELECT 1 AS one FROM care_team_members WHERE patient_id = $1 AND clinician_id = $2",
-        )
-        .bind(patient.to_string())
-        .bind(clinician.to_owned())
-        .fetch_optional(self.store().pool())
-        .await?;
+    pub async fn on_care_team(&self, patient: &PatientId, clinician: &str) -> Result<bool, RepoError> {
+        let row = sqlx::query("SELECT 1 AS one FROM care_team_members WHERE patient_id = $1 AND clinician_id = $2")
+            .bind(patient.to_string())
+            .bind(clinician.to_owned())
+            .fetch_optional(self.store().pool())
+            .await?;
         Ok(row.is_some())
     }
 
     /// The patients whose care team includes the clinician.
     pub async fn caseload(&self, clinician: &str) -> Result<Vec<PatientId>, RepoError> {
-        let rows = sqlx::query(
-            "SELECT DISTINCT patient_id FROM care_team_members WHERE clinician_id = $1",
-        )
-        .bind(clinician.to_owned())
-        .fetch_all(self.store().pool())
-        .await?;
+        let rows = sqlx::query("SELECT DISTINCT patient_id FROM care_team_members WHERE clinician_id = $1")
+            .bind(clinician.to_owned())
+            .fetch_all(self.store().pool())
+            .await?;
         rows.iter()
             .map(|row| {
                 let id: String = row.try_get("patient_id")?;
-                id.parse()
-                    .map_err(|_| RepoError::Corrupt("care_team_members.patient_id".into()))
+                id.parse().map_err(|_| RepoError::Corrupt("care_team_members.patient_id".into()))
             })
             .collect()
     }
@@ -436,23 +391,19 @@ impl Repo {
     /// Saves the next version of a patient's safety plan.
     pub async fn put_safety_plan(
         &self,
+        org: &OrgId,
         patient: &PatientId,
         expected_version: u32,
         plan: pb::SafetyPlan,
     ) -> Result<pb::SafetyPlan, UpdateError> {
         let mut tx = self.store().begin_write().await?;
-        let row = sqlx::query(
-            "SELECT MAX(version) AS version FROM safety_plan_versions WHERE patient_id = $1",
-        )
-        .bind(patient.to_string())
-        .fetch_one(&mut *tx)
-        .await?;
+        let row = sqlx::query("SELECT MAX(version) AS version FROM safety_plan_versions WHERE patient_id = $1")
+            .bind(patient.to_string())
+            .fetch_one(&mut *tx)
+            .await?;
         let current = row.try_get::<Option<i64>, _>("version")?.unwrap_or(0) as u32;
         if current != expected_version {
-            return Err(UpdateError::Stale {
-                current,
-                expected: expected_version,
-            });
+            return Err(UpdateError::Stale { current, expected: expected_version });
         }
         let now = now_micros();
         let saved = pb::SafetyPlan {
@@ -473,34 +424,23 @@ impl Repo {
         match inserted {
             Ok(_) => {}
             Err(error) if is_unique_violation(&error) => {
-                return Err(UpdateError::Stale {
-                    current: current + 1,
-                    expected: expected_version,
-                });
+                return Err(UpdateError::Stale { current: current + 1, expected: expected_version });
             }
             Err(error) => return Err(error.into()),
         }
-        tx.commit().await?;
+        let changed = events::SafetyPlanChanged { safety_plan: Some(saved.clone()) };
+        self.enqueue(&mut tx, org, patient, Payload::SafetyPlanChanged(changed)).await?;
+        self.outbox().commit(tx).await.map_err(RepoError::from)?;
         Ok(saved)
     }
 
     /// The current version of a patient's safety plan.
-    pub async fn safety_plan(
-        &self,
-        patient: &PatientId,
-    ) -> Result<Option<pb::SafetyPlan>, RepoError> {
-        let row = sqlx::query(
-            "SELECT body FROM safety_plan_versions WHERE patient_id = $1 ORDER BY version DESC LIMIT 1",
-        )
-        .bind(patient.to_string())
-        .fetch_optional(self.store().pool())
-        .await?;
-        row.map(|row| {
-            decode(
-                &row.try_get::<Vec<u8>, _>("body")?,
-                "safety_plan_versions.body",
-            )
-        })
-        .transpose()
+    pub async fn safety_plan(&self, patient: &PatientId) -> Result<Option<pb::SafetyPlan>, RepoError> {
+        let row =
+            sqlx::query("SELECT body FROM safety_plan_versions WHERE patient_id = $1 ORDER BY version DESC LIMIT 1")
+                .bind(patient.to_string())
+                .fetch_optional(self.store().pool())
+                .await?;
+        row.map(|row| decode(&row.try_get::<Vec<u8>, _>("body")?, "safety_plan_versions.body")).transpose()
     }
 }

@@ -4,6 +4,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use sqlx::Row;
 use sqlx::any::AnyRow;
+use tandem_events::{Outbox, topics};
+use tandem_proto::events::v1 as events;
+use tandem_proto::events::v1::event_envelope::Payload;
 use tandem_proto::ids::{OrgId, PatientId};
 use tandem_store::paging::Cursor;
 use tandem_store::{Store, StoreError, is_unique_violation, unix_micros};
@@ -17,9 +20,7 @@ pub enum RepoError {
     #[error("a patient with this external_id is already enrolled in the organisation")]
     DuplicateExternalId,
     /// The idempotency key was used before for a different request.
-    #[error(
-        "idempotency_key was already used for a different enrolment; use a new key for a new request"
-    )]
+    #[error("idempotency_key was already used for a different enrolment; use a new key for a new request")]
     IdempotencyConflict,
     /// A stored row does not parse: the database was changed outside Tandem.
     #[error("stored row is corrupt: {0}")]
@@ -27,6 +28,9 @@ pub enum RepoError {
     /// The database failed.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The outbox refused the event.
+    #[error(transparent)]
+    Events(#[from] tandem_events::Error),
 }
 
 impl From<sqlx::Error> for RepoError {
@@ -44,19 +48,38 @@ pub enum Enrolled {
     Replayed(Patient),
 }
 
-/// SQL for the care plans service.
+/// SQL for the care plans service; every change enqueues its event in the
+/// same transaction.
 #[derive(Debug, Clone)]
 pub struct Repo {
     store: Store,
+    outbox: Outbox,
 }
 
-const PATIENT_COLUMNS: &str =
-    "id, org_id, external_id, display_name, time_zone, enrolled_at, idempotency_key";
+const PATIENT_COLUMNS: &str = "id, org_id, external_id, display_name, time_zone, enrolled_at, idempotency_key";
 
 impl Repo {
-    /// A repository over the store.
-    pub fn new(store: Store) -> Self {
-        Self { store }
+    /// A repository over the store and its outbox.
+    pub fn new(store: Store, outbox: Outbox) -> Self {
+        Self { store, outbox }
+    }
+
+    /// The outbox.
+    pub fn outbox(&self) -> &Outbox {
+        &self.outbox
+    }
+
+    /// Enqueues `payload` about `patient` on the careplans topic inside `tx`.
+    pub async fn enqueue(
+        &self,
+        tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+        org: &OrgId,
+        patient: &PatientId,
+        payload: Payload,
+    ) -> Result<(), RepoError> {
+        let event = self.outbox.envelope(org, patient, payload);
+        self.outbox.enqueue(tx, topics::CAREPLANS, &event).await?;
+        Ok(())
     }
 
     /// The store.
@@ -66,15 +89,8 @@ impl Repo {
 
     /// Enrols a patient, or returns the patient an earlier request with the
     /// same idempotency key created.
-    pub async fn enroll_patient(
-        &self,
-        org: &OrgId,
-        new: &NewPatient,
-    ) -> Result<Enrolled, RepoError> {
-        if let Some(existing) = self
-            .patient_by_idempotency_key(org, &new.idempotency_key)
-            .await?
-        {
+    pub async fn enroll_patient(&self, org: &OrgId, new: &NewPatient) -> Result<Enrolled, RepoError> {
+        if let Some(existing) = self.patient_by_idempotency_key(org, &new.idempotency_key).await? {
             return replay(existing, new);
         }
         let patient = Patient {
@@ -102,17 +118,19 @@ impl Repo {
         .await;
         match inserted {
             Ok(_) => {
-                tx.commit().await?;
+                let enrolled = events::PatientEnrolled {
+                    external_id: patient.external_id.clone(),
+                    time_zone: patient.time_zone.name().to_owned(),
+                };
+                self.enqueue(&mut tx, org, &patient.id, Payload::PatientEnrolled(enrolled)).await?;
+                self.outbox.commit(tx).await?;
                 Ok(Enrolled::Created(patient))
             }
             Err(error) if is_unique_violation(&error) => {
                 tx.rollback().await?;
                 // Either a concurrent retry with the same key won the race,
                 // or the external id is taken.
-                match self
-                    .patient_by_idempotency_key(org, &new.idempotency_key)
-                    .await?
-                {
+                match self.patient_by_idempotency_key(org, &new.idempotency_key).await? {
                     Some(existing) => replay(existing, new),
                     None => Err(RepoError::DuplicateExternalId),
                 }
@@ -121,14 +139,8 @@ impl Repo {
         }
     }
 
-    async fn patient_by_idempotency_key(
-        &self,
-        org: &OrgId,
-        key: &str,
-    ) -> Result<Option<Patient>, RepoError> {
-        let sql = format!(
-            "SELECT {PATIENT_COLUMNS} FROM patients WHERE org_id = $1 AND idempotency_key = $2"
-        );
+    async fn patient_by_idempotency_key(&self, org: &OrgId, key: &str) -> Result<Option<Patient>, RepoError> {
+        let sql = format!("SELECT {PATIENT_COLUMNS} FROM patients WHERE org_id = $1 AND idempotency_key = $2");
         let row = sqlx::query(sqlx::AssertSqlSafe(sql))
             .bind(org.to_string())
             .bind(key.to_owned())
@@ -140,10 +152,7 @@ impl Repo {
     /// One patient by id, in any org.
     pub async fn patient(&self, id: &PatientId) -> Result<Option<Patient>, RepoError> {
         let sql = format!("SELECT {PATIENT_COLUMNS} FROM patients WHERE id = $1");
-        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
-            .bind(id.to_string())
-            .fetch_optional(self.store.pool())
-            .await?;
+        let row = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(id.to_string()).fetch_optional(self.store.pool()).await?;
         row.map(|row| patient_from_row(&row)).transpose()
     }
 
@@ -154,9 +163,7 @@ impl Repo {
         cursor: Option<&Cursor>,
         limit: u32,
     ) -> Result<(Vec<Patient>, Option<Cursor>), RepoError> {
-        let (at, id) = cursor
-            .map(|c| (c.at, c.id.clone()))
-            .unwrap_or((i64::MIN, String::new()));
+        let (at, id) = cursor.map(|c| (c.at, c.id.clone())).unwrap_or((i64::MIN, String::new()));
         let sql = format!(
             "SELECT {PATIENT_COLUMNS} FROM patients \
              WHERE org_id = $1 AND (enrolled_at > $2 OR (enrolled_at = $3 AND id > $4)) \
@@ -170,16 +177,10 @@ impl Repo {
             .bind(i64::from(limit) + 1)
             .fetch_all(self.store.pool())
             .await?;
-        let mut patients = rows
-            .iter()
-            .map(patient_from_row)
-            .collect::<Result<Vec<_>, _>>()?;
+        let mut patients = rows.iter().map(patient_from_row).collect::<Result<Vec<_>, _>>()?;
         let next = if patients.len() > limit as usize {
             patients.truncate(limit as usize);
-            patients.last().map(|last| Cursor {
-                at: unix_micros(last.enrolled_at),
-                id: last.id.to_string(),
-            })
+            patients.last().map(|last| Cursor { at: unix_micros(last.enrolled_at), id: last.id.to_string() })
         } else {
             None
         };
@@ -241,135 +242,84 @@ mod tests {
         slug.parse().unwrap()
     }
 
-    store_test!(
-        enrolment_is_stored_and_read_back,
-        &MIGRATIONS,
-        "careplans",
-        |store| async move {
-            let repo = Repo::new(store);
-            let Enrolled::Created(created) = repo
-                .enroll_patient(&org("north"), &new_patient("k1", "mrn-1"))
-                .await
-                .unwrap()
-            else {
-                panic!("first enrolment must create");
-            };
-            let read = repo.patient(&created.id).await.unwrap().unwrap();
-            // Stored times keep microsecond precision.
-            assert_eq!(
-                unix_micros(read.enrolled_at),
-                unix_micros(created.enrolled_at)
-            );
-            assert_eq!(read.external_id, "mrn-1");
-            assert_eq!(read.time_zone, chrono_tz::America::Chicago);
-            assert_eq!(read.org, org("north"));
-            assert!(repo.patient(&PatientId::new()).await.unwrap().is_none());
-        }
-    );
+    async fn test_repo(store: Store) -> Repo {
+        tandem_events::install(&store).await.unwrap();
+        let outbox = Outbox::new(store.clone(), "careplans");
+        Repo::new(store, outbox)
+    }
+
+    store_test!(enrolment_is_stored_and_read_back, &MIGRATIONS, "careplans", |store| async move {
+        let repo = test_repo(store).await;
+        let Enrolled::Created(created) = repo.enroll_patient(&org("north"), &new_patient("k1", "mrn-1")).await.unwrap()
+        else {
+            panic!("first enrolment must create");
+        };
+        let read = repo.patient(&created.id).await.unwrap().unwrap();
+        // Stored times keep microsecond precision.
+        assert_eq!(unix_micros(read.enrolled_at), unix_micros(created.enrolled_at));
+        assert_eq!(read.external_id, "mrn-1");
+        assert_eq!(read.time_zone, chrono_tz::America::Chicago);
+        assert_eq!(read.org, org("north"));
+        assert!(repo.patient(&PatientId::new()).await.unwrap().is_none());
+    });
 
     store_test!(
         retry_with_same_key_replays_and_conflicting_reuse_fails,
         &MIGRATIONS,
         "careplans",
         |store| async move {
-            let repo = Repo::new(store);
-            let first = repo
-                .enroll_patient(&org("north"), &new_patient("k1", "mrn-1"))
-                .await
-                .unwrap();
-            let Enrolled::Created(first) = first else {
-                panic!("must create")
-            };
-            let again = repo
-                .enroll_patient(&org("north"), &new_patient("k1", "mrn-1"))
-                .await
-                .unwrap();
+            let repo = test_repo(store).await;
+            let first = repo.enroll_patient(&org("north"), &new_patient("k1", "mrn-1")).await.unwrap();
+            let Enrolled::Created(first) = first else { panic!("must create") };
+            let again = repo.enroll_patient(&org("north"), &new_patient("k1", "mrn-1")).await.unwrap();
             assert_eq!(again, Enrolled::Replayed(first.clone()));
-            let conflicting = repo
-                .enroll_patient(&org("north"), &new_patient("k1", "mrn-2"))
-                .await;
+            let conflicting = repo.enroll_patient(&org("north"), &new_patient("k1", "mrn-2")).await;
             assert!(matches!(conflicting, Err(RepoError::IdempotencyConflict)));
-            let duplicate = repo
-                .enroll_patient(&org("north"), &new_patient("k2", "mrn-1"))
-                .await;
+            let duplicate = repo.enroll_patient(&org("north"), &new_patient("k2", "mrn-1")).await;
             assert!(matches!(duplicate, Err(RepoError::DuplicateExternalId)));
             // The same external id in another org is another patient.
-            let other = repo
-                .enroll_patient(&org("south"), &new_patient("k1", "mrn-1"))
-                .await
-                .unwrap();
+            let other = repo.enroll_patient(&org("south"), &new_patient("k1", "mrn-1")).await.unwrap();
             assert!(matches!(other, Enrolled::Created(_)));
             // Nothing already stored was lost or changed by the failures.
             assert_eq!(repo.patient(&first.id).await.unwrap().unwrap(), first);
         }
     );
 
-    store_test!(
-        listing_pages_through_one_org_only,
-        &MIGRATIONS,
-        "careplans",
-        |store| async move {
-            let repo = Repo::new(store);
-            for n in 0..5 {
-                repo.enroll_patient(
-                    &org("north"),
-                    &new_patient(&format!("k{n}"), &format!("mrn-{n}")),
-                )
-                .await
-                .unwrap();
-            }
-            repo.enroll_patient(&org("south"), &new_patient("k9", "mrn-9"))
-                .await
-                .unwrap();
-            let (page1, next) = repo.list_patients(&org("north"), None, 2).await.unwrap();
-            let (page2, next2) = repo
-                .list_patients(&org("north"), next.as_ref(), 2)
-                .await
-                .unwrap();
-            let (page3, next3) = repo
-                .list_patients(&org("north"), next2.as_ref(), 2)
-                .await
-                .unwrap();
-            assert_eq!((page1.len(), page2.len(), page3.len()), (2, 2, 1));
-            assert!(next3.is_none());
-            let mut seen: Vec<_> = page1
-                .iter()
-                .chain(&page2)
-                .chain(&page3)
-                .map(|p| p.external_id.clone())
-                .collect();
-            seen.sort();
-            assert_eq!(seen, ["mrn-0", "mrn-1", "mrn-2", "mrn-3", "mrn-4"]);
+    store_test!(listing_pages_through_one_org_only, &MIGRATIONS, "careplans", |store| async move {
+        let repo = test_repo(store).await;
+        for n in 0..5 {
+            repo.enroll_patient(&org("north"), &new_patient(&format!("k{n}"), &format!("mrn-{n}"))).await.unwrap();
         }
-    );
+        repo.enroll_patient(&org("south"), &new_patient("k9", "mrn-9")).await.unwrap();
+        let (page1, next) = repo.list_patients(&org("north"), None, 2).await.unwrap();
+        let (page2, next2) = repo.list_patients(&org("north"), next.as_ref(), 2).await.unwrap();
+        let (page3, next3) = repo.list_patients(&org("north"), next2.as_ref(), 2).await.unwrap();
+        assert_eq!((page1.len(), page2.len(), page3.len()), (2, 2, 1));
+        assert!(next3.is_none());
+        let mut seen: Vec<_> = page1.iter().chain(&page2).chain(&page3).map(|p| p.external_id.clone()).collect();
+        seen.sort();
+        assert_eq!(seen, ["mrn-0", "mrn-1", "mrn-2", "mrn-3", "mrn-4"]);
+    });
 
-    store_test!(
-        concurrent_retries_create_one_patient,
-        &MIGRATIONS,
-        "careplans",
-        |store| async move {
-            let repo = Repo::new(store);
-            let tasks: Vec<_> = (0..8)
-                .map(|_| {
-                    let repo = repo.clone();
-                    tokio::spawn(async move {
-                        repo.enroll_patient(&org("north"), &new_patient("same", "mrn-1"))
-                            .await
-                    })
-                })
-                .collect();
-            let mut ids = Vec::new();
-            for task in tasks {
-                let enrolled = task.await.unwrap().unwrap();
-                let patient = match enrolled {
-                    Enrolled::Created(p) | Enrolled::Replayed(p) => p,
-                };
-                ids.push(patient.id);
-            }
-            ids.dedup();
-            assert_eq!(ids.len(), 1, "every retry sees the one patient");
-            let (all, _) = repo.list_patients(&org("north"), None, 50).await.unwrap();
-            assert_eq!(all.len(), 1);
+    store_test!(concurrent_retries_create_one_patient, &MIGRATIONS, "careplans", |store| async move {
+        let repo = test_repo(store).await;
+        let tasks: Vec<_> = (0..8)
+            .map(|_| {
+                let repo = repo.clone();
+                tokio::spawn(async move { repo.enroll_patient(&org("north"), &new_patient("same", "mrn-1")).await })
+            })
+            .collect();
+        let mut ids = Vec::new();
+        for task in tasks {
+            let enrolled = task.await.unwrap().unwrap();
+            let patient = match enrolled {
+                Enrolled::Created(p) | Enrolled::Replayed(p) => p,
+            };
+            ids.push(patient.id);
         }
-    );
+        ids.dedup();
+        assert_eq!(ids.len(), 1, "every retry sees the one patient");
+        let (all, _) = repo.list_patients(&org("north"), None, 50).await.unwrap();
+        assert_eq!(all.len(), 1);
+    });
 }

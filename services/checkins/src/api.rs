@@ -20,6 +20,11 @@ use crate::repo::{NewCheckIn, Repo, RepoError, StoredCheckIn};
 use crate::submit::Submitter;
 
 const MAX_KEY_LEN: usize = 128;
+/// The trigger id of the crisis-language detector.
+pub const CRISIS_LANGUAGE_TRIGGER: &str = "crisis-language";
+/// Passive ideation in the journal ("wish I were dead") shows the safety
+/// response, as PHQ-9 item 9, which asks about exactly that, does.
+const CRISIS_LANGUAGE_LEVEL: tandem_clinical::TextRiskLevel = tandem_clinical::TextRiskLevel::Moderate;
 const MAX_HOMEWORK: usize = 50;
 
 /// The check-ins gRPC service.
@@ -31,9 +36,7 @@ pub struct CheckInApi {
 }
 
 fn no_access() -> Status {
-    Status::permission_denied(
-        "the caller may not access this patient's check-ins; check the patient id and your role",
-    )
+    Status::permission_denied("the caller may not access this patient's check-ins; check the patient id and your role")
 }
 
 fn repo_status(error: RepoError) -> Status {
@@ -44,8 +47,7 @@ fn patient_id(field: &str, id: Option<&common::PatientId>) -> Result<PatientId, 
     let Some(id) = id else {
         return Err(invalid_field(field, "required: the patient's id"));
     };
-    PatientId::try_from(id)
-        .map_err(|error| invalid_field(format!("{field}.value"), error.to_string()))
+    PatientId::try_from(id).map_err(|error| invalid_field(format!("{field}.value"), error.to_string()))
 }
 
 fn add_clinical(violations: &mut Violations, errors: ValidationErrors) {
@@ -62,18 +64,10 @@ struct ParsedCheckIn {
     homework: Vec<pb::HomeworkCompletion>,
 }
 
-fn parse_submission(
-    request: &pb::SubmitCheckInRequest,
-    now: SystemTime,
-) -> Result<ParsedCheckIn, Violations> {
+fn parse_submission(request: &pb::SubmitCheckInRequest, now: SystemTime) -> Result<ParsedCheckIn, Violations> {
     let mut violations = Violations::new();
-    if request.idempotency_key.trim().is_empty()
-        || request.idempotency_key.chars().count() > MAX_KEY_LEN
-    {
-        violations.add(
-            "idempotency_key",
-            format!("required: 1-{MAX_KEY_LEN} characters chosen by the client"),
-        );
+    if request.idempotency_key.trim().is_empty() || request.idempotency_key.chars().count() > MAX_KEY_LEN {
+        violations.add("idempotency_key", format!("required: 1-{MAX_KEY_LEN} characters chosen by the client"));
     }
     let mood = match tandem_clinical::validate_mood(request.mood) {
         Ok(mood) => mood.map(|mood| i32::from(mood.value())),
@@ -83,10 +77,7 @@ fn parse_submission(
         }
     };
     let responses = match tandem_clinical::parse_instruments(
-        request
-            .instruments
-            .iter()
-            .map(|i| (i.instrument.as_str(), i.answers.as_slice())),
+        request.instruments.iter().map(|i| (i.instrument.as_str(), i.answers.as_slice())),
     ) {
         Ok(responses) => responses,
         Err(errors) => {
@@ -102,33 +93,21 @@ fn parse_submission(
         }
     };
     if request.homework.len() > MAX_HOMEWORK {
-        violations.add(
-            "homework",
-            format!("at most {MAX_HOMEWORK} completions per check-in"),
-        );
+        violations.add("homework", format!("at most {MAX_HOMEWORK} completions per check-in"));
     }
     let mut homework = Vec::new();
     for (i, done) in request.homework.iter().enumerate() {
         let field = format!("homework[{i}]");
         match done.care_plan_id.as_ref().map(CarePlanId::try_from) {
             Some(Ok(_)) => {}
-            Some(Err(error)) => {
-                violations.add(format!("{field}.care_plan_id.value"), error.to_string())
-            }
-            None => violations.add(
-                format!("{field}.care_plan_id"),
-                "required: the plan the task belongs to",
-            ),
+            Some(Err(error)) => violations.add(format!("{field}.care_plan_id.value"), error.to_string()),
+            None => violations.add(format!("{field}.care_plan_id"), "required: the plan the task belongs to"),
         }
         if done.task_id.trim().is_empty() || done.task_id.len() > 64 {
-            violations.add(
-                format!("{field}.task_id"),
-                "required: the task's id within the plan",
-            );
+            violations.add(format!("{field}.task_id"), "required: the task's id within the plan");
         }
         if let Some(at) = done.completed_at
-            && SystemTime::try_from(at)
-                .map_or(true, |at| at > now + std::time::Duration::from_secs(300))
+            && SystemTime::try_from(at).map_or(true, |at| at > now + std::time::Duration::from_secs(300))
         {
             violations.add(format!("{field}.completed_at"), "must not be in the future");
         }
@@ -142,30 +121,18 @@ fn parse_submission(
         && request.journal.is_empty()
         && request.homework.is_empty()
     {
-        violations.add(
-            "mood",
-            "a check-in needs at least one of mood, instruments, journal or homework",
-        );
+        violations.add("mood", "a check-in needs at least one of mood, instruments, journal or homework");
     }
     if !violations.is_empty() {
         return Err(violations);
     }
-    Ok(ParsedCheckIn {
-        mood,
-        responses,
-        journal,
-        homework,
-    })
+    Ok(ParsedCheckIn { mood, responses, journal, homework })
 }
 
 impl CheckInApi {
     /// The service over a repository and its settings.
     pub fn new(repo: Repo, settings: Arc<CheckInsSettings>, submitter: Submitter) -> Self {
-        Self {
-            repo,
-            settings,
-            submitter,
-        }
+        Self { repo, settings, submitter }
     }
 
     /// The patient's org if the caller may read the patient's check-ins.
@@ -183,11 +150,7 @@ impl CheckInApi {
             return Err(no_access());
         };
         let allowed = match caller.role {
-            Role::Clinician => self
-                .repo
-                .on_care_team(patient, &caller.subject)
-                .await
-                .map_err(repo_status)?,
+            Role::Clinician => self.repo.on_care_team(patient, &caller.subject).await.map_err(repo_status)?,
             Role::Integration | Role::Admin | Role::Supervisor => true,
             Role::Patient => false,
         };
@@ -208,39 +171,22 @@ impl CheckInApi {
         self.readable(caller, patient).await
     }
 
-    async fn reply(
-        &self,
-        stored: &StoredCheckIn,
-        patient: &PatientId,
-    ) -> Result<pb::SubmitCheckInResponse, Status> {
+    async fn reply(&self, stored: &StoredCheckIn, patient: &PatientId) -> Result<pb::SubmitCheckInResponse, Status> {
         let safety_response = if stored.crisis_triggers.is_empty() {
             None
         } else {
-            Some(
-                self.safety_response(&stored.org, patient, &stored.crisis_triggers)
-                    .await,
-            )
+            Some(self.safety_response(&stored.org, patient, &stored.crisis_triggers).await)
         };
-        Ok(pb::SubmitCheckInResponse {
-            check_in: Some(stored.check_in.clone()),
-            safety_response,
-        })
+        Ok(pb::SubmitCheckInResponse { check_in: Some(stored.check_in.clone()), safety_response })
     }
 
     /// The immediate safety response: the org's crisis resources, the
     /// patient's own safety plan, word that the care team is being alerted.
     /// Never generated text. A failure to read the safety plan still shows
     /// the resources.
-    async fn safety_response(
-        &self,
-        org: &OrgId,
-        patient: &PatientId,
-        triggers: &[String],
-    ) -> pb::SafetyResponse {
+    async fn safety_response(&self, org: &OrgId, patient: &PatientId, triggers: &[String]) -> pb::SafetyResponse {
         let safety_plan_text = match self.repo.safety_plan(patient).await {
-            Ok(plan) => plan
-                .map(|plan| tandem_proto::render::safety_plan_text(&plan))
-                .unwrap_or_default(),
+            Ok(plan) => plan.map(|plan| tandem_proto::render::safety_plan_text(&plan)).unwrap_or_default(),
             Err(error) => {
                 tracing::error!(%error, "cannot read the safety plan for a safety response; showing resources only");
                 String::new()
@@ -260,12 +206,7 @@ impl CheckInApi {
     /// InvalidArgument for a bad submission. When the answers carry a crisis
     /// signal even though they do not parse, the message also gives the
     /// crisis resources: a typo must not hide a patient in danger.
-    fn rejected(
-        &self,
-        caller: &Caller,
-        request: &pb::SubmitCheckInRequest,
-        violations: Violations,
-    ) -> Status {
+    fn rejected(&self, caller: &Caller, request: &pb::SubmitCheckInRequest, violations: Violations) -> Status {
         let signals: Vec<&'static str> = request
             .instruments
             .iter()
@@ -324,19 +265,12 @@ impl CheckInService for CheckInApi {
             Ok(parsed) => parsed,
             Err(violations) => return Err(self.rejected(&caller, &message, violations)),
         };
-        if let Some(existing) = self
-            .repo
-            .by_idempotency_key(&patient.to_string(), &message.idempotency_key)
-            .await
-            .map_err(repo_status)?
+        if let Some(existing) =
+            self.repo.by_idempotency_key(&patient.to_string(), &message.idempotency_key).await.map_err(repo_status)?
         {
             return Ok(Response::new(self.reply(&existing, &patient).await?));
         }
-        let scores: Vec<tandem_clinical::Score> = parsed
-            .responses
-            .iter()
-            .map(tandem_clinical::score)
-            .collect();
+        let scores: Vec<tandem_clinical::Score> = parsed.responses.iter().map(tandem_clinical::score).collect();
         let mut crisis_triggers: Vec<String> = Vec::new();
         for score in &scores {
             for trigger in &score.crisis_triggers {
@@ -344,6 +278,11 @@ impl CheckInService for CheckInApi {
                     crisis_triggers.push(trigger.id().to_owned());
                 }
             }
+        }
+        // The crisis-language detector only ever adds a trigger; it never
+        // removes a structured one.
+        if !parsed.journal.is_empty() && tandem_clinical::detect(&parsed.journal).level >= CRISIS_LANGUAGE_LEVEL {
+            crisis_triggers.push(CRISIS_LANGUAGE_TRIGGER.to_owned());
         }
         let check_in = pb::CheckIn {
             id: Some(CheckInId::new().into()),
@@ -361,11 +300,8 @@ impl CheckInService for CheckInApi {
             idempotency_key: message.idempotency_key.clone(),
             crisis_triggers,
         };
-        let stored = self
-            .submitter
-            .submit(&self.repo, &new, &message.instruments)
-            .await
-            .map_err(repo_status)?;
+        let stored =
+            self.submitter.submit(&self.repo, &patient, &new, &message.instruments).await.map_err(repo_status)?;
         if !stored.crisis_triggers.is_empty() {
             tracing::warn!(patient_id = %patient, triggers = ?stored.crisis_triggers, "crisis trigger fired at check-in");
         }
@@ -381,8 +317,7 @@ impl CheckInService for CheckInApi {
         let Some(id) = request.get_ref().check_in_id.as_ref() else {
             return Err(invalid_field("check_in_id", "required: the check-in's id"));
         };
-        let id = CheckInId::try_from(id)
-            .map_err(|error| invalid_field("check_in_id.value", error.to_string()))?;
+        let id = CheckInId::try_from(id).map_err(|error| invalid_field("check_in_id.value", error.to_string()))?;
         let stored = self.repo.check_in(&id).await.map_err(repo_status)?;
         let Some(stored) = stored else {
             return Err(no_access());
@@ -392,9 +327,7 @@ impl CheckInService for CheckInApi {
         if org != stored.org {
             return Err(no_access());
         }
-        Ok(Response::new(pb::GetCheckInResponse {
-            check_in: Some(stored.check_in),
-        }))
+        Ok(Response::new(pb::GetCheckInResponse { check_in: Some(stored.check_in) }))
     }
 
     #[tracing::instrument(name = "checkins.list_check_ins", skip_all)]
@@ -406,18 +339,15 @@ impl CheckInService for CheckInApi {
         let message = request.into_inner();
         let patient = patient_id("patient_id", message.patient_id.as_ref())?;
         let page = message.page.unwrap_or_default();
-        let cursor = Cursor::decode(&page.page_token)
-            .map_err(|error| invalid_field("page.page_token", error.to_string()))?;
+        let cursor =
+            Cursor::decode(&page.page_token).map_err(|error| invalid_field("page.page_token", error.to_string()))?;
         let range = message.range.unwrap_or_default();
-        let bound = |field: &str,
-                     at: Option<prost_types::Timestamp>,
-                     default: i64|
-         -> Result<i64, Status> {
+        let bound = |field: &str, at: Option<prost_types::Timestamp>, default: i64| -> Result<i64, Status> {
             match at {
                 None => Ok(default),
-                Some(at) => SystemTime::try_from(at)
-                    .map(unix_micros)
-                    .map_err(|_| invalid_field(field, "not a valid timestamp")),
+                Some(at) => {
+                    SystemTime::try_from(at).map(unix_micros).map_err(|_| invalid_field(field, "not a valid timestamp"))
+                }
             }
         };
         let start = bound("range.start", range.start, i64::MIN)?;
@@ -428,13 +358,7 @@ impl CheckInService for CheckInApi {
         self.readable(&caller, &patient).await?;
         let (check_ins, next) = self
             .repo
-            .list(
-                &patient,
-                start,
-                end,
-                cursor.as_ref(),
-                page_size(page.page_size),
-            )
+            .list(&patient, start, end, cursor.as_ref(), page_size(page.page_size))
             .await
             .map_err(repo_status)?;
         Ok(Response::new(pb::ListCheckInsResponse {
@@ -451,11 +375,7 @@ impl CheckInService for CheckInApi {
         let caller = Caller::from_request(&request)?.clone();
         let patient = patient_id("patient_id", request.get_ref().patient_id.as_ref())?;
         self.readable(&caller, &patient).await?;
-        let plans = self
-            .repo
-            .active_plans(&patient)
-            .await
-            .map_err(repo_status)?;
+        let plans = self.repo.active_plans(&patient).await.map_err(repo_status)?;
         let done = self.repo.done(&patient).await.map_err(repo_status)?;
         let items = crate::due::due_items(&plans, &done, SystemTime::now());
         Ok(Response::new(pb::GetDueItemsResponse { items }))

@@ -31,10 +31,7 @@ impl Default for CheckInsSettings {
         // 911 for immediate danger.
         Self {
             crisis_resources: vec![
-                Resource {
-                    name: "988 Suicide & Crisis Lifeline".to_owned(),
-                    contact: "Call or text 988".to_owned(),
-                },
+                Resource { name: "988 Suicide & Crisis Lifeline".to_owned(), contact: "Call or text 988".to_owned() },
                 Resource {
                     name: "Emergency services".to_owned(),
                     contact: "If you are in immediate danger, call 911".to_owned(),
@@ -48,16 +45,9 @@ impl Default for CheckInsSettings {
 impl CheckInsSettings {
     /// The crisis resources shown to a patient of `org`.
     pub fn resources_for(&self, org: &str) -> Vec<CrisisResource> {
-        let list = self
-            .org_crisis_resources
-            .get(org)
-            .filter(|list| !list.is_empty())
-            .unwrap_or(&self.crisis_resources);
+        let list = self.org_crisis_resources.get(org).filter(|list| !list.is_empty()).unwrap_or(&self.crisis_resources);
         list.iter()
-            .map(|resource| CrisisResource {
-                name: resource.name.clone(),
-                contact: resource.contact.clone(),
-            })
+            .map(|resource| CrisisResource { name: resource.name.clone(), contact: resource.contact.clone() })
             .collect()
     }
 }
@@ -69,25 +59,11 @@ mod tests {
     #[test]
     fn the_default_is_988_and_an_org_may_have_its_own() {
         let mut settings = CheckInsSettings::default();
-        assert!(
-            settings
-                .resources_for("any")
-                .iter()
-                .any(|r| r.contact.contains("988"))
-        );
-        settings.org_crisis_resources.insert(
-            "uk-clinic".into(),
-            vec![Resource {
-                name: "Samaritans".into(),
-                contact: "Call 116 123".into(),
-            }],
-        );
+        assert!(settings.resources_for("any").iter().any(|r| r.contact.contains("988")));
+        settings
+            .org_crisis_resources
+            .insert("uk-clinic".into(), vec![Resource { name: "Samaritans".into(), contact: "Call 116 123".into() }]);
         assert_eq!(settings.resources_for("uk-clinic")[0].name, "Samaritans");
-        assert!(
-            settings
-                .resources_for("other")
-                .iter()
-                .any(|r| r.contact.contains("988"))
-        );
+        assert!(settings.resources_for("other").iter().any(|r| r.contact.contains("988")));
     }
 }

@@ -24,10 +24,7 @@ fn time(timestamp: &prost_types::Timestamp) -> Option<SystemTime> {
 }
 
 /// The latest occurrence of a recurrence at or before `now`, and the one after it.
-pub fn occurrence(
-    recurrence: &plans::Recurrence,
-    now: SystemTime,
-) -> Option<(SystemTime, SystemTime)> {
+pub fn occurrence(recurrence: &plans::Recurrence, now: SystemTime) -> Option<(SystemTime, SystemTime)> {
     let start = time(recurrence.starts_at.as_ref()?)?;
     let period = DAY.checked_mul(recurrence.every_days.max(1))?;
     let since = now.duration_since(start).ok()?;
@@ -42,21 +39,11 @@ pub fn occurrence(
 }
 
 /// The items due or overdue at `now`, earliest first.
-pub fn due_items(
-    active_plans: &[plans::CarePlan],
-    done: &Done,
-    now: SystemTime,
-) -> Vec<pb::DueItem> {
+pub fn due_items(active_plans: &[plans::CarePlan], done: &Done, now: SystemTime) -> Vec<pb::DueItem> {
     let mut items = Vec::new();
-    for plan in active_plans
-        .iter()
-        .filter(|plan| plan.status() == plans::CarePlanStatus::Active)
-    {
+    for plan in active_plans.iter().filter(|plan| plan.status() == plans::CarePlanStatus::Active) {
         let plan_id = plan.id.clone();
-        let plan_key = plan_id
-            .as_ref()
-            .map(|id| id.value.clone())
-            .unwrap_or_default();
+        let plan_key = plan_id.as_ref().map(|id| id.value.clone()).unwrap_or_default();
         for measure in &plan.measures {
             let Some(recurrence) = &measure.recurrence else {
                 continue;
@@ -64,11 +51,7 @@ pub fn due_items(
             let Some((due_at, _)) = occurrence(recurrence, now) else {
                 continue;
             };
-            if done
-                .measures
-                .get(&measure.instrument)
-                .is_some_and(|last| *last >= due_at)
-            {
+            if done.measures.get(&measure.instrument).is_some_and(|last| *last >= due_at) {
                 continue;
             }
             let window = Duration::from_secs(u64::from(measure.expiry_window_hours) * 3600);
@@ -77,11 +60,7 @@ pub fn due_items(
                 // Missed: the missed-measure scanner reports it; it is no longer due.
                 continue;
             }
-            let state = if now < due_at + window.min(DAY) {
-                pb::DueState::Due
-            } else {
-                pb::DueState::Overdue
-            };
+            let state = if now < due_at + window.min(DAY) { pb::DueState::Due } else { pb::DueState::Overdue };
             items.push(pb::DueItem {
                 care_plan_id: plan_id.clone(),
                 item_id: measure.schedule_id.clone(),
@@ -100,11 +79,7 @@ pub fn due_items(
                     if last.is_some() {
                         continue;
                     }
-                    let state = if now <= due_at {
-                        pb::DueState::Due
-                    } else {
-                        pb::DueState::Overdue
-                    };
+                    let state = if now <= due_at { pb::DueState::Due } else { pb::DueState::Overdue };
                     (due_at, None, state)
                 }
                 Some(plans::homework_task::Schedule::Recurrence(recurrence)) => {
@@ -156,15 +131,9 @@ mod tests {
     }
 
     fn plan() -> plans::CarePlan {
-        let recurrence = |days| plans::Recurrence {
-            every_days: days,
-            starts_at: Some(at(0).into()),
-            ends_at: None,
-        };
+        let recurrence = |days| plans::Recurrence { every_days: days, starts_at: Some(at(0).into()), ends_at: None };
         plans::CarePlan {
-            id: Some(tandem_proto::common::v1::CarePlanId {
-                value: "plan".into(),
-            }),
+            id: Some(tandem_proto::common::v1::CarePlanId { value: "plan".into() }),
             status: plans::CarePlanStatus::Active as i32,
             tasks: vec![plans::HomeworkTask {
                 task_id: "breathe".into(),
@@ -183,10 +152,7 @@ mod tests {
     }
 
     fn ids(items: &[pb::DueItem]) -> Vec<(&str, pb::DueState)> {
-        items
-            .iter()
-            .map(|item| (item.item_id.as_str(), item.state()))
-            .collect()
+        items.iter().map(|item| (item.item_id.as_str(), item.state())).collect()
     }
 
     #[test]
@@ -198,18 +164,10 @@ mod tests {
     fn a_weekly_measure_is_due_then_overdue_then_missed() {
         let done = Done::default();
         assert!(ids(&due_items(&[plan()], &done, at(1))).contains(&("phq", pb::DueState::Due)));
-        assert!(
-            ids(&due_items(&[plan()], &done, at(30))).contains(&("phq", pb::DueState::Overdue))
-        );
-        assert!(
-            !ids(&due_items(&[plan()], &done, at(73)))
-                .iter()
-                .any(|(id, _)| *id == "phq")
-        );
+        assert!(ids(&due_items(&[plan()], &done, at(30))).contains(&("phq", pb::DueState::Overdue)));
+        assert!(!ids(&due_items(&[plan()], &done, at(73))).iter().any(|(id, _)| *id == "phq"));
         // Next week it is due again.
-        assert!(
-            ids(&due_items(&[plan()], &done, at(7 * 24 + 1))).contains(&("phq", pb::DueState::Due))
-        );
+        assert!(ids(&due_items(&[plan()], &done, at(7 * 24 + 1))).contains(&("phq", pb::DueState::Due)));
     }
 
     #[test]
@@ -219,10 +177,7 @@ mod tests {
         done.tasks.insert(("plan".into(), "breathe".into()), at(2));
         assert!(due_items(&[plan()], &done, at(3)).is_empty());
         // The daily task comes back the next day; the weekly measure does not.
-        assert_eq!(
-            ids(&due_items(&[plan()], &done, at(25))),
-            [("breathe", pb::DueState::Due)]
-        );
+        assert_eq!(ids(&due_items(&[plan()], &done, at(25))), [("breathe", pb::DueState::Due)]);
     }
 
     #[test]
@@ -237,14 +192,8 @@ mod tests {
         let mut plan = plan();
         plan.measures.clear();
         plan.tasks[0].schedule = Some(plans::homework_task::Schedule::DueAt(at(48).into()));
-        assert_eq!(
-            ids(&due_items(&[plan.clone()], &Done::default(), at(1))),
-            [("breathe", pb::DueState::Due)]
-        );
-        assert_eq!(
-            ids(&due_items(&[plan.clone()], &Done::default(), at(49))),
-            [("breathe", pb::DueState::Overdue)]
-        );
+        assert_eq!(ids(&due_items(&[plan.clone()], &Done::default(), at(1))), [("breathe", pb::DueState::Due)]);
+        assert_eq!(ids(&due_items(&[plan.clone()], &Done::default(), at(49))), [("breathe", pb::DueState::Overdue)]);
         let mut done = Done::default();
         done.tasks.insert(("plan".into(), "breathe".into()), at(3));
         assert!(due_items(&[plan], &done, at(49)).is_empty());

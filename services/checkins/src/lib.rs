@@ -7,6 +7,8 @@
 pub mod api;
 pub mod config;
 pub mod due;
+pub mod handlers;
+pub mod missed;
 pub mod repo;
 pub mod submit;
 
@@ -14,7 +16,9 @@ use std::sync::Arc;
 
 use sqlx::migrate::Migrator;
 use tandem_auth::{AuthInterceptor, Verifier};
+use tandem_events::{Consumer, EventBus, Outbox, Relay, topics};
 use tandem_proto::checkins::v1::check_in_service_server::CheckInServiceServer;
+use tandem_server::Tasks;
 use tandem_store::{Migrations, Store, StoreError, StoreOptions};
 use tonic::service::interceptor::InterceptedService;
 
@@ -27,29 +31,50 @@ static SQLITE: Migrator = sqlx::migrate!("./migrations/sqlite");
 static POSTGRES: Migrator = sqlx::migrate!("./migrations/postgres");
 
 /// This service's migrations.
-pub static MIGRATIONS: Migrations = Migrations {
-    sqlite: &SQLITE,
-    postgres: &POSTGRES,
-};
+pub static MIGRATIONS: Migrations = Migrations { sqlite: &SQLITE, postgres: &POSTGRES };
 
-/// A running checkins service: its store and its gRPC surface.
+/// Why the service could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The database.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The event spine.
+    #[error(transparent)]
+    Events(#[from] tandem_events::Error),
+}
+
+/// A running checkins service: its store, outbox and gRPC surface.
 #[derive(Debug, Clone)]
 pub struct CheckIns {
     store: Store,
+    outbox: Outbox,
     settings: Arc<config::CheckInsSettings>,
 }
 
 impl CheckIns {
-    /// Opens (and migrates) the service's database.
-    pub async fn open(
-        database_url: &str,
-        settings: config::CheckInsSettings,
-    ) -> Result<Self, StoreError> {
+    /// Opens (and migrates) the service's database and its outbox.
+    pub async fn open(database_url: &str, settings: config::CheckInsSettings) -> Result<Self, StartError> {
         let store = Store::open(StoreOptions::new(database_url, SCHEMA), &MIGRATIONS).await?;
-        Ok(Self {
-            store,
-            settings: Arc::new(settings),
-        })
+        tandem_events::install(&store).await?;
+        let outbox = Outbox::new(store.clone(), "checkins");
+        Ok(Self { store, outbox, settings: Arc::new(settings) })
+    }
+
+    /// Starts the outbox relay and the consumer of careplans events.
+    pub fn start(&self, bus: Arc<dyn EventBus>, tasks: &mut Tasks) {
+        let relay = Relay::new(&self.outbox, bus.clone());
+        tasks.spawn("checkins relay", relay.run(tasks.stopped()));
+        let consumer = Consumer::new(
+            bus,
+            "checkins",
+            &[topics::CAREPLANS],
+            self.store.clone(),
+            Arc::new(handlers::CarePlansProjection),
+        );
+        tasks.spawn("checkins consumer", consumer.run(tasks.stopped()));
+        let scanner = missed::run(repo::Repo::new(self.store.clone()), self.outbox.clone(), tasks.stopped());
+        tasks.spawn("checkins missed measures", scanner);
     }
 
     /// The service's store.
@@ -65,7 +90,7 @@ impl CheckIns {
         let api = api::CheckInApi::new(
             repo::Repo::new(self.store.clone()),
             self.settings.clone(),
-            submit::Submitter,
+            submit::Submitter::new(self.outbox.clone()),
         );
         CheckInServiceServer::with_interceptor(api, AuthInterceptor::new(verifier))
     }

@@ -22,6 +22,9 @@ pub enum RepoError {
     /// The database failed.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The outbox refused the event.
+    #[error(transparent)]
+    Events(#[from] tandem_events::Error),
 }
 
 impl From<sqlx::Error> for RepoError {
@@ -93,20 +96,9 @@ impl Repo {
         new: &NewCheckIn,
     ) -> Result<Option<StoredCheckIn>, RepoError> {
         let check_in = &new.check_in;
-        let id = check_in
-            .id
-            .as_ref()
-            .map(|id| id.value.clone())
-            .unwrap_or_default();
-        let patient = check_in
-            .patient_id
-            .as_ref()
-            .map(|id| id.value.clone())
-            .unwrap_or_default();
-        let submitted_at = check_in
-            .submitted_at
-            .and_then(|t| SystemTime::try_from(t).ok())
-            .unwrap_or(UNIX_EPOCH);
+        let id = check_in.id.as_ref().map(|id| id.value.clone()).unwrap_or_default();
+        let patient = check_in.patient_id.as_ref().map(|id| id.value.clone()).unwrap_or_default();
+        let submitted_at = check_in.submitted_at.and_then(|t| SystemTime::try_from(t).ok()).unwrap_or(UNIX_EPOCH);
         let inserted = sqlx::query(
             "INSERT INTO checkins (id, org_id, patient_id, submitted_at, idempotency_key, body, journal, crisis_triggers) \
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
@@ -124,9 +116,7 @@ impl Repo {
         match inserted {
             Ok(_) => {}
             Err(error) if is_unique_violation(&error) => {
-                let existing = self
-                    .by_idempotency_key(&patient, &new.idempotency_key)
-                    .await?;
+                let existing = self.by_idempotency_key(&patient, &new.idempotency_key).await?;
                 return existing.map(Some).ok_or_else(|| error.into());
             }
             Err(error) => return Err(error.into()),
@@ -144,10 +134,7 @@ impl Repo {
             .await?;
         }
         for done in &check_in.homework {
-            let completed_at = done
-                .completed_at
-                .and_then(|t| SystemTime::try_from(t).ok())
-                .unwrap_or(submitted_at);
+            let completed_at = done.completed_at.and_then(|t| SystemTime::try_from(t).ok()).unwrap_or(submitted_at);
             sqlx::query(
                 "INSERT INTO homework_completions (check_in_id, patient_id, care_plan_id, task_id, completed_at) VALUES ($1, $2, $3, $4, $5)",
             )
@@ -163,16 +150,14 @@ impl Repo {
     }
 
     /// The check-in an idempotency key created.
-    pub async fn by_idempotency_key(
-        &self,
-        patient: &str,
-        key: &str,
-    ) -> Result<Option<StoredCheckIn>, RepoError> {
-        let row = sqlx::query("SELECT org_id, body, crisis_triggers FROM checkins WHERE patient_id = $1 AND idempotency_key = $2")
-            .bind(patient.to_owned())
-            .bind(key.to_owned())
-            .fetch_optional(self.store.pool())
-            .await?;
+    pub async fn by_idempotency_key(&self, patient: &str, key: &str) -> Result<Option<StoredCheckIn>, RepoError> {
+        let row = sqlx::query(
+            "SELECT org_id, body, crisis_triggers FROM checkins WHERE patient_id = $1 AND idempotency_key = $2",
+        )
+        .bind(patient.to_owned())
+        .bind(key.to_owned())
+        .fetch_optional(self.store.pool())
+        .await?;
         row.map(|row| stored_from_row(&row)).transpose()
     }
 
@@ -194,9 +179,7 @@ impl Repo {
         cursor: Option<&Cursor>,
         limit: u32,
     ) -> Result<(Vec<pb::CheckIn>, Option<Cursor>), RepoError> {
-        let (at, id) = cursor
-            .map(|c| (c.at, c.id.clone()))
-            .unwrap_or((i64::MAX, "~".to_owned()));
+        let (at, id) = cursor.map(|c| (c.at, c.id.clone())).unwrap_or((i64::MAX, "~".to_owned()));
         let rows = sqlx::query(
             "SELECT id, submitted_at, body FROM checkins \
              WHERE patient_id = $1 AND submitted_at >= $2 AND submitted_at < $3 \
@@ -215,21 +198,11 @@ impl Repo {
         let mut out = Vec::new();
         let mut last = None;
         for row in rows.iter().take(limit as usize) {
-            last = Some(Cursor {
-                at: row.try_get("submitted_at")?,
-                id: row.try_get("id")?,
-            });
+            last = Some(Cursor { at: row.try_get("submitted_at")?, id: row.try_get("id")? });
             let body: Vec<u8> = row.try_get("body")?;
             out.push(pb::CheckIn::decode(body.as_slice()).map_err(|_| corrupt("checkins.body"))?);
         }
-        Ok((
-            out,
-            if rows.len() > limit as usize {
-                last
-            } else {
-                None
-            },
-        ))
+        Ok((out, if rows.len() > limit as usize { last } else { None }))
     }
 
     /// What the patient did: last submission per instrument, last completion per task.
@@ -242,10 +215,7 @@ impl Repo {
         .fetch_all(self.store.pool())
         .await?;
         for row in rows {
-            done.measures.insert(
-                row.try_get("instrument")?,
-                from_unix_micros(row.try_get("at")?),
-            );
+            done.measures.insert(row.try_get("instrument")?, from_unix_micros(row.try_get("at")?));
         }
         let rows = sqlx::query(
             "SELECT care_plan_id, task_id, MAX(completed_at) AS at FROM homework_completions WHERE patient_id = $1 GROUP BY care_plan_id, task_id",
@@ -254,10 +224,8 @@ impl Repo {
         .fetch_all(self.store.pool())
         .await?;
         for row in rows {
-            done.tasks.insert(
-                (row.try_get("care_plan_id")?, row.try_get("task_id")?),
-                from_unix_micros(row.try_get("at")?),
-            );
+            done.tasks
+                .insert((row.try_get("care_plan_id")?, row.try_get("task_id")?), from_unix_micros(row.try_get("at")?));
         }
         Ok(done)
     }
@@ -270,48 +238,32 @@ impl Repo {
             .await?;
         let Some(row) = row else { return Ok(None) };
         let org: String = row.try_get("org_id")?;
-        org.parse()
-            .map(Some)
-            .map_err(|_| corrupt("patients.org_id"))
+        org.parse().map(Some).map_err(|_| corrupt("patients.org_id"))
     }
 
     /// Whether the clinician is on the patient's care team.
-    pub async fn on_care_team(
-        &self,
-        patient: &PatientId,
-        clinician: &str,
-    ) -> Result<bool, RepoError> {
-        let row = sqlx::query(
-            "SELECT 1 AS one FROM care_team_members WHERE patient_id = $1 AND clinician_id = $2",
-        )
-        .bind(patient.to_string())
-        .bind(clinician.to_owned())
-        .fetch_optional(self.store.pool())
-        .await?;
+    pub async fn on_care_team(&self, patient: &PatientId, clinician: &str) -> Result<bool, RepoError> {
+        let row = sqlx::query("SELECT 1 AS one FROM care_team_members WHERE patient_id = $1 AND clinician_id = $2")
+            .bind(patient.to_string())
+            .bind(clinician.to_owned())
+            .fetch_optional(self.store.pool())
+            .await?;
         Ok(row.is_some())
     }
 
     /// The patient's safety plan, as careplans announced it.
-    pub async fn safety_plan(
-        &self,
-        patient: &PatientId,
-    ) -> Result<Option<plans::SafetyPlan>, RepoError> {
+    pub async fn safety_plan(&self, patient: &PatientId) -> Result<Option<plans::SafetyPlan>, RepoError> {
         let row = sqlx::query("SELECT body FROM safety_plans WHERE patient_id = $1")
             .bind(patient.to_string())
             .fetch_optional(self.store.pool())
             .await?;
         let Some(row) = row else { return Ok(None) };
         let body: Vec<u8> = row.try_get("body")?;
-        plans::SafetyPlan::decode(body.as_slice())
-            .map(Some)
-            .map_err(|_| corrupt("safety_plans.body"))
+        plans::SafetyPlan::decode(body.as_slice()).map(Some).map_err(|_| corrupt("safety_plans.body"))
     }
 
     /// The patient's active care plans.
-    pub async fn active_plans(
-        &self,
-        patient: &PatientId,
-    ) -> Result<Vec<plans::CarePlan>, RepoError> {
+    pub async fn active_plans(&self, patient: &PatientId) -> Result<Vec<plans::CarePlan>, RepoError> {
         let rows = sqlx::query("SELECT body FROM care_plans WHERE patient_id = $1 AND status = $2")
             .bind(patient.to_string())
             .bind(plans::CarePlanStatus::Active.as_str_name().to_owned())
@@ -333,11 +285,7 @@ fn stored_from_row(row: &sqlx::any::AnyRow) -> Result<StoredCheckIn, RepoError> 
     Ok(StoredCheckIn {
         org: org.parse().map_err(|_| corrupt("checkins.org_id"))?,
         check_in: pb::CheckIn::decode(body.as_slice()).map_err(|_| corrupt("checkins.body"))?,
-        crisis_triggers: triggers
-            .split(',')
-            .filter(|t| !t.is_empty())
-            .map(str::to_owned)
-            .collect(),
+        crisis_triggers: triggers.split(',').filter(|t| !t.is_empty()).map(str::to_owned).collect(),
     })
 }
 
@@ -352,10 +300,7 @@ pub mod projection {
         org: &OrgId,
         time_zone: &str,
     ) -> Result<(), RepoError> {
-        sqlx::query("DELETE FROM patients WHERE id = $1")
-            .bind(patient.to_string())
-            .execute(&mut **tx)
-            .await?;
+        sqlx::query("DELETE FROM patients WHERE id = $1").bind(patient.to_string()).execute(&mut **tx).await?;
         sqlx::query("INSERT INTO patients (id, org_id, time_zone) VALUES ($1, $2, $3)")
             .bind(patient.to_string())
             .bind(org.to_string())
@@ -366,15 +311,8 @@ pub mod projection {
     }
 
     /// Replaces the care team if this version is newer than the stored one.
-    pub async fn care_team(
-        tx: &mut Transaction<'_, Any>,
-        team: &plans::CareTeam,
-    ) -> Result<(), RepoError> {
-        let patient = team
-            .patient_id
-            .as_ref()
-            .map(|id| id.value.clone())
-            .unwrap_or_default();
+    pub async fn care_team(tx: &mut Transaction<'_, Any>, team: &plans::CareTeam) -> Result<(), RepoError> {
+        let patient = team.patient_id.as_ref().map(|id| id.value.clone()).unwrap_or_default();
         let row = sqlx::query("SELECT version FROM care_team_versions WHERE patient_id = $1")
             .bind(patient.clone())
             .fetch_optional(&mut **tx)
@@ -410,15 +348,8 @@ pub mod projection {
     }
 
     /// Stores a care plan version if it is newer than the stored one.
-    pub async fn care_plan(
-        tx: &mut Transaction<'_, Any>,
-        plan: &plans::CarePlan,
-    ) -> Result<(), RepoError> {
-        let id = plan
-            .id
-            .as_ref()
-            .map(|id| id.value.clone())
-            .unwrap_or_default();
+    pub async fn care_plan(tx: &mut Transaction<'_, Any>, plan: &plans::CarePlan) -> Result<(), RepoError> {
+        let id = plan.id.as_ref().map(|id| id.value.clone()).unwrap_or_default();
         let row = sqlx::query("SELECT version FROM care_plans WHERE id = $1")
             .bind(id.clone())
             .fetch_optional(&mut **tx)
@@ -428,10 +359,7 @@ pub mod projection {
         {
             return Ok(());
         }
-        sqlx::query("DELETE FROM care_plans WHERE id = $1")
-            .bind(id.clone())
-            .execute(&mut **tx)
-            .await?;
+        sqlx::query("DELETE FROM care_plans WHERE id = $1").bind(id.clone()).execute(&mut **tx).await?;
         sqlx::query("INSERT INTO care_plans (id, patient_id, version, status, body) VALUES ($1, $2, $3, $4, $5)")
             .bind(id)
             .bind(plan.patient_id.as_ref().map(|id| id.value.clone()).unwrap_or_default())
@@ -444,15 +372,8 @@ pub mod projection {
     }
 
     /// Stores a safety plan version if it is newer than the stored one.
-    pub async fn safety_plan(
-        tx: &mut Transaction<'_, Any>,
-        plan: &plans::SafetyPlan,
-    ) -> Result<(), RepoError> {
-        let patient = plan
-            .patient_id
-            .as_ref()
-            .map(|id| id.value.clone())
-            .unwrap_or_default();
+    pub async fn safety_plan(tx: &mut Transaction<'_, Any>, plan: &plans::SafetyPlan) -> Result<(), RepoError> {
+        let patient = plan.patient_id.as_ref().map(|id| id.value.clone()).unwrap_or_default();
         let row = sqlx::query("SELECT version FROM safety_plans WHERE patient_id = $1")
             .bind(patient.clone())
             .fetch_optional(&mut **tx)
@@ -462,10 +383,7 @@ pub mod projection {
         {
             return Ok(());
         }
-        sqlx::query("DELETE FROM safety_plans WHERE patient_id = $1")
-            .bind(patient.clone())
-            .execute(&mut **tx)
-            .await?;
+        sqlx::query("DELETE FROM safety_plans WHERE patient_id = $1").bind(patient.clone()).execute(&mut **tx).await?;
         sqlx::query("INSERT INTO safety_plans (patient_id, version, body) VALUES ($1, $2, $3)")
             .bind(patient)
             .bind(i64::from(plan.version))

@@ -1,29 +1,49 @@
 //! Storing a check-in: the check-in and its `CheckInSubmitted` event commit
-//! in one transaction.
+//! in one transaction, so triage hears of every check-in that was accepted.
 
+use tandem_events::{Outbox, topics};
 use tandem_proto::checkins::v1 as pb;
+use tandem_proto::events::v1 as events;
+use tandem_proto::events::v1::event_envelope::Payload;
+use tandem_proto::ids::PatientId;
 
 use crate::repo::{NewCheckIn, Repo, RepoError, StoredCheckIn};
 
-/// Stores check-ins (and, with the event spine, their events).
-#[derive(Debug, Clone, Default)]
-pub struct Submitter;
+/// Stores check-ins with their events.
+#[derive(Debug, Clone)]
+pub struct Submitter {
+    outbox: Outbox,
+}
 
 impl Submitter {
-    /// Stores the check-in, or returns the one stored earlier with the same
-    /// idempotency key.
+    /// A submitter writing events to `outbox`.
+    pub fn new(outbox: Outbox) -> Self {
+        Self { outbox }
+    }
+
+    /// Stores the check-in and its event, or returns the check-in stored
+    /// earlier with the same idempotency key (and stores nothing).
     pub async fn submit(
         &self,
         repo: &Repo,
+        patient: &PatientId,
         new: &NewCheckIn,
-        _instruments: &[pb::InstrumentResponse],
+        instruments: &[pb::InstrumentResponse],
     ) -> Result<StoredCheckIn, RepoError> {
         let mut tx = repo.store().begin_write().await?;
         if let Some(existing) = repo.insert_check_in(&mut tx, new).await? {
             tx.rollback().await?;
             return Ok(existing);
         }
-        tx.commit().await?;
+        let submitted = events::CheckInSubmitted {
+            check_in: Some(new.check_in.clone()),
+            journal: new.journal.clone(),
+            instruments: instruments.to_vec(),
+            crisis_triggers: new.crisis_triggers.clone(),
+        };
+        let event = self.outbox.envelope(&new.org, patient, Payload::CheckInSubmitted(submitted));
+        self.outbox.enqueue(&mut tx, topics::CHECKINS, &event).await?;
+        self.outbox.commit(tx).await?;
         Ok(StoredCheckIn {
             org: new.org.clone(),
             check_in: new.check_in.clone(),

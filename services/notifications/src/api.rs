@@ -1,60 +1,377 @@
-//! The gRPC surface of the notifications service.
+//! The gRPC surface of the notifications service: endpoints (register,
+//! verify, list, delete) and the in-app stream.
+//!
+//! Who may do what: anyone with a token manages their own endpoints and
+//! reads their own inbox; admins and integrations may also register, list
+//! and delete endpoints of other subjects of their organisation (such as the
+//! on-call crisis contact). Another org's or subject's endpoint answers
+//! PermissionDenied, as does an id that does not exist, so a denial reveals
+//! nothing.
 
 use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
 
-use tandem_auth::Caller;
+use rand::Rng;
+use sha2::{Digest, Sha256};
+use tandem_auth::{Caller, Role};
+use tandem_events::Outbox;
 use tandem_proto::notifications::v1 as pb;
 use tandem_proto::notifications::v1::notification_service_server::NotificationService;
-use tandem_server::status::not_yet;
+use tandem_server::status::{internal, invalid_field};
+use tandem_store::{from_unix_micros, unix_micros};
+use tokio::sync::{Notify, broadcast, mpsc};
 use tokio_stream::Stream;
+use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
+use crate::channels::{Channels, not_configured};
+use crate::config::NotificationsSettings;
+use crate::endpoint::{Channel, parse_registration};
+use crate::inbox::InboxHub;
+use crate::message::{self, Purpose};
+use crate::repo::{InboxItem, NewDelivery, Repo, RepoError, StoredEndpoint};
+use crate::signing;
+
+/// Endpoints one subject may have; enough for every device and channel.
+const MAX_ENDPOINTS_PER_SUBJECT: usize = 20;
+/// How often a stream looks at the store without an announcement (rows
+/// written by another replica).
+const STREAM_POLL: Duration = Duration::from_secs(5);
+/// Inbox rows read at a time (the repository's page).
+const INBOX_PAGE: usize = crate::repo::INBOX_PAGE as usize;
+
 /// The notifications gRPC service.
-#[derive(Debug, Clone, Default)]
-pub struct Api;
+#[derive(Debug, Clone)]
+pub struct Api {
+    repo: Repo,
+    outbox: Outbox,
+    channels: Arc<Channels>,
+    settings: Arc<NotificationsSettings>,
+    wake: Arc<Notify>,
+    inbox: InboxHub,
+}
+
+fn no_access() -> Status {
+    Status::permission_denied(
+        "the caller may not use this endpoint: it belongs to another subject or does not exist; check the endpoint id",
+    )
+}
+
+fn repo_status(error: RepoError) -> Status {
+    match error {
+        RepoError::Duplicate => Status::already_exists(
+            "this address is already registered on this channel for the subject; list the endpoints to find it, \
+             verify it, or delete it and register again",
+        ),
+        other => internal(&other),
+    }
+}
+
+fn manages_org(caller: &Caller) -> bool {
+    matches!(caller.role, Role::Admin | Role::Integration)
+}
+
+/// Whether the caller may act on the endpoint.
+fn may_use(caller: &Caller, endpoint: &StoredEndpoint) -> bool {
+    endpoint.org == caller.org.as_str() && (endpoint.subject == caller.subject || manages_org(caller))
+}
+
+fn timestamp(micros: i64) -> prost_types::Timestamp {
+    from_unix_micros(micros).into()
+}
+
+fn endpoint_to_pb(endpoint: &StoredEndpoint) -> pb::Endpoint {
+    pb::Endpoint {
+        endpoint_id: endpoint.id.clone(),
+        channel: endpoint.channel.to_pb() as i32,
+        address: endpoint.address.clone(),
+        verified: endpoint.verified_at.is_some(),
+        created_at: Some(timestamp(endpoint.created_at)),
+        subject: endpoint.subject.clone(),
+        quiet_hours_start: endpoint.quiet_hours_start.clone(),
+        quiet_hours_end: endpoint.quiet_hours_end.clone(),
+        time_zone: endpoint.time_zone.clone(),
+    }
+}
+
+fn item_to_pb(item: &InboxItem) -> pb::StreamInboxResponse {
+    pb::StreamInboxResponse {
+        notification_id: item.id.clone(),
+        title: item.title.clone(),
+        body: item.body.clone(),
+        sent_at: Some(timestamp(item.created_at)),
+        kind: item.kind.clone(),
+    }
+}
+
+/// The stored form of a code: a hash bound to its endpoint, so the table
+/// never holds a usable code.
+fn code_hash(endpoint_id: &str, code: &str) -> String {
+    let digest = Sha256::digest(format!("{endpoint_id}:{code}").as_bytes());
+    digest.iter().map(|byte| format!("{byte:02x}")).collect()
+}
+
+/// Equality that takes the same time wherever the inputs differ.
+fn same(a: &str, b: &str) -> bool {
+    a.len() == b.len() && a.bytes().zip(b.bytes()).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+fn endpoint_id(field: &str, text: &str) -> Result<String, Status> {
+    uuid::Uuid::parse_str(text.trim())
+        .map(|id| id.hyphenated().to_string())
+        .map_err(|_| invalid_field(field, "required: the endpoint's id (a UUID) as returned by RegisterEndpoint"))
+}
+
+impl Api {
+    /// The service over its parts.
+    pub fn new(
+        repo: Repo,
+        outbox: Outbox,
+        channels: Arc<Channels>,
+        settings: Arc<NotificationsSettings>,
+        wake: Arc<Notify>,
+        inbox: InboxHub,
+    ) -> Self {
+        Self { repo, outbox, channels, settings, wake, inbox }
+    }
+
+    async fn owned_endpoint(&self, caller: &Caller, id: &str) -> Result<StoredEndpoint, Status> {
+        let endpoint = self.repo.endpoint(id).await.map_err(repo_status)?;
+        match endpoint {
+            Some(endpoint) if may_use(caller, &endpoint) => Ok(endpoint),
+            _ => Err(no_access()),
+        }
+    }
+}
+
+type InboxStream = Pin<Box<dyn Stream<Item = Result<pb::StreamInboxResponse, Status>> + Send>>;
 
 #[tonic::async_trait]
 impl NotificationService for Api {
-    type StreamInboxStream =
-        Pin<Box<dyn Stream<Item = Result<pb::StreamInboxResponse, Status>> + Send>>;
+    type StreamInboxStream = InboxStream;
 
+    #[tracing::instrument(name = "notifications.register_endpoint", skip_all)]
     async fn register_endpoint(
         &self,
         request: Request<pb::RegisterEndpointRequest>,
     ) -> Result<Response<pb::RegisterEndpointResponse>, Status> {
-        Caller::from_request(&request)?;
-        Err(not_yet("RegisterEndpoint"))
+        let caller = Caller::from_request(&request)?.clone();
+        let parsed = parse_registration(request.get_ref()).map_err(|violations| violations.into_status())?;
+        let subject = parsed.subject.clone().unwrap_or_else(|| caller.subject.clone());
+        if subject != caller.subject && !manages_org(&caller) {
+            return Err(Status::permission_denied(
+                "only admins and integrations may register endpoints for another subject; leave subject empty to \
+                 register your own",
+            ));
+        }
+        if !self.channels.available(parsed.channel) {
+            return Err(Status::failed_precondition(
+                not_configured(parsed.channel).unwrap_or("channel is not available"),
+            ));
+        }
+        let existing = self.repo.endpoints(caller.org.as_str(), Some(&subject)).await.map_err(repo_status)?;
+        if existing.len() >= MAX_ENDPOINTS_PER_SUBJECT {
+            return Err(Status::failed_precondition(format!(
+                "the subject already has {MAX_ENDPOINTS_PER_SUBJECT} endpoints; delete one before registering another"
+            )));
+        }
+        let now = unix_micros(SystemTime::now());
+        let id = uuid::Uuid::now_v7().to_string();
+        let secret = if parsed.channel == Channel::Webhook { signing::new_secret() } else { String::new() };
+        let code =
+            parsed.channel.needs_verification().then(|| format!("{:06}", rand::rng().random_range(0..1_000_000u32)));
+        let ttl = self.settings.verification.code_ttl;
+        let endpoint = StoredEndpoint {
+            id: id.clone(),
+            org: caller.org.to_string(),
+            subject: subject.clone(),
+            channel: parsed.channel,
+            address: parsed.address.clone(),
+            secret: secret.clone(),
+            // In-app needs no proof: it reaches whoever holds the subject's token.
+            verified_at: code.is_none().then_some(now),
+            code_hash: code.as_deref().map(|code| code_hash(&id, code)).unwrap_or_default(),
+            code_expires_at: code.as_ref().map(|_| unix_micros(SystemTime::now() + ttl)),
+            code_attempts: 0,
+            quiet_hours_start: parsed.quiet_hours_start.clone(),
+            quiet_hours_end: parsed.quiet_hours_end.clone(),
+            time_zone: parsed.time_zone.clone(),
+            registered_by: caller.subject.clone(),
+            created_at: now,
+        };
+        let mut tx = self.repo.store().begin_write().await.map_err(|error| internal(&error))?;
+        self.repo.insert_endpoint(&mut tx, &endpoint).await.map_err(repo_status)?;
+        if let Some(code) = &code {
+            let rendered = message::verification(code, ttl.as_secs().div_ceil(60));
+            let delivery = NewDelivery {
+                purpose: Purpose::Verification,
+                dedup_key: format!("verification:{id}"),
+                alert: None,
+                org: caller.org.to_string(),
+                patient: String::new(),
+                recipient: subject.clone(),
+                endpoint_id: id.clone(),
+                channel: parsed.channel,
+                message: serde_json::to_string(&rendered).map_err(|error| internal(&error))?,
+                not_before: now,
+                queued_at: now,
+            };
+            self.repo.insert_delivery(&mut tx, &delivery).await.map_err(repo_status)?;
+        }
+        tx.commit().await.map_err(|error| internal(&error))?;
+        self.wake.notify_one();
+        tracing::info!(endpoint_id = %id, channel = %parsed.channel, "endpoint registered");
+        Ok(Response::new(pb::RegisterEndpointResponse {
+            endpoint: Some(endpoint_to_pb(&endpoint)),
+            signing_secret: secret,
+        }))
     }
 
+    #[tracing::instrument(name = "notifications.verify_endpoint", skip_all)]
     async fn verify_endpoint(
         &self,
         request: Request<pb::VerifyEndpointRequest>,
     ) -> Result<Response<pb::VerifyEndpointResponse>, Status> {
-        Caller::from_request(&request)?;
-        Err(not_yet("VerifyEndpoint"))
+        let caller = Caller::from_request(&request)?.clone();
+        let message = request.into_inner();
+        let id = endpoint_id("endpoint_id", &message.endpoint_id)?;
+        let code = message.code.trim();
+        if code.len() != 6 || !code.chars().all(|c| c.is_ascii_digit()) {
+            return Err(invalid_field("code", "required: the 6-digit code delivered to the endpoint"));
+        }
+        let endpoint = self.owned_endpoint(&caller, &id).await?;
+        if endpoint.verified_at.is_some() {
+            return Ok(Response::new(pb::VerifyEndpointResponse { endpoint: Some(endpoint_to_pb(&endpoint)) }));
+        }
+        let max_attempts = i64::from(self.settings.verification.max_attempts.max(1));
+        if endpoint.code_attempts >= max_attempts {
+            return Err(Status::failed_precondition(
+                "too many wrong codes for this endpoint: delete it and register it again for a new code",
+            ));
+        }
+        let now = unix_micros(SystemTime::now());
+        if endpoint.code_expires_at.is_none_or(|expires| expires < now) {
+            return Err(Status::failed_precondition(
+                "the verification code expired: delete the endpoint and register it again for a new code",
+            ));
+        }
+        if !same(&endpoint.code_hash, &code_hash(&id, code)) {
+            self.repo.count_wrong_code(&id).await.map_err(repo_status)?;
+            let left = max_attempts - endpoint.code_attempts - 1;
+            return Err(invalid_field(
+                "code",
+                format!("does not match the code sent to the endpoint; {left} attempts left"),
+            ));
+        }
+        self.repo.mark_verified(&id, now).await.map_err(repo_status)?;
+        tracing::info!(endpoint_id = %id, "endpoint verified");
+        let verified = StoredEndpoint { verified_at: Some(now), ..endpoint };
+        Ok(Response::new(pb::VerifyEndpointResponse { endpoint: Some(endpoint_to_pb(&verified)) }))
     }
 
+    #[tracing::instrument(name = "notifications.list_endpoints", skip_all)]
     async fn list_endpoints(
         &self,
         request: Request<pb::ListEndpointsRequest>,
     ) -> Result<Response<pb::ListEndpointsResponse>, Status> {
-        Caller::from_request(&request)?;
-        Err(not_yet("ListEndpoints"))
+        let caller = Caller::from_request(&request)?.clone();
+        let subject = (!manages_org(&caller)).then_some(caller.subject.as_str());
+        let endpoints = self.repo.endpoints(caller.org.as_str(), subject).await.map_err(repo_status)?;
+        Ok(Response::new(pb::ListEndpointsResponse { endpoints: endpoints.iter().map(endpoint_to_pb).collect() }))
     }
 
+    #[tracing::instrument(name = "notifications.delete_endpoint", skip_all)]
     async fn delete_endpoint(
         &self,
         request: Request<pb::DeleteEndpointRequest>,
     ) -> Result<Response<pb::DeleteEndpointResponse>, Status> {
-        Caller::from_request(&request)?;
-        Err(not_yet("DeleteEndpoint"))
+        let caller = Caller::from_request(&request)?.clone();
+        let id = endpoint_id("endpoint_id", &request.get_ref().endpoint_id)?;
+        self.owned_endpoint(&caller, &id).await?;
+        self.repo.delete_endpoint(&self.outbox, &id, unix_micros(SystemTime::now())).await.map_err(repo_status)?;
+        tracing::info!(endpoint_id = %id, "endpoint deleted");
+        Ok(Response::new(pb::DeleteEndpointResponse {}))
     }
 
+    #[tracing::instrument(name = "notifications.stream_inbox", skip_all)]
     async fn stream_inbox(
         &self,
         request: Request<pb::StreamInboxRequest>,
     ) -> Result<Response<Self::StreamInboxStream>, Status> {
-        Caller::from_request(&request)?;
-        Err(not_yet("StreamInbox"))
+        let caller = Caller::from_request(&request)?.clone();
+        let org = caller.org.to_string();
+        let subject = caller.subject.clone();
+        // Listen before reading, so a row committed in between is announced.
+        let changes = self.inbox.subscribe();
+        let head = self.repo.inbox_head(&org, &subject).await.map_err(repo_status)?;
+        let (sender, receiver) = mpsc::channel(64);
+        tokio::spawn(stream_inbox(self.repo.clone(), org, subject, head, changes, sender));
+        Ok(Response::new(Box::pin(ReceiverStream::new(receiver))))
+    }
+}
+
+/// Feeds one StreamInbox call: first what no stream has shown, then new rows
+/// as they are announced (or found by the poll), until the caller hangs up.
+async fn stream_inbox(
+    repo: Repo,
+    org: String,
+    subject: String,
+    head: i64,
+    mut changes: broadcast::Receiver<crate::inbox::InboxChanged>,
+    sender: mpsc::Sender<Result<pb::StreamInboxResponse, Status>>,
+) {
+    let mut cursor = head;
+    loop {
+        let items = match repo.inbox_items(&org, &subject, cursor, Some(cursor)).await {
+            Ok(items) => items,
+            Err(error) => {
+                let _ = sender.send(Err(internal(&error))).await;
+                return;
+            }
+        };
+        for item in &items {
+            if sender.send(Ok(item_to_pb(item))).await.is_err() {
+                return;
+            }
+            cursor = cursor.max(item.seq);
+            if let Err(error) = repo.mark_streamed(item.seq, unix_micros(SystemTime::now())).await {
+                tracing::debug!(%error, "cannot mark an inbox item shown; it may be shown again");
+            }
+        }
+        if items.len() >= INBOX_PAGE {
+            // A long backlog: keep going without waiting.
+            continue;
+        }
+        // Wait for an announcement about this inbox, the poll, or a hang-up.
+        loop {
+            tokio::select! {
+                () = sender.closed() => return,
+                () = tokio::time::sleep(STREAM_POLL) => break,
+                change = changes.recv() => match change {
+                    Ok((changed_org, changed_subject)) if changed_org == org && changed_subject == subject => break,
+                    Ok(_) => {}
+                    // Missed announcements: read the store again.
+                    Err(broadcast::error::RecvError::Lagged(_)) => break,
+                    Err(broadcast::error::RecvError::Closed) => return,
+                },
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_are_stored_as_hashes_bound_to_their_endpoint() {
+        let hash = code_hash("e1", "123456");
+        assert_eq!(hash.len(), 64);
+        assert!(!hash.contains("123456"));
+        assert_ne!(hash, code_hash("e2", "123456"));
+        assert!(same(&hash, &code_hash("e1", "123456")));
+        assert!(!same(&hash, &code_hash("e1", "123457")));
+        assert!(!same("abc", "abcd"));
     }
 }

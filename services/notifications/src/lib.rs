@@ -1,43 +1,143 @@
-//! The notifications service: delivery of alerts and reminders to clinicians and patients.
+//! The notifications service: crisis alerts to clinicians and reminders to
+//! patients, over signed webhooks, email, SMS and the in-app inbox.
 //!
-//! `api.rs` is the gRPC surface. Its RPCs arrive with later issues and
-//! answer UNIMPLEMENTED until then, after authentication.
+//! The crisis path: triage's `EscalationChanged { change: "notify" }` becomes
+//! one alert per (escalation, step) and one queued delivery per verified
+//! endpoint of the step's recipient (`handlers.rs`); the delivery worker
+//! (`worker.rs`) attempts them with bounded back-off (`retry.rs`) through the
+//! channels (`channels.rs`, `signing.rs`), records each outcome with its
+//! `NotificationDelivered` event, and reports `NotificationFailed` as soon as
+//! every endpoint failed, or at once when there is none, so triage moves the
+//! chain on. Reminders (`reminders.rs`) wait out quiet hours (`quiet.rs`);
+//! crisis alerts never do. `api.rs` is the gRPC surface, `repo.rs` the SQL.
 
 pub mod api;
+pub mod channels;
+pub mod config;
+pub mod endpoint;
+pub mod handlers;
+pub mod inbox;
+pub mod message;
+pub mod quiet;
+pub mod reminders;
+pub mod repo;
+pub mod retry;
+pub mod signing;
+pub mod worker;
 
 use std::sync::Arc;
 
 use sqlx::migrate::Migrator;
 use tandem_auth::{AuthInterceptor, Verifier};
+use tandem_events::{Consumer, EventBus, Outbox, Relay, topics};
 use tandem_proto::notifications::v1::notification_service_server::NotificationServiceServer;
+use tandem_server::Tasks;
 use tandem_store::{Migrations, Store, StoreError, StoreOptions};
+use tokio::sync::Notify;
 use tonic::service::interceptor::InterceptedService;
+
+pub use config::NotificationsSettings;
 
 /// The gRPC service name, for health checks.
 pub const SERVICE_NAME: &str = "tandem.notifications.v1.NotificationService";
 /// The PostgreSQL schema this service owns.
 pub const SCHEMA: &str = "notifications";
+/// The consumer group of this service.
+pub const CONSUMER_GROUP: &str = "notifications";
 
 static SQLITE: Migrator = sqlx::migrate!("./migrations/sqlite");
 static POSTGRES: Migrator = sqlx::migrate!("./migrations/postgres");
 
 /// This service's migrations.
-pub static MIGRATIONS: Migrations = Migrations {
-    sqlite: &SQLITE,
-    postgres: &POSTGRES,
-};
+pub static MIGRATIONS: Migrations = Migrations { sqlite: &SQLITE, postgres: &POSTGRES };
 
-/// A running notifications service: its store and its gRPC surface.
+/// Why the service could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The database.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The event spine.
+    #[error(transparent)]
+    Events(#[from] tandem_events::Error),
+    /// The channel settings.
+    #[error(transparent)]
+    Channels(#[from] channels::SetupError),
+}
+
+/// A running notifications service: its store, outbox, channels and gRPC surface.
 #[derive(Debug, Clone)]
 pub struct Notifications {
     store: Store,
+    outbox: Outbox,
+    settings: Arc<NotificationsSettings>,
+    channels: Arc<channels::Channels>,
+    wake: Arc<Notify>,
+    inbox: inbox::InboxHub,
 }
 
 impl Notifications {
-    /// Opens (and migrates) the service's database.
-    pub async fn open(database_url: &str) -> Result<Self, StoreError> {
+    /// Opens (and migrates) the service's database and its outbox, and sets
+    /// up the channels the settings configure.
+    pub async fn open(database_url: &str, settings: NotificationsSettings) -> Result<Self, StartError> {
+        let channels = Arc::new(channels::Channels::new(&settings)?);
         let store = Store::open(StoreOptions::new(database_url, SCHEMA), &MIGRATIONS).await?;
-        Ok(Self { store })
+        tandem_events::install(&store).await?;
+        let outbox = Outbox::new(store.clone(), "notifications");
+        Ok(Self {
+            store,
+            outbox,
+            settings: Arc::new(settings),
+            channels,
+            wake: Arc::new(Notify::new()),
+            inbox: inbox::InboxHub::new(),
+        })
+    }
+
+    /// Starts the outbox relay, the consumer of triage, careplans and
+    /// checkins events, the delivery worker and the reminder scheduler.
+    pub fn start(&self, bus: Arc<dyn EventBus>, tasks: &mut Tasks) {
+        let relay = Relay::new(&self.outbox, bus.clone());
+        tasks.spawn("notifications relay", relay.run(tasks.stopped()));
+        let consumer = Consumer::new(
+            bus,
+            CONSUMER_GROUP,
+            &[topics::TRIAGE, topics::CAREPLANS, topics::CHECKINS],
+            self.store.clone(),
+            Arc::new(self.handler()),
+        );
+        tasks.spawn("notifications consumer", consumer.run(tasks.stopped()));
+        tasks.spawn("notifications delivery worker", self.worker().run(tasks.stopped()));
+        if self.settings.reminders.enabled {
+            tasks.spawn("notifications reminder scheduler", self.scheduler().run(tasks.stopped()));
+        }
+    }
+
+    /// The event handler the consumer runs.
+    pub fn handler(&self) -> handlers::EventHandler {
+        handlers::EventHandler::new(self.repo(), self.outbox.clone(), self.wake.clone())
+    }
+
+    /// The delivery worker.
+    pub fn worker(&self) -> worker::Worker {
+        worker::Worker::new(
+            self.repo(),
+            self.outbox.clone(),
+            self.channels.clone(),
+            self.settings.clone(),
+            self.wake.clone(),
+            self.inbox.clone(),
+        )
+    }
+
+    /// The reminder scheduler.
+    pub fn scheduler(&self) -> reminders::Scheduler {
+        reminders::Scheduler::new(self.repo(), self.settings.clone(), self.wake.clone())
+    }
+
+    /// The repository.
+    pub fn repo(&self) -> repo::Repo {
+        repo::Repo::new(self.store.clone())
     }
 
     /// The service's store.
@@ -45,12 +145,30 @@ impl Notifications {
         &self.store
     }
 
+    /// The service's outbox.
+    pub fn outbox(&self) -> &Outbox {
+        &self.outbox
+    }
+
+    /// The gRPC service without authentication, for tests that place a
+    /// [`tandem_auth::Caller`] in the request themselves.
+    pub fn api(&self) -> api::Api {
+        api::Api::new(
+            self.repo(),
+            self.outbox.clone(),
+            self.channels.clone(),
+            self.settings.clone(),
+            self.wake.clone(),
+            self.inbox.clone(),
+        )
+    }
+
     /// The authenticated gRPC service.
     pub fn grpc_service(
         &self,
         verifier: Arc<Verifier>,
     ) -> InterceptedService<NotificationServiceServer<api::Api>, AuthInterceptor> {
-        NotificationServiceServer::with_interceptor(api::Api, AuthInterceptor::new(verifier))
+        NotificationServiceServer::with_interceptor(self.api(), AuthInterceptor::new(verifier))
     }
 
     /// Stops using the database.

@@ -14,14 +14,17 @@ struct Args {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let telemetry = tandem_telemetry::init(&tandem_telemetry::TelemetrySettings::from_env(
-        "tandem-notifications",
-    ))?;
+    let telemetry = tandem_telemetry::init(&tandem_telemetry::TelemetrySettings::from_env("tandem-notifications"))?;
     let settings = tandem_server::Settings::load(args.config.as_deref())?;
     let verifier = settings.verifier()?;
+    let figment = tandem_server::Settings::figment(args.config.as_deref())?;
+    let notifications_settings = tandem_server::config::section(&figment, "notifications")?;
     let service =
-        tandem_notifications::Notifications::open(&settings.database_url_for("notifications")?)
+        tandem_notifications::Notifications::open(&settings.database_url_for("notifications")?, notifications_settings)
             .await?;
+    let bus = tandem_server::bus::connect(&settings).await?;
+    let mut tasks = tandem_server::Tasks::new();
+    service.start(bus.clone(), &mut tasks);
     let listener = tokio::net::TcpListener::bind(settings.listen).await?;
     tracing::info!(addr = %listener.local_addr()?, "notifications serving");
     tandem_server::GrpcServer::new()
@@ -29,6 +32,14 @@ async fn main() -> anyhow::Result<()> {
         .drain_delay(settings.shutdown_drain)
         .serve(listener, tandem_server::shutdown_signal())
         .await?;
+    // Let deliveries in flight finish and be recorded; what is left stays
+    // queued in the database for the next start.
+    for (task, error) in tasks.shutdown().await {
+        tracing::error!(task, %error, "background task ended with an error");
+    }
+    if let Err(error) = bus.flush(std::time::Duration::from_secs(10)).await {
+        tracing::warn!(%error, "event bus did not flush; unsent events stay in the outbox");
+    }
     service.close().await;
     telemetry.shutdown();
     Ok(())

@@ -1,68 +1,520 @@
-//! The gRPC surface of the triage service.
+//! The gRPC surface of triage: the clinician worklist and its watch, one
+//! escalation with its timeline, acknowledge and resolve, assessments,
+//! acknowledgement statistics and the audited rule configuration.
 
+use std::collections::HashMap;
 use std::pin::Pin;
+use std::time::Duration;
 
-use tandem_auth::Caller;
+use tandem_auth::{Caller, Role};
+use tandem_proto::common::v1 as common;
+use tandem_proto::ids::{EscalationId, OrgId, PatientId};
 use tandem_proto::triage::v1 as pb;
 use tandem_proto::triage::v1::triage_service_server::TriageService;
-use tandem_server::status::not_yet;
+use tandem_server::status::{Violations, internal, invalid_field};
+use tandem_store::paging::page_size;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
+use crate::engine::{Engine, TransitionError, now_micros};
+use crate::repo::{Escalation, RepoError, State, tx};
+
+const MAX_NOTE: usize = 2_000;
+
 /// The triage gRPC service.
-#[derive(Debug, Clone, Default)]
-pub struct Api;
+#[derive(Debug, Clone)]
+pub struct TriageApi {
+    engine: Engine,
+}
+
+fn repo_status(error: RepoError) -> Status {
+    internal(&error)
+}
+
+fn no_access() -> Status {
+    Status::permission_denied("the caller may not see this escalation or patient; check the id and your role")
+}
+
+fn escalation_id(field: &str, id: Option<&common::EscalationId>) -> Result<EscalationId, Status> {
+    let Some(id) = id else { return Err(invalid_field(field, "required: the escalation's id")) };
+    EscalationId::try_from(id).map_err(|error| invalid_field(format!("{field}.value"), error.to_string()))
+}
+
+fn patient_id(field: &str, id: Option<&common::PatientId>) -> Result<PatientId, Status> {
+    let Some(id) = id else { return Err(invalid_field(field, "required: the patient's id")) };
+    PatientId::try_from(id).map_err(|error| invalid_field(format!("{field}.value"), error.to_string()))
+}
+
+fn offset_of(token: &str) -> Result<i64, Status> {
+    if token.is_empty() {
+        return Ok(0);
+    }
+    let cursor = tandem_store::paging::Cursor::decode(token)
+        .map_err(|error| invalid_field("page.page_token", error.to_string()))?;
+    Ok(cursor.map(|c| c.at).unwrap_or(0).max(0))
+}
+
+fn next_token(offset: i64, limit: u32, fetched: usize) -> String {
+    if fetched > limit as usize {
+        tandem_store::paging::Cursor { at: offset + i64::from(limit), id: String::new() }.encode()
+    } else {
+        String::new()
+    }
+}
+
+fn actor(caller: &Caller) -> common::Actor {
+    let role = match caller.role {
+        Role::Patient => common::Role::Patient,
+        Role::Clinician => common::Role::Clinician,
+        Role::Supervisor => common::Role::Supervisor,
+        Role::Integration => common::Role::Integration,
+        Role::Admin => common::Role::Admin,
+    };
+    common::Actor { subject: caller.subject.clone(), role: role as i32 }
+}
+
+impl TriageApi {
+    /// The service over the engine.
+    pub fn new(engine: Engine) -> Self {
+        Self { engine }
+    }
+
+    /// Whether the caller may see escalations of `patient` in `org`.
+    async fn may_see(
+        &self,
+        caller: &Caller,
+        org: &OrgId,
+        escalation: Option<&Escalation>,
+        patient: &PatientId,
+    ) -> Result<bool, Status> {
+        if &caller.org != org {
+            return Ok(false);
+        }
+        Ok(match caller.role {
+            Role::Patient => false,
+            Role::Supervisor | Role::Admin | Role::Integration => true,
+            Role::Clinician => {
+                // The alerted person (e.g. the on-call crisis contact) always
+                // sees what they were alerted to.
+                escalation.is_some_and(|e| e.current_recipient == caller.subject)
+                    || self
+                        .engine
+                        .repo()
+                        .caseload(&caller.subject)
+                        .await
+                        .map_err(repo_status)?
+                        .contains(&patient.to_string())
+            }
+        })
+    }
+
+    async fn visible(&self, caller: &Caller, id: &EscalationId) -> Result<Escalation, Status> {
+        let escalation = self.engine.repo().escalation(id).await.map_err(repo_status)?;
+        let Some(escalation) = escalation else { return Err(no_access()) };
+        if !self.may_see(caller, &escalation.org, Some(&escalation), &escalation.patient).await? {
+            return Err(no_access());
+        }
+        Ok(escalation)
+    }
+
+    async fn with_timeline(&self, escalation: &Escalation) -> Result<pb::Escalation, Status> {
+        let timeline = self.engine.repo().timeline(&escalation.id).await.map_err(repo_status)?;
+        Ok(self.engine.to_pb(escalation, timeline))
+    }
+
+    /// The caller's worklist: open escalations they may see, highest level
+    /// first, then oldest.
+    async fn worklist(&self, caller: &Caller) -> Result<Vec<Escalation>, Status> {
+        if caller.role == Role::Patient {
+            return Err(Status::permission_denied("the worklist is for clinicians"));
+        }
+        let open = self.engine.repo().open_escalations(&caller.org).await.map_err(repo_status)?;
+        let caseload = if caller.role == Role::Clinician {
+            self.engine.repo().caseload(&caller.subject).await.map_err(repo_status)?
+        } else {
+            Vec::new()
+        };
+        let mut mine: Vec<Escalation> = open
+            .into_iter()
+            .filter(|e| {
+                caller.role != Role::Clinician
+                    || e.current_recipient == caller.subject
+                    || caseload.contains(&e.patient.to_string())
+            })
+            .collect();
+        mine.sort_by(|a, b| (b.level as i32).cmp(&(a.level as i32)).then(a.raised_at.cmp(&b.raised_at)));
+        Ok(mine)
+    }
+
+    fn check_person(caller: &Caller) -> Result<(), Status> {
+        match caller.role {
+            Role::Clinician | Role::Supervisor | Role::Admin => Ok(()),
+            Role::Patient | Role::Integration => {
+                Err(Status::permission_denied("an escalation is acknowledged and resolved by a clinician"))
+            }
+        }
+    }
+
+    async fn config_response(
+        &self,
+        org: &OrgId,
+        patient: Option<&PatientId>,
+    ) -> Result<pb::GetTriageConfigResponse, Status> {
+        let mut tx = self.engine.repo().store().begin_write().await.map_err(|e| repo_status(e.into()))?;
+        let org_rules = self.engine.rules_for(&mut tx, org, None).await.map_err(repo_status)?;
+        let (overrides, effective) = match patient {
+            Some(patient) => (
+                tx::patient_overrides(&mut tx, patient).await.map_err(repo_status)?,
+                Some(self.engine.rules_for(&mut tx, org, Some(patient)).await.map_err(repo_status)?),
+            ),
+            None => (None, None),
+        };
+        tx.rollback().await.map_err(|e| repo_status(e.into()))?;
+        Ok(pb::GetTriageConfigResponse {
+            effective: Some(effective.unwrap_or_else(|| org_rules.clone())),
+            org_rules: Some(org_rules),
+            patient_overrides: overrides,
+        })
+    }
+}
+
+type WatchStream = Pin<Box<dyn Stream<Item = Result<pb::WatchWorklistResponse, Status>> + Send>>;
 
 #[tonic::async_trait]
-impl TriageService for Api {
-    type WatchWorklistStream =
-        Pin<Box<dyn Stream<Item = Result<pb::WatchWorklistResponse, Status>> + Send>>;
+impl TriageService for TriageApi {
+    type WatchWorklistStream = WatchStream;
 
+    #[tracing::instrument(name = "triage.list_worklist", skip_all)]
     async fn list_worklist(
         &self,
         request: Request<pb::ListWorklistRequest>,
     ) -> Result<Response<pb::ListWorklistResponse>, Status> {
-        Caller::from_request(&request)?;
-        Err(not_yet("ListWorklist"))
+        let caller = Caller::from_request(&request)?.clone();
+        let page = request.into_inner().page.unwrap_or_default();
+        let offset = offset_of(&page.page_token)?;
+        let limit = page_size(page.page_size);
+        let all = self.worklist(&caller).await?;
+        let fetched = all.len().saturating_sub(offset as usize);
+        let mut escalations = Vec::new();
+        for escalation in all.iter().skip(offset as usize).take(limit as usize) {
+            escalations.push(self.with_timeline(escalation).await?);
+        }
+        Ok(Response::new(pb::ListWorklistResponse { escalations, next_page_token: next_token(offset, limit, fetched) }))
     }
 
-    async fn get_escalation(
-        &self,
-        request: Request<pb::GetEscalationRequest>,
-    ) -> Result<Response<pb::GetEscalationResponse>, Status> {
-        Caller::from_request(&request)?;
-        Err(not_yet("GetEscalation"))
-    }
-
-    async fn acknowledge_escalation(
-        &self,
-        request: Request<pb::AcknowledgeEscalationRequest>,
-    ) -> Result<Response<pb::AcknowledgeEscalationResponse>, Status> {
-        Caller::from_request(&request)?;
-        Err(not_yet("AcknowledgeEscalation"))
-    }
-
-    async fn resolve_escalation(
-        &self,
-        request: Request<pb::ResolveEscalationRequest>,
-    ) -> Result<Response<pb::ResolveEscalationResponse>, Status> {
-        Caller::from_request(&request)?;
-        Err(not_yet("ResolveEscalation"))
-    }
-
-    async fn list_risk_assessments(
-        &self,
-        request: Request<pb::ListRiskAssessmentsRequest>,
-    ) -> Result<Response<pb::ListRiskAssessmentsResponse>, Status> {
-        Caller::from_request(&request)?;
-        Err(not_yet("ListRiskAssessments"))
-    }
-
+    #[tracing::instrument(name = "triage.watch_worklist", skip_all)]
     async fn watch_worklist(
         &self,
         request: Request<pb::WatchWorklistRequest>,
     ) -> Result<Response<Self::WatchWorklistStream>, Status> {
-        Caller::from_request(&request)?;
-        Err(not_yet("WatchWorklist"))
+        let caller = Caller::from_request(&request)?.clone();
+        let first = self.worklist(&caller).await?;
+        let api = self.clone();
+        let mut changes = self.engine.subscribe();
+        let (sender, receiver) = tokio::sync::mpsc::channel(64);
+        tokio::spawn(async move {
+            // What the watcher last saw of each escalation.
+            let mut seen: HashMap<EscalationId, (State, u32, i32)> = HashMap::new();
+            let mut current = first;
+            loop {
+                for escalation in &current {
+                    let key = (escalation.state, escalation.step, escalation.level as i32);
+                    if seen.get(&escalation.id) == Some(&key) {
+                        continue;
+                    }
+                    seen.insert(escalation.id, key);
+                    let Ok(item) = api.with_timeline(escalation).await else { continue };
+                    if sender.send(Ok(pb::WatchWorklistResponse { escalation: Some(item) })).await.is_err() {
+                        return;
+                    }
+                }
+                // Items that left the worklist (resolved) are sent once more.
+                let gone: Vec<EscalationId> =
+                    seen.keys().filter(|id| !current.iter().any(|e| &e.id == *id)).copied().collect();
+                for id in gone {
+                    seen.remove(&id);
+                    if let Ok(Some(escalation)) = api.engine.repo().escalation(&id).await
+                        && let Ok(item) = api.with_timeline(&escalation).await
+                        && sender.send(Ok(pb::WatchWorklistResponse { escalation: Some(item) })).await.is_err()
+                    {
+                        return;
+                    }
+                }
+                // Changes in this process wake the watch at once; a slow tick
+                // picks up what other replicas changed.
+                tokio::select! {
+                    _ = changes.recv() => {}
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    _ = sender.closed() => return,
+                }
+                match api.worklist(&caller).await {
+                    Ok(next) => current = next,
+                    Err(status) => {
+                        let _ = sender.send(Err(status)).await;
+                        return;
+                    }
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(receiver))))
+    }
+
+    #[tracing::instrument(name = "triage.get_escalation", skip_all)]
+    async fn get_escalation(
+        &self,
+        request: Request<pb::GetEscalationRequest>,
+    ) -> Result<Response<pb::GetEscalationResponse>, Status> {
+        let caller = Caller::from_request(&request)?.clone();
+        let id = escalation_id("escalation_id", request.get_ref().escalation_id.as_ref())?;
+        let escalation = self.visible(&caller, &id).await?;
+        Ok(Response::new(pb::GetEscalationResponse { escalation: Some(self.with_timeline(&escalation).await?) }))
+    }
+
+    #[tracing::instrument(name = "triage.acknowledge_escalation", skip_all)]
+    async fn acknowledge_escalation(
+        &self,
+        request: Request<pb::AcknowledgeEscalationRequest>,
+    ) -> Result<Response<pb::AcknowledgeEscalationResponse>, Status> {
+        let caller = Caller::from_request(&request)?.clone();
+        let message = request.into_inner();
+        let id = escalation_id("escalation_id", message.escalation_id.as_ref())?;
+        if message.note.chars().count() > MAX_NOTE {
+            return Err(invalid_field("note", format!("at most {MAX_NOTE} characters")));
+        }
+        Self::check_person(&caller)?;
+        self.visible(&caller, &id).await?;
+        let acknowledged =
+            self.engine.acknowledge(&id, &caller.subject, message.note.trim()).await.map_err(transition_status)?;
+        tracing::info!(escalation_id = %id, "escalation acknowledged");
+        Ok(Response::new(pb::AcknowledgeEscalationResponse {
+            escalation: Some(self.with_timeline(&acknowledged).await?),
+        }))
+    }
+
+    #[tracing::instrument(name = "triage.resolve_escalation", skip_all)]
+    async fn resolve_escalation(
+        &self,
+        request: Request<pb::ResolveEscalationRequest>,
+    ) -> Result<Response<pb::ResolveEscalationResponse>, Status> {
+        let caller = Caller::from_request(&request)?.clone();
+        let message = request.into_inner();
+        let id = escalation_id("escalation_id", message.escalation_id.as_ref())?;
+        let mut violations = Violations::new();
+        if message.outcome.trim().is_empty() {
+            violations.add("outcome", "required: how the escalation was handled, for the record");
+        } else if message.outcome.chars().count() > MAX_NOTE {
+            violations.add("outcome", format!("at most {MAX_NOTE} characters"));
+        }
+        violations.into_result()?;
+        Self::check_person(&caller)?;
+        self.visible(&caller, &id).await?;
+        let resolved =
+            self.engine.resolve(&id, &caller.subject, message.outcome.trim()).await.map_err(transition_status)?;
+        Ok(Response::new(pb::ResolveEscalationResponse { escalation: Some(self.with_timeline(&resolved).await?) }))
+    }
+
+    #[tracing::instrument(name = "triage.list_risk_assessments", skip_all)]
+    async fn list_risk_assessments(
+        &self,
+        request: Request<pb::ListRiskAssessmentsRequest>,
+    ) -> Result<Response<pb::ListRiskAssessmentsResponse>, Status> {
+        let caller = Caller::from_request(&request)?.clone();
+        let message = request.into_inner();
+        let patient = patient_id("patient_id", message.patient_id.as_ref())?;
+        let page = message.page.unwrap_or_default();
+        let offset = offset_of(&page.page_token)?;
+        let limit = page_size(page.page_size);
+        let org = self.engine.repo().patient_org(&patient).await.map_err(repo_status)?;
+        let Some(org) = org else { return Err(no_access()) };
+        if !self.may_see(&caller, &org, None, &patient).await? {
+            return Err(no_access());
+        }
+        let mut assessments = self.engine.repo().assessments(&patient, offset, limit).await.map_err(repo_status)?;
+        let next_page_token = next_token(offset, limit, assessments.len());
+        assessments.truncate(limit as usize);
+        Ok(Response::new(pb::ListRiskAssessmentsResponse { assessments, next_page_token }))
+    }
+
+    #[tracing::instrument(name = "triage.get_acknowledgement_stats", skip_all)]
+    async fn get_acknowledgement_stats(
+        &self,
+        request: Request<pb::GetAcknowledgementStatsRequest>,
+    ) -> Result<Response<pb::GetAcknowledgementStatsResponse>, Status> {
+        let caller = Caller::from_request(&request)?.clone();
+        caller.require_role(&[Role::Supervisor, Role::Admin, Role::Integration])?;
+        let all = self.engine.repo().all_escalations(&caller.org).await.map_err(repo_status)?;
+        let mut levels = Vec::new();
+        for level in [pb::RiskLevel::Imminent, pb::RiskLevel::High, pb::RiskLevel::Moderate] {
+            let raised: Vec<&Escalation> = all.iter().filter(|e| e.first_level == level).collect();
+            if raised.is_empty() {
+                continue;
+            }
+            let mut seconds: Vec<f64> =
+                raised.iter().filter_map(|e| e.acknowledged_at.map(|at| (at - e.raised_at) as f64 / 1e6)).collect();
+            seconds.sort_by(f64::total_cmp);
+            let quantile = |q: f64| -> f64 {
+                if seconds.is_empty() {
+                    return 0.0;
+                }
+                let index = ((seconds.len() as f64 - 1.0) * q).round() as usize;
+                seconds.get(index).copied().unwrap_or(0.0)
+            };
+            levels.push(pb::LevelAcknowledgementStats {
+                level: level as i32,
+                raised: raised.len() as u32,
+                acknowledged: seconds.len() as u32,
+                p50_seconds: quantile(0.5),
+                p90_seconds: quantile(0.9),
+                max_seconds: seconds.last().copied().unwrap_or(0.0),
+            });
+        }
+        Ok(Response::new(pb::GetAcknowledgementStatsResponse { levels }))
+    }
+
+    #[tracing::instrument(name = "triage.get_triage_config", skip_all)]
+    async fn get_triage_config(
+        &self,
+        request: Request<pb::GetTriageConfigRequest>,
+    ) -> Result<Response<pb::GetTriageConfigResponse>, Status> {
+        let caller = Caller::from_request(&request)?.clone();
+        caller.require_role(&[Role::Supervisor, Role::Admin, Role::Integration, Role::Clinician])?;
+        let patient = match request.get_ref().patient_id.as_ref() {
+            Some(id) => {
+                let patient = patient_id("patient_id", Some(id))?;
+                let org = self.engine.repo().patient_org(&patient).await.map_err(repo_status)?;
+                if org.as_ref() != Some(&caller.org) || !self.may_see(&caller, &caller.org, None, &patient).await? {
+                    return Err(no_access());
+                }
+                Some(patient)
+            }
+            None => None,
+        };
+        Ok(Response::new(self.config_response(&caller.org, patient.as_ref()).await?))
+    }
+
+    #[tracing::instrument(name = "triage.update_triage_config", skip_all)]
+    async fn update_triage_config(
+        &self,
+        request: Request<pb::UpdateTriageConfigRequest>,
+    ) -> Result<Response<pb::UpdateTriageConfigResponse>, Status> {
+        let caller = Caller::from_request(&request)?.clone();
+        caller.require_role(&[Role::Supervisor, Role::Admin])?;
+        let message = request.into_inner();
+        let rules = message.rules.unwrap_or_default();
+        let mut violations = Violations::new();
+        if message.reason.trim().is_empty() {
+            violations.add("reason", "required: why the rules change, for the audit trail");
+        }
+        // Deadlines from 10 seconds to 7 days; a zero keeps the default.
+        for (field, value) in [
+            ("rules.moderate_ack_seconds", rules.moderate_ack_seconds),
+            ("rules.high_ack_seconds", rules.high_ack_seconds),
+            ("rules.imminent_ack_seconds", rules.imminent_ack_seconds),
+        ] {
+            if value != 0 && !(10..=7 * 24 * 3600).contains(&value) {
+                violations.add(field, "10 seconds to 7 days, or 0 for the default");
+            }
+        }
+        if rules.imminent_ack_seconds != 0
+            && rules.high_ack_seconds != 0
+            && rules.imminent_ack_seconds > rules.high_ack_seconds
+        {
+            violations.add("rules.imminent_ack_seconds", "an imminent escalation cannot have longer than a high one");
+        }
+        if rules.deterioration_points > 27 {
+            violations.add("rules.deterioration_points", "a PHQ-9 rise of 1-27 points, or 0 for the default");
+        }
+        if rules.disengagement_missed > 50 {
+            violations.add("rules.disengagement_missed", "1-50 missed measures, or 0 for the default");
+        }
+        if rules.crisis_contact.chars().count() > 128 {
+            violations.add("rules.crisis_contact", "at most 128 characters");
+        }
+        let patient = match message.patient_id.as_ref() {
+            Some(id) => {
+                let patient = patient_id("patient_id", Some(id))?;
+                let only_overridable = rules.moderate_ack_seconds == 0
+                    && rules.high_ack_seconds == 0
+                    && rules.imminent_ack_seconds == 0
+                    && rules.crisis_contact.is_empty();
+                if !only_overridable {
+                    violations
+                        .add("rules", "a patient may override deterioration_points and disengagement_missed only");
+                }
+                Some(patient)
+            }
+            None => None,
+        };
+        violations.into_result()?;
+        if let Some(patient) = &patient {
+            let org = self.engine.repo().patient_org(patient).await.map_err(repo_status)?;
+            if org.as_ref() != Some(&caller.org) {
+                return Err(no_access());
+            }
+        }
+        let mut tx = self.engine.repo().store().begin_write().await.map_err(|e| repo_status(e.into()))?;
+        let now = now_micros();
+        match &patient {
+            Some(patient) => {
+                let before = tx::patient_overrides(&mut tx, patient).await.map_err(repo_status)?.unwrap_or_default();
+                tx::set_patient_overrides(&mut tx, &caller.org, patient, &rules).await.map_err(repo_status)?;
+                tx::audit_config(
+                    &mut tx,
+                    &caller.org,
+                    now,
+                    &actor(&caller),
+                    Some(patient),
+                    &before,
+                    &rules,
+                    message.reason.trim(),
+                )
+                .await
+                .map_err(repo_status)?;
+            }
+            None => {
+                let before = self.engine.rules_for(&mut tx, &caller.org, None).await.map_err(repo_status)?;
+                tx::set_org_rules(&mut tx, &caller.org, &rules).await.map_err(repo_status)?;
+                let after = self.engine.rules_for(&mut tx, &caller.org, None).await.map_err(repo_status)?;
+                tx::audit_config(
+                    &mut tx,
+                    &caller.org,
+                    now,
+                    &actor(&caller),
+                    None,
+                    &before,
+                    &after,
+                    message.reason.trim(),
+                )
+                .await
+                .map_err(repo_status)?;
+            }
+        }
+        tx.commit().await.map_err(|e| repo_status(e.into()))?;
+        tracing::info!(org = %caller.org, patient_override = patient.is_some(), "triage rules changed");
+        let config = self.config_response(&caller.org, patient.as_ref()).await?;
+        Ok(Response::new(pb::UpdateTriageConfigResponse { config: Some(config) }))
+    }
+
+    #[tracing::instrument(name = "triage.list_triage_config_changes", skip_all)]
+    async fn list_triage_config_changes(
+        &self,
+        request: Request<pb::ListTriageConfigChangesRequest>,
+    ) -> Result<Response<pb::ListTriageConfigChangesResponse>, Status> {
+        let caller = Caller::from_request(&request)?.clone();
+        caller.require_role(&[Role::Supervisor, Role::Admin])?;
+        let page = request.into_inner().page.unwrap_or_default();
+        let offset = offset_of(&page.page_token)?;
+        let limit = page_size(page.page_size);
+        let mut changes = self.engine.repo().config_changes(&caller.org, offset, limit).await.map_err(repo_status)?;
+        let next_page_token = next_token(offset, limit, changes.len());
+        changes.truncate(limit as usize);
+        Ok(Response::new(pb::ListTriageConfigChangesResponse { changes, next_page_token }))
+    }
+}
+
+fn transition_status(error: TransitionError) -> Status {
+    match error {
+        TransitionError::NotAllowed(why) => Status::failed_precondition(why),
+        TransitionError::Repo(error) => repo_status(error),
     }
 }

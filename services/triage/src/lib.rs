@@ -1,15 +1,23 @@
-//! The triage service: risk triage and escalations that climb the care team.
-//!
-//! `api.rs` is the gRPC surface. Its RPCs arrive with later issues and
-//! answer UNIMPLEMENTED until then, after authentication.
+//! The triage service: every check-in and missed measure assessed with the
+//! patient's history (`rules.rs`), escalations as a persisted state machine
+//! that climbs the care team (`engine.rs`, `scheduler.rs`), the events it
+//! consumes (`handlers.rs`), and the clinician worklist (`api.rs`).
 
 pub mod api;
+pub mod config;
+pub mod engine;
+pub mod handlers;
+pub mod repo;
+pub mod rules;
+pub mod scheduler;
 
 use std::sync::Arc;
 
 use sqlx::migrate::Migrator;
 use tandem_auth::{AuthInterceptor, Verifier};
+use tandem_events::{Consumer, EventBus, Outbox, Relay, topics};
 use tandem_proto::triage::v1::triage_service_server::TriageServiceServer;
+use tandem_server::Tasks;
 use tandem_store::{Migrations, Store, StoreError, StoreOptions};
 use tonic::service::interceptor::InterceptedService;
 
@@ -22,22 +30,54 @@ static SQLITE: Migrator = sqlx::migrate!("./migrations/sqlite");
 static POSTGRES: Migrator = sqlx::migrate!("./migrations/postgres");
 
 /// This service's migrations.
-pub static MIGRATIONS: Migrations = Migrations {
-    sqlite: &SQLITE,
-    postgres: &POSTGRES,
-};
+pub static MIGRATIONS: Migrations = Migrations { sqlite: &SQLITE, postgres: &POSTGRES };
 
-/// A running triage service: its store and its gRPC surface.
+/// Why the service could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The database.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The event spine.
+    #[error(transparent)]
+    Events(#[from] tandem_events::Error),
+}
+
+/// A running triage service.
 #[derive(Debug, Clone)]
 pub struct Triage {
     store: Store,
+    engine: engine::Engine,
 }
 
 impl Triage {
-    /// Opens (and migrates) the service's database.
-    pub async fn open(database_url: &str) -> Result<Self, StoreError> {
+    /// Opens (and migrates) the service's database and its outbox.
+    pub async fn open(database_url: &str, settings: config::TriageSettings) -> Result<Self, StartError> {
         let store = Store::open(StoreOptions::new(database_url, SCHEMA), &MIGRATIONS).await?;
-        Ok(Self { store })
+        tandem_events::install(&store).await?;
+        let outbox = Outbox::new(store.clone(), "triage");
+        let engine = engine::Engine::new(repo::Repo::new(store.clone()), outbox, Arc::new(settings));
+        Ok(Self { store, engine })
+    }
+
+    /// The escalation engine.
+    pub fn engine(&self) -> &engine::Engine {
+        &self.engine
+    }
+
+    /// Starts the relay, the consumer and the deadline scheduler.
+    pub fn start(&self, bus: Arc<dyn EventBus>, tasks: &mut Tasks) {
+        let relay = Relay::new(self.engine.outbox(), bus.clone());
+        tasks.spawn("triage relay", relay.run(tasks.stopped()));
+        let consumer = Consumer::new(
+            bus,
+            "triage",
+            &[topics::CAREPLANS, topics::CHECKINS, topics::NOTIFICATIONS],
+            self.store.clone(),
+            Arc::new(handlers::TriageHandler::new(self.engine.clone())),
+        );
+        tasks.spawn("triage consumer", consumer.run(tasks.stopped()));
+        tasks.spawn("triage deadlines", scheduler::run(self.engine.clone(), tasks.stopped()));
     }
 
     /// The service's store.
@@ -49,8 +89,8 @@ impl Triage {
     pub fn grpc_service(
         &self,
         verifier: Arc<Verifier>,
-    ) -> InterceptedService<TriageServiceServer<api::Api>, AuthInterceptor> {
-        TriageServiceServer::with_interceptor(api::Api, AuthInterceptor::new(verifier))
+    ) -> InterceptedService<TriageServiceServer<api::TriageApi>, AuthInterceptor> {
+        TriageServiceServer::with_interceptor(api::TriageApi::new(self.engine.clone()), AuthInterceptor::new(verifier))
     }
 
     /// Stops using the database.

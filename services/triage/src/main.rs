@@ -14,12 +14,15 @@ struct Args {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let telemetry = tandem_telemetry::init(&tandem_telemetry::TelemetrySettings::from_env(
-        "tandem-triage",
-    ))?;
+    let telemetry = tandem_telemetry::init(&tandem_telemetry::TelemetrySettings::from_env("tandem-triage"))?;
     let settings = tandem_server::Settings::load(args.config.as_deref())?;
     let verifier = settings.verifier()?;
-    let service = tandem_triage::Triage::open(&settings.database_url_for("triage")?).await?;
+    let figment = tandem_server::Settings::figment(args.config.as_deref())?;
+    let triage_settings = tandem_server::config::section(&figment, "triage")?;
+    let service = tandem_triage::Triage::open(&settings.database_url_for("triage")?, triage_settings).await?;
+    let bus = tandem_server::bus::connect(&settings).await?;
+    let mut tasks = tandem_server::Tasks::new();
+    service.start(bus.clone(), &mut tasks);
     let listener = tokio::net::TcpListener::bind(settings.listen).await?;
     tracing::info!(addr = %listener.local_addr()?, "triage serving");
     tandem_server::GrpcServer::new()
@@ -27,6 +30,12 @@ async fn main() -> anyhow::Result<()> {
         .drain_delay(settings.shutdown_drain)
         .serve(listener, tandem_server::shutdown_signal())
         .await?;
+    for (task, error) in tasks.shutdown().await {
+        tracing::error!(task, %error, "background task ended with an error");
+    }
+    if let Err(error) = bus.flush(std::time::Duration::from_secs(10)).await {
+        tracing::warn!(%error, "event bus did not flush; unsent events stay in the outbox");
+    }
     service.close().await;
     telemetry.shutdown();
     Ok(())

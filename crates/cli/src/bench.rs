@@ -1,0 +1,117 @@
+//! `tandem bench`: measured, never asserted.
+//!
+//! - `alerts`: alert latency, from a crisis check-in accepted to the signed
+//!   webhook received by the care team's endpoint, p50 and p99.
+//! - `events`: event-spine throughput (outbox relay, consumer) on the bus.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use tandem_auth::Role;
+use tandem_proto::checkins::v1 as checkins;
+use tandem_server::Settings;
+
+use crate::scenario::{Running, authed, enroll_with_team, register_webhook};
+use crate::webhook::Receiver;
+
+/// Where the alert benchmark runs.
+#[derive(Debug, Clone)]
+pub struct AlertBench {
+    /// Crisis check-ins, one per patient, sent one after another.
+    pub alerts: usize,
+    /// `TANDEM_DATABASE_URL` (empty for SQLite in a temporary directory).
+    pub database_url: String,
+    /// `TANDEM_EVENTS` (`embedded` or `kafka://...`).
+    pub events: String,
+}
+
+/// Latencies of one run, in milliseconds.
+#[derive(Debug, Clone)]
+pub struct Latencies {
+    /// Alerts measured.
+    pub count: usize,
+    /// Median.
+    pub p50_ms: f64,
+    /// 99th percentile.
+    pub p99_ms: f64,
+    /// Slowest.
+    pub max_ms: f64,
+}
+
+fn percentile(sorted: &[f64], q: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let index = ((sorted.len() as f64 - 1.0) * q).round() as usize;
+    sorted.get(index).copied().unwrap_or(0.0)
+}
+
+/// Runs the alert-latency benchmark.
+pub async fn alerts(config: &AlertBench) -> anyhow::Result<Latencies> {
+    let dir = tempfile::tempdir()?;
+    let settings = Settings {
+        listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+        data_dir: dir.path().to_path_buf(),
+        database_url: config.database_url.clone(),
+        events: config.events.clone(),
+        ..Settings::default()
+    };
+    let running = Running::start(settings, &[]).await?;
+    let mut clients = running.clients.clone();
+    let org = "bench-clinic";
+    let ehr = running.token(org, Role::Integration, "ehr")?;
+    let clinician = running.token(org, Role::Clinician, "dr-bench")?;
+    let receiver = Receiver::start().await?;
+    register_webhook(&mut clients, &clinician, "", &receiver, "/dr-bench").await?;
+    let mut patients = Vec::with_capacity(config.alerts);
+    for n in 0..config.alerts {
+        let id =
+            enroll_with_team(&mut clients, &ehr, &format!("bench-{n}"), "Bench Patient", &[("dr-bench", "Dr. Bench")])
+                .await?;
+        patients.push(id);
+    }
+    // Warm-up: the first alert waits for consumer groups to form.
+    let mut latencies = Vec::with_capacity(config.alerts);
+    for (n, patient) in patients.iter().enumerate() {
+        let token = running.token(org, Role::Patient, &patient.value)?;
+        let started = Instant::now();
+        clients
+            .checkins
+            .submit_check_in(authed(
+                &token,
+                checkins::SubmitCheckInRequest {
+                    idempotency_key: format!("bench-{n}"),
+                    patient_id: Some(patient.clone()),
+                    instruments: vec![checkins::InstrumentResponse {
+                        instrument: "44249-1".into(),
+                        answers: vec![1, 1, 1, 1, 1, 1, 1, 1, 2],
+                    }],
+                    ..Default::default()
+                },
+            )?)
+            .await?;
+        let value = patient.value.clone();
+        let arrived = receiver
+            .wait_for(Duration::from_secs(120), move |r| {
+                r.kind() == "escalation.notify" && r.json["data"]["patient_id"].as_str() == Some(value.as_str())
+            })
+            .await
+            .with_context(|| format!("alert {n} never arrived"))?;
+        let latency = arrived.at.saturating_duration_since(started).as_secs_f64() * 1e3;
+        if n > 0 {
+            latencies.push(latency);
+        }
+    }
+    running.stop().await?;
+    if latencies.is_empty() {
+        bail!("run at least 2 alerts: the first one only warms up");
+    }
+    latencies.sort_by(f64::total_cmp);
+    Ok(Latencies {
+        count: latencies.len(),
+        p50_ms: percentile(&latencies, 0.5),
+        p99_ms: percentile(&latencies, 0.99),
+        max_ms: latencies.last().copied().unwrap_or(0.0),
+    })
+}

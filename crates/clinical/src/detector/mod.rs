@@ -1,0 +1,313 @@
+//! Crisis-language detection in free text (journal entries, check-in notes).
+//!
+//! [`detect`] finds suicidal ideation, self-harm, intent, plan, means and harm to others,
+//! and returns a [`TextRiskLevel`] with the evidence spans that justify it. What counts is
+//! decided by a reviewed data file, `crates/clinical/data/crisis_vocabulary.toml`, compiled
+//! into the build; this module holds only the mechanics: tokenizing, matching, and the
+//! rules that suppress a match (negation, someone else's words, idioms) or lower it
+//! (resolved past). Everything is documented beside the vocabulary it reads.
+//!
+//! The detector only ever raises risk. Callers take the highest of its level and any
+//! structured trigger (PHQ-9 item 9, C-SSRS); a `None` here never lowers those (DESIGN.md,
+//! clinical facts: free text). It is a screen for a human to read, not a diagnosis: it
+//! misses what its vocabulary does not say and it reports spans so a clinician can judge.
+//!
+//! ```
+//! use tandem_clinical::{Category, TextRiskLevel, detect};
+//!
+//! let text = "i want to kill myself tonight";
+//! let detection = detect(text);
+//! assert_eq!(detection.level, TextRiskLevel::Imminent);
+//! let ideation = detection.findings.iter().find(|f| f.category == Category::SuicidalIdeation).unwrap();
+//! assert_eq!(&text[ideation.span.clone()], "kill myself");
+//!
+//! assert_eq!(detect("I'm not going to hurt myself").level, TextRiskLevel::None);
+//! assert_eq!(detect("this homework is killing me").level, TextRiskLevel::None);
+//! ```
+
+mod analysis;
+mod pattern;
+mod text;
+mod vocabulary;
+
+use std::fmt;
+use std::ops::Range;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+pub use vocabulary::Vocabulary;
+
+/// How urgent what the text says is, lowest first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TextRiskLevel {
+    /// Nothing found.
+    #[default]
+    None,
+    /// Worth a clinician's eye, not an alert: a bare mention, a resolved past, distress.
+    Low,
+    /// Passive ideation ("wish I were dead"), self-harm without a plan.
+    Moderate,
+    /// Active ideation ("want to kill myself"), self-harm acts or urges, harm to others.
+    High,
+    /// Ideation with intent, a plan, means or a timeframe: act now.
+    Imminent,
+}
+
+impl TextRiskLevel {
+    /// Every level, lowest first.
+    pub const ALL: [Self; 5] = [Self::None, Self::Low, Self::Moderate, Self::High, Self::Imminent];
+
+    /// Stable lowercase name: `none`, `low`, `moderate`, `high` or `imminent`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::None => "none",
+            Self::Low => "low",
+            Self::Moderate => "moderate",
+            Self::High => "high",
+            Self::Imminent => "imminent",
+        }
+    }
+}
+
+impl fmt::Display for TextRiskLevel {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A name that is not a [`TextRiskLevel`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown risk level `{0}`: one of none, low, moderate, high, imminent")]
+pub struct UnknownLevel(String);
+
+impl FromStr for TextRiskLevel {
+    type Err = UnknownLevel;
+
+    fn from_str(name: &str) -> Result<Self, Self::Err> {
+        Self::ALL
+            .into_iter()
+            .find(|level| level.as_str().eq_ignore_ascii_case(name.trim()))
+            .ok_or_else(|| UnknownLevel(name.to_owned()))
+    }
+}
+
+/// What kind of risk a finding is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Category {
+    /// Thoughts of death or of killing oneself, passive or active.
+    SuicidalIdeation,
+    /// Self-injury without (stated) suicidal intent: cutting, burning, hitting.
+    SelfHarm,
+    /// A stated intention or a timeframe ("going to", "tonight").
+    Intent,
+    /// Preparation: a note, a date, goodbyes, research.
+    Plan,
+    /// Access to a method: pills saved, a rope, a gun.
+    Means,
+    /// Thoughts or intent of harming someone else.
+    HarmToOthers,
+}
+
+impl Category {
+    /// Stable snake_case name, as in the vocabulary file: `suicidal_ideation`, `self_harm`, ...
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::SuicidalIdeation => "suicidal_ideation",
+            Self::SelfHarm => "self_harm",
+            Self::Intent => "intent",
+            Self::Plan => "plan",
+            Self::Means => "means",
+            Self::HarmToOthers => "harm_to_others",
+        }
+    }
+
+    /// Words for a clinician: `suicidal ideation`, `self-harm`, ...
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::SuicidalIdeation => "suicidal ideation",
+            Self::SelfHarm => "self-harm",
+            Self::Intent => "intent",
+            Self::Plan => "plan",
+            Self::Means => "means",
+            Self::HarmToOthers => "harm to others",
+        }
+    }
+
+    fn from_name(name: &str) -> Option<Self> {
+        [Self::SuicidalIdeation, Self::SelfHarm, Self::Intent, Self::Plan, Self::Means, Self::HarmToOthers]
+            .into_iter()
+            .find(|category| category.as_str() == name)
+    }
+
+    /// Intent, plan and means combine with ideation or harm to others to raise the level.
+    fn is_modifier(self) -> bool {
+        matches!(self, Self::Intent | Self::Plan | Self::Means)
+    }
+}
+
+impl fmt::Display for Category {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Why a finding has the level it has, beyond its vocabulary entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Qualifier {
+    /// As the vocabulary entry says.
+    Current,
+    /// Described as past and resolved ("used to", "two years clean"): lowered to low, not
+    /// dropped, so a clinician still sees the history.
+    ResolvedPast,
+    /// Someone else's words the writer said applied to them too ("... and honestly same").
+    Echoed,
+    /// Intent, plan or means next to ideation or harm to others: raised by the combination.
+    Combined,
+}
+
+impl Qualifier {
+    /// Stable snake_case name: `current`, `resolved_past`, `echoed` or `combined`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Current => "current",
+            Self::ResolvedPast => "resolved_past",
+            Self::Echoed => "echoed",
+            Self::Combined => "combined",
+        }
+    }
+}
+
+/// One piece of evidence: what matched, where, and how urgent it is.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Finding {
+    /// What the evidence is about.
+    pub category: Category,
+    /// The level this finding contributes.
+    pub level: TextRiskLevel,
+    /// The level its vocabulary entry gives it on its own (`none` for a modifier).
+    pub vocabulary_level: TextRiskLevel,
+    /// Why `level` differs from `vocabulary_level`, if it does.
+    pub qualifier: Qualifier,
+    /// Byte offsets into the text, on character boundaries.
+    pub span: Range<usize>,
+    /// The text of the span, verbatim.
+    pub matched: String,
+    /// The id of the vocabulary entry that matched.
+    pub rule: String,
+}
+
+/// Why a vocabulary match does not count.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SuppressionReason {
+    /// A negation shortly before it in the same clause ("I'm not going to ...").
+    Negated,
+    /// Inside quotation marks, or after "she said", "in the movie", and not echoed.
+    Reported,
+    /// About someone else ("she wants to die", "kill herself").
+    OtherPerson,
+    /// Part of an idiom or an accident ("killing myself studying", "cut myself shaving").
+    Idiom,
+    /// A modifier ("tonight", "I have the pills") with no ideation near it.
+    NoContext,
+}
+
+impl SuppressionReason {
+    /// Stable snake_case name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Negated => "negated",
+            Self::Reported => "reported",
+            Self::OtherPerson => "other_person",
+            Self::Idiom => "idiom",
+            Self::NoContext => "no_context",
+        }
+    }
+}
+
+/// A vocabulary match that was set aside, kept so reviewers can see what the rules did.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Suppressed {
+    /// What the match would have been about.
+    pub category: Category,
+    /// The level its entry would have given it.
+    pub vocabulary_level: TextRiskLevel,
+    /// Byte offsets of the match.
+    pub span: Range<usize>,
+    /// The text of the match.
+    pub matched: String,
+    /// The id of the vocabulary entry that matched.
+    pub rule: String,
+    /// Why it does not count.
+    pub reason: SuppressionReason,
+    /// Byte offsets of what suppressed it (the negation, the quotation, "she said", the idiom).
+    pub cue: Option<Range<usize>>,
+    /// The id of the idiom that suppressed it, for `Idiom`.
+    pub idiom: Option<String>,
+}
+
+/// The result of reading one text.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Detection {
+    /// The highest level among the findings; `None` when there are none.
+    pub level: TextRiskLevel,
+    /// The evidence, in text order.
+    pub findings: Vec<Finding>,
+    /// Matches that did not count, and why, in text order.
+    pub suppressed: Vec<Suppressed>,
+    /// True only if the built-in vocabulary failed to load (a build defect its tests
+    /// prevent); the level is then `High` so every text reaches a human rather than none.
+    pub degraded: bool,
+}
+
+impl Detection {
+    /// One line per finding for a clinician: level, category, the matched words (and
+    /// nothing more of the text), the rule, and any qualifier.
+    pub fn evidence(&self) -> Vec<String> {
+        if self.degraded {
+            return vec!["crisis-language vocabulary unavailable; text needs a human read".to_owned()];
+        }
+        self.findings
+            .iter()
+            .map(|finding| {
+                let qualifier = match finding.qualifier {
+                    Qualifier::Current => String::new(),
+                    Qualifier::ResolvedPast => {
+                        format!("; described as past and resolved, lowered from {}", finding.vocabulary_level)
+                    }
+                    Qualifier::Echoed => "; someone else's words the writer said apply to them".to_owned(),
+                    Qualifier::Combined => "; with ideation or harm to others nearby".to_owned(),
+                };
+                format!(
+                    "{} {}: \"{}\" (rule {}{qualifier})",
+                    finding.level,
+                    finding.category.label(),
+                    finding.matched,
+                    finding.rule
+                )
+            })
+            .collect()
+    }
+}
+
+/// Reads `text` with the built-in vocabulary.
+pub fn detect(text: &str) -> Detection {
+    match Vocabulary::builtin() {
+        Ok(vocabulary) => vocabulary.detect(text),
+        Err(_) => Detection { level: TextRiskLevel::High, degraded: true, ..Detection::default() },
+    }
+}
+
+impl Vocabulary {
+    /// Reads `text` with this vocabulary.
+    pub fn detect(&self, text: &str) -> Detection {
+        analysis::analyze(self, text)
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,403 @@
+//! The crisis path through the real service: escalation events on an
+//! embedded bus, a real HTTP receiver, SMTP sink and database (SQLite and
+//! PostgreSQL), the delivery worker and the outbox.
+
+mod support;
+
+use std::time::{Duration, SystemTime};
+
+use base64::Engine;
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
+use tandem_auth::Role;
+use tandem_notifications::handlers::alert_key;
+use tandem_proto::ids::PatientId;
+use tandem_proto::notifications::v1 as pb;
+use tandem_proto::notifications::v1::notification_service_server::NotificationService;
+use tandem_store::Backend;
+use tokio_stream::StreamExt;
+
+use support::*;
+
+macro_rules! both_backends {
+    ($name:ident) => {
+        mod $name {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sqlite() {
+                super::$name(tandem_store::Backend::Sqlite).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn postgres() {
+                super::$name(tandem_store::Backend::Postgres).await;
+            }
+        }
+    };
+}
+
+/// Recomputes a Standard Webhooks signature by hand.
+fn expected_signature(secret: &str, id: &str, timestamp: &str, body: &[u8]) -> String {
+    let key = base64::engine::general_purpose::STANDARD.decode(secret.trim_start_matches("whsec_")).unwrap();
+    let mut mac = Hmac::<Sha256>::new_from_slice(&key).unwrap();
+    mac.update(format!("{id}.{timestamp}.").as_bytes());
+    mac.update(body);
+    format!("v1,{}", base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes()))
+}
+
+fn verify_with_reference(secret: &str, request: &Received) {
+    let mut headers = http::HeaderMap::new();
+    for (name, value) in &request.headers {
+        headers.insert(http::HeaderName::from_bytes(name.as_bytes()).unwrap(), value.parse().unwrap());
+    }
+    standardwebhooks::Webhook::new(secret).unwrap().verify(&request.body, &headers).unwrap();
+}
+
+both_backends!(a_verified_webhook_gets_one_signed_alert_per_step);
+async fn a_verified_webhook_gets_one_signed_alert_per_step(backend: Backend) {
+    with_env(backend, fast_settings(), |env| async move {
+        let hook = Hook::start().await;
+        let (_, secret) = verified_webhook(&env.service, &hook, "dr-primary", "/primary").await;
+        let patient = PatientId::new();
+        let escalation = new_escalation();
+        let event = escalation_event(&patient, &escalation, 0, "dr-primary", "notify");
+        publish_triage(&env.bus, &event).await;
+
+        let alert = hook.wait_for("/primary", "escalation.notify").await;
+        // Signed per Standard Webhooks: our signature equals an independent
+        // HMAC, and the reference implementation accepts it.
+        let id = alert.header("webhook-id");
+        let timestamp = alert.header("webhook-timestamp");
+        assert!(!id.is_empty());
+        let sent_at: i64 = timestamp.parse().unwrap();
+        let now = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap().as_secs() as i64;
+        assert!((now - sent_at).abs() < 300, "timestamp is unix seconds of the send");
+        assert_eq!(alert.header("webhook-signature"), expected_signature(&secret, id, timestamp, &alert.body));
+        verify_with_reference(&secret, &alert);
+        assert_eq!(alert.header("content-type"), "application/json");
+        // What the alert says: ids, level, step, deadline; never patient text.
+        let body = alert.json();
+        assert_eq!(body["data"]["escalation_id"], escalation.as_str());
+        assert_eq!(body["data"]["patient_id"], patient.to_string().as_str());
+        assert_eq!(body["data"]["org_id"], "north");
+        assert_eq!(body["data"]["step"], 0);
+        assert_eq!(body["data"]["level"], "RISK_LEVEL_HIGH");
+        assert!(body["data"]["ack_deadline"].as_str().is_some());
+        let line = body["data"]["message"].as_str().unwrap();
+        assert!(
+            line.starts_with("Tandem: a high-risk alert for one of your patients needs acknowledgement by "),
+            "{line}"
+        );
+        assert!(line.ends_with(" UTC"), "{line}");
+        assert!(!String::from_utf8_lossy(&alert.body).contains(PATIENT_TEXT));
+
+        let delivered = eventually("NotificationDelivered in the outbox", || async {
+            let (delivered, _) = receipts(&env.outbox().await, &escalation);
+            delivered.into_iter().next()
+        })
+        .await;
+        assert_eq!(delivered.step, 0);
+        assert_eq!(delivered.recipient, "dr-primary");
+        assert_eq!(delivered.channel, pb::Channel::Webhook as i32);
+        assert!(delivered.delivered_at.is_some());
+
+        // The same event again, and the same (escalation, step) under a new
+        // event id, send nothing new; the next step does go out.
+        publish_triage(&env.bus, &event).await;
+        publish_triage(&env.bus, &escalation_event(&patient, &escalation, 0, "dr-primary", "notify")).await;
+        publish_triage(&env.bus, &escalation_event(&patient, &escalation, 1, "dr-primary", "notify")).await;
+        eventually("the step-1 alert", || async {
+            hook.requests("/primary").into_iter().find(|r| r.is("escalation.notify") && r.json()["data"]["step"] == 1)
+        })
+        .await;
+        let step0: Vec<_> = hook
+            .requests("/primary")
+            .into_iter()
+            .filter(|r| r.is("escalation.notify") && r.json()["data"]["step"] == 0)
+            .collect();
+        assert_eq!(step0.len(), 1, "step 0 was sent once");
+        let queued = env.service.repo().deliveries_of(&alert_key(&escalation, 0)).await.unwrap();
+        assert_eq!(queued.len(), 1);
+        assert_eq!(queued[0].1, "delivered");
+        let (delivered, failed) = receipts(&env.outbox().await, &escalation);
+        assert_eq!(delivered.iter().filter(|d| d.step == 0).count(), 1);
+        assert!(failed.is_empty());
+    })
+    .await;
+}
+
+both_backends!(unreachable_recipients_are_reported_so_the_chain_moves_on);
+async fn unreachable_recipients_are_reported_so_the_chain_moves_on(backend: Backend) {
+    with_env(backend, fast_settings(), |env| async move {
+        // Nobody registered: reported at once.
+        let patient = PatientId::new();
+        let nobody = new_escalation();
+        publish_triage(&env.bus, &escalation_event(&patient, &nobody, 0, "dr-nobody", "notify")).await;
+        let failed = eventually("NotificationFailed for a recipient without endpoints", || async {
+            receipts(&env.outbox().await, &nobody).1.into_iter().next()
+        })
+        .await;
+        assert_eq!(failed.recipient, "dr-nobody");
+        assert_eq!(failed.step, 0);
+        assert!(failed.errors[0].contains("no verified endpoint"), "{:?}", failed.errors);
+
+        // Two endpoints: one answers 500, one refuses connections. Both
+        // fail after their retries, and only then is the step not reached.
+        let hook = Hook::start().await;
+        let doomed = Hook::start().await;
+        verified_webhook(&env.service, &hook, "dr-flaky", "/broken").await;
+        verified_webhook(&env.service, &doomed, "dr-flaky", "/gone").await;
+        hook.set("/broken", Mode::Answer(500));
+        doomed.close().await;
+        let escalation = new_escalation();
+        publish_triage(&env.bus, &escalation_event(&patient, &escalation, 2, "dr-flaky", "notify")).await;
+        let failed = eventually("NotificationFailed after retries", || async {
+            receipts(&env.outbox().await, &escalation).1.into_iter().next()
+        })
+        .await;
+        assert_eq!(failed.recipient, "dr-flaky");
+        assert_eq!(failed.step, 2);
+        assert_eq!(failed.errors.len(), 2, "{:?}", failed.errors);
+        assert!(failed.errors.iter().any(|e| e.contains("answered 500")), "{:?}", failed.errors);
+        assert!(failed.errors.iter().any(|e| e.contains("unreachable")), "{:?}", failed.errors);
+        assert!(failed.errors.iter().all(|e| !e.contains(PATIENT_TEXT)));
+        let attempts: Vec<_> = hook.requests("/broken").into_iter().filter(|r| r.is("escalation.notify")).collect();
+        assert_eq!(attempts.len(), 3, "max_attempts in the test settings");
+        assert!(
+            attempts.iter().all(|r| r.header("webhook-id") == attempts[0].header("webhook-id")),
+            "one id for every retry"
+        );
+        let (delivered, failed) = receipts(&env.outbox().await, &escalation);
+        assert!(delivered.is_empty());
+        assert_eq!(failed.len(), 1, "reported once");
+        assert_eq!(env.service.repo().alert_state(&escalation, 2).await.unwrap().as_deref(), Some("failed"));
+    })
+    .await;
+}
+
+both_backends!(acknowledging_calls_off_pending_retries);
+async fn acknowledging_calls_off_pending_retries(backend: Backend) {
+    let mut settings = fast_settings();
+    settings.alert_retry.min_delay = Duration::from_millis(300);
+    settings.alert_retry.max_attempts = 50;
+    with_env(backend, settings, |env| async move {
+        let hook = Hook::start().await;
+        verified_webhook(&env.service, &hook, "dr-busy", "/busy").await;
+        hook.set("/busy", Mode::Answer(503));
+        let patient = PatientId::new();
+        let escalation = new_escalation();
+        publish_triage(&env.bus, &escalation_event(&patient, &escalation, 0, "dr-busy", "notify")).await;
+        hook.wait_for("/busy", "escalation.notify").await;
+        publish_triage(&env.bus, &escalation_event(&patient, &escalation, 0, "dr-busy", "acknowledged")).await;
+        eventually("the alert called off", || async {
+            let state = env.service.repo().alert_state(&escalation, 0).await.unwrap();
+            (state.as_deref() == Some("cancelled")).then_some(())
+        })
+        .await;
+        let queued = env.service.repo().deliveries_of(&alert_key(&escalation, 0)).await.unwrap();
+        assert_eq!(queued[0].1, "cancelled");
+        let (delivered, failed) = receipts(&env.outbox().await, &escalation);
+        assert!(delivered.is_empty() && failed.is_empty(), "an acknowledged alert is neither reached nor failed");
+    })
+    .await;
+}
+
+both_backends!(in_app_alerts_stream_to_their_recipient);
+async fn in_app_alerts_stream_to_their_recipient(backend: Backend) {
+    with_env(backend, fast_settings(), |env| async move {
+        let api = env.service.api();
+        let registered = api
+            .register_endpoint(as_caller(
+                "north",
+                Role::Clinician,
+                "dr-app",
+                pb::RegisterEndpointRequest { channel: pb::Channel::InApp as i32, ..Default::default() },
+            ))
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(registered.endpoint.unwrap().verified, "in-app needs no code");
+        assert!(registered.signing_secret.is_empty());
+        let mut live = api
+            .stream_inbox(as_caller("north", Role::Clinician, "dr-app", pb::StreamInboxRequest {}))
+            .await
+            .unwrap()
+            .into_inner();
+        let patient = PatientId::new();
+        let escalation = new_escalation();
+        publish_triage(&env.bus, &escalation_event(&patient, &escalation, 0, "dr-app", "notify")).await;
+        let item = tokio::time::timeout(Duration::from_secs(30), live.next()).await.unwrap().unwrap().unwrap();
+        assert_eq!(item.kind, "alert");
+        assert!(item.body.contains("needs acknowledgement by"), "{}", item.body);
+        assert!(item.body.contains(&escalation));
+        assert!(!item.body.contains(PATIENT_TEXT));
+        let delivered = eventually("NotificationDelivered", || async {
+            receipts(&env.outbox().await, &escalation).0.into_iter().next()
+        })
+        .await;
+        assert_eq!(delivered.channel, pb::Channel::InApp as i32);
+
+        // Delivered while no stream is open: the next stream shows it.
+        drop(live);
+        publish_triage(&env.bus, &escalation_event(&patient, &escalation, 1, "dr-app", "notify")).await;
+        eventually("the step-1 alert stored", || async {
+            let (delivered, _) = receipts(&env.outbox().await, &escalation);
+            delivered.iter().any(|d| d.step == 1).then_some(())
+        })
+        .await;
+        let mut later = api
+            .stream_inbox(as_caller("north", Role::Clinician, "dr-app", pb::StreamInboxRequest {}))
+            .await
+            .unwrap()
+            .into_inner();
+        // (Step 0 may come first if the earlier stream had not yet noted it
+        // shown: showing twice beats never showing.)
+        let backlog = async {
+            loop {
+                let item = later.next().await.unwrap().unwrap();
+                if item.body.contains("Step: 1") {
+                    return item;
+                }
+            }
+        };
+        let item = tokio::time::timeout(Duration::from_secs(30), backlog).await.unwrap();
+        assert_eq!(item.kind, "alert");
+    })
+    .await;
+}
+
+both_backends!(email_and_sms_reach_their_servers);
+async fn email_and_sms_reach_their_servers(backend: Backend) {
+    let sink = SmtpSink::start().await;
+    let provider = Hook::start().await;
+    let provider_secret = tandem_notifications::signing::new_secret();
+    let mut settings = fast_settings();
+    settings.smtp.host = "127.0.0.1".into();
+    settings.smtp.port = sink.port;
+    settings.smtp.tls = tandem_notifications::config::SmtpTls::None;
+    settings.smtp.from = "Tandem <alerts@clinic.example>".into();
+    settings.sms.url = provider.url("/sms");
+    settings.sms.secret = provider_secret.clone();
+    with_env(backend, settings, |env| async move {
+        let api = env.service.api();
+        let register = |channel: pb::Channel, address: &str| {
+            as_caller(
+                "north",
+                Role::Clinician,
+                "dr-mobile",
+                pb::RegisterEndpointRequest { channel: channel as i32, address: address.into(), ..Default::default() },
+            )
+        };
+        let email = api.register_endpoint(register(pb::Channel::Email, "dr.mobile@clinic.example")).await.unwrap();
+        let email_id = email.into_inner().endpoint.unwrap().endpoint_id;
+        let message = sink.wait_for("verification code is").await;
+        assert!(message.contains("dr.mobile@clinic.example"));
+        let code = message.split("verification code is ").nth(1).unwrap()[..6].to_owned();
+        let verify = |id: &str, code: &str| {
+            as_caller(
+                "north",
+                Role::Clinician,
+                "dr-mobile",
+                pb::VerifyEndpointRequest { endpoint_id: id.into(), code: code.into() },
+            )
+        };
+        api.verify_endpoint(verify(&email_id, &code)).await.unwrap();
+
+        let sms = api.register_endpoint(register(pb::Channel::Sms, "+15551230000")).await.unwrap();
+        let sms_id = sms.into_inner().endpoint.unwrap().endpoint_id;
+        let text =
+            eventually("the SMS code at the provider", || async { provider.requests("/sms").into_iter().next() }).await;
+        verify_with_reference(&provider_secret, &text);
+        assert_eq!(text.json()["to"], "+15551230000");
+        let body = text.json()["body"].as_str().unwrap().to_owned();
+        let code = body.split("verification code is ").nth(1).unwrap()[..6].to_owned();
+        api.verify_endpoint(verify(&sms_id, &code)).await.unwrap();
+
+        let patient = PatientId::new();
+        let escalation = new_escalation();
+        publish_triage(&env.bus, &escalation_event(&patient, &escalation, 0, "dr-mobile", "notify")).await;
+        let alert = sink.wait_for("needs acknowledgement by").await;
+        assert!(alert.contains(&escalation));
+        assert!(!alert.contains(PATIENT_TEXT));
+        let text = eventually("the alert SMS", || async {
+            provider
+                .requests("/sms")
+                .into_iter()
+                .find(|r| r.json()["body"].as_str().unwrap_or_default().contains("acknowledgement"))
+        })
+        .await;
+        verify_with_reference(&provider_secret, &text);
+        let delivered = eventually("a receipt per channel", || async {
+            let (delivered, _) = receipts(&env.outbox().await, &escalation);
+            (delivered.len() == 2).then_some(delivered)
+        })
+        .await;
+        let mut channels: Vec<i32> = delivered.iter().map(|d| d.channel).collect();
+        channels.sort();
+        assert_eq!(channels, [pb::Channel::Email as i32, pb::Channel::Sms as i32]);
+    })
+    .await;
+}
+
+both_backends!(verification_codes_are_bounded_and_channels_must_be_configured);
+async fn verification_codes_are_bounded_and_channels_must_be_configured(backend: Backend) {
+    with_env(backend, fast_settings(), |env| async move {
+        let api = env.service.api();
+        let refused = api
+            .register_endpoint(as_caller(
+                "north",
+                Role::Clinician,
+                "dr-lee",
+                pb::RegisterEndpointRequest {
+                    channel: pb::Channel::Email as i32,
+                    address: "dr.lee@clinic.example".into(),
+                    ..Default::default()
+                },
+            ))
+            .await
+            .unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::FailedPrecondition);
+        assert!(refused.message().contains("TANDEM_NOTIFICATIONS__SMTP__HOST"), "{}", refused.message());
+
+        let hook = Hook::start().await;
+        let request = || {
+            as_caller(
+                "north",
+                Role::Clinician,
+                "dr-lee",
+                pb::RegisterEndpointRequest {
+                    channel: pb::Channel::Webhook as i32,
+                    address: hook.url("/lee"),
+                    ..Default::default()
+                },
+            )
+        };
+        let endpoint = api.register_endpoint(request()).await.unwrap().into_inner().endpoint.unwrap();
+        let duplicate = api.register_endpoint(request()).await.unwrap_err();
+        assert_eq!(duplicate.code(), tonic::Code::AlreadyExists);
+        let code = hook.wait_for("/lee", "endpoint.verification").await.json()["code"].as_str().unwrap().to_owned();
+        let wrong = if code == "000000" { "111111" } else { "000000" };
+        let verify = |code: &str| {
+            as_caller(
+                "north",
+                Role::Clinician,
+                "dr-lee",
+                pb::VerifyEndpointRequest { endpoint_id: endpoint.endpoint_id.clone(), code: code.into() },
+            )
+        };
+        for _ in 0..5 {
+            let status = api.verify_endpoint(verify(wrong)).await.unwrap_err();
+            assert_eq!(status.code(), tonic::Code::InvalidArgument);
+        }
+        // Five wrong codes: even the right one no longer works.
+        let locked = api.verify_endpoint(verify(&code)).await.unwrap_err();
+        assert_eq!(locked.code(), tonic::Code::FailedPrecondition);
+        assert!(locked.message().contains("register it again"), "{}", locked.message());
+        // An unverified endpoint gets no alert: the step is reported not reached.
+        let escalation = new_escalation();
+        publish_triage(&env.bus, &escalation_event(&PatientId::new(), &escalation, 0, "dr-lee", "notify")).await;
+        eventually("NotificationFailed", || async { receipts(&env.outbox().await, &escalation).1.into_iter().next() })
+            .await;
+        assert!(hook.requests("/lee").iter().all(|r| !r.is("escalation.notify")));
+    })
+    .await;
+}

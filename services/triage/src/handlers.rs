@@ -1,0 +1,173 @@
+//! Events triage consumes: careplans (who the patient is, the chain),
+//! checkins (check-ins and missed measures, each assessed) and
+//! notifications (a step that could not be reached advances at once).
+
+use async_trait::async_trait;
+use sqlx::{Any, Transaction};
+use tandem_events::{Handler, HandlerError, topics};
+use tandem_proto::events::v1::EventEnvelope;
+use tandem_proto::events::v1::event_envelope::Payload;
+use tandem_proto::ids::{EscalationId, OrgId, PatientId};
+use tandem_proto::triage::v1 as pb;
+
+use crate::engine::{Engine, now_micros};
+use crate::repo::{RepoError, tx};
+use crate::rules::{self, Input};
+
+impl From<RepoError> for HandlerError {
+    fn from(error: RepoError) -> Self {
+        match error {
+            RepoError::Corrupt(what) => HandlerError::permanent(what),
+            other => HandlerError::transient(other),
+        }
+    }
+}
+
+/// Applies the events triage consumes.
+#[derive(Debug, Clone)]
+pub struct TriageHandler {
+    engine: Engine,
+}
+
+impl TriageHandler {
+    /// A handler driving `engine`.
+    pub fn new(engine: Engine) -> Self {
+        Self { engine }
+    }
+
+    /// Assesses one event with the patient's history, stores the
+    /// assessment, announces it, and escalates when the level calls for it.
+    #[allow(clippy::too_many_arguments)]
+    async fn assess(
+        &self,
+        tx: &mut Transaction<'_, Any>,
+        org: &OrgId,
+        patient: &PatientId,
+        check_in_id: Option<tandem_proto::common::v1::CheckInId>,
+        input: Input<'_>,
+        at: i64,
+    ) -> Result<(), HandlerError> {
+        let rules = self.engine.rules_for(tx, org, Some(patient)).await?;
+        let fired = rules::assess(&input, &rules);
+        let level = rules::overall(&fired);
+        let assessment = pb::RiskAssessment {
+            assessment_id: tandem_proto::ids::EventId::new().to_string(),
+            patient_id: Some((*patient).into()),
+            check_in_id,
+            level: level as i32,
+            rules: fired,
+            assessed_at: Some(tandem_store::from_unix_micros(at).into()),
+        };
+        tx::insert_assessment(tx, org, &assessment, at).await?;
+        let announced =
+            Payload::RiskAssessed(tandem_proto::events::v1::RiskAssessed { assessment: Some(assessment.clone()) });
+        let event = self.engine.outbox().envelope(org, patient, announced);
+        self.engine.outbox().enqueue(tx, topics::TRIAGE, &event).await?;
+        let why = assessment
+            .rules
+            .iter()
+            .filter(|rule| rule.level == level as i32)
+            .map(|rule| format!("{}: {}", rule.rule, rule.evidence))
+            .collect::<Vec<_>>()
+            .join("; ");
+        if let Some(escalation) = self.engine.raise_or_join(tx, org, patient, level, &why, now_micros()).await? {
+            tracing::warn!(
+                escalation_id = %escalation.id,
+                level = level.as_str_name(),
+                "risk assessed at an escalating level"
+            );
+        }
+        Ok(())
+    }
+}
+
+fn org_of(event: &EventEnvelope) -> Result<OrgId, HandlerError> {
+    event
+        .org_id
+        .as_ref()
+        .and_then(|org| org.value.parse().ok())
+        .ok_or_else(|| HandlerError::permanent("event without a valid org id"))
+}
+
+#[async_trait]
+impl Handler for TriageHandler {
+    async fn handle(&self, tx: &mut Transaction<'_, Any>, event: &EventEnvelope) -> Result<(), HandlerError> {
+        let patient = tandem_events::patient_id(event).map_err(HandlerError::permanent)?;
+        let at = event
+            .occurred_at
+            .and_then(|t| std::time::SystemTime::try_from(t).ok())
+            .map(tandem_store::unix_micros)
+            .unwrap_or_else(now_micros);
+        match &event.payload {
+            Some(Payload::PatientEnrolled(_)) => tx::patient(tx, &patient, &org_of(event)?).await?,
+            Some(Payload::CareTeamChanged(changed)) => {
+                if let Some(team) = &changed.care_team {
+                    let members: Vec<String> = team.members.iter().map(|m| m.clinician_id.clone()).collect();
+                    tx::care_team(tx, &patient, team.version, &members).await?;
+                }
+            }
+            Some(Payload::CheckInSubmitted(submitted)) => {
+                let org = org_of(event)?;
+                let check_in = submitted.check_in.clone().unwrap_or_default();
+                let history = tx::phq9_history(tx, &patient).await?;
+                // Answering any measure ends a run of missed ones.
+                let missed = if submitted.instruments.is_empty() {
+                    tx::missed(tx, &patient).await?
+                } else {
+                    tx::set_missed(tx, &patient, 0).await?
+                };
+                let input = Input {
+                    crisis_triggers: &submitted.crisis_triggers,
+                    instruments: &submitted.instruments,
+                    phq9_history: &history,
+                    at,
+                    missed_in_a_row: 0,
+                    journal: &submitted.journal,
+                };
+                debug_assert!(missed == 0 || submitted.instruments.is_empty());
+                self.assess(tx, &org, &patient, check_in.id.clone(), input, at).await?;
+                for score in &check_in.scores {
+                    if score.instrument == "44249-1"
+                        && let Some(total) = score.total.and_then(|t| u8::try_from(t).ok())
+                    {
+                        let id = check_in.id.as_ref().map(|id| id.value.clone()).unwrap_or_default();
+                        tx::add_phq9(tx, &patient, &id, total, at).await?;
+                    }
+                }
+            }
+            Some(Payload::MeasureMissed(_)) => {
+                let org = org_of(event)?;
+                let missed = tx::missed(tx, &patient).await? + 1;
+                tx::set_missed(tx, &patient, missed).await?;
+                let input = Input { missed_in_a_row: missed, at, ..Default::default() };
+                self.assess(tx, &org, &patient, None, input, at).await?;
+            }
+            Some(Payload::NotificationFailed(failed)) => {
+                let Some(id) = failed.escalation_id.as_ref().and_then(|id| EscalationId::try_from(id).ok()) else {
+                    return Ok(());
+                };
+                let detail =
+                    format!("could not reach {} on any channel: {}", failed.recipient, failed.errors.join("; "));
+                self.engine.advance(tx, &id, failed.step, "not_reached", &detail, now_micros()).await?;
+            }
+            Some(Payload::NotificationDelivered(delivered)) => {
+                let Some(id) = delivered.escalation_id.as_ref().and_then(|id| EscalationId::try_from(id).ok()) else {
+                    return Ok(());
+                };
+                let channel = delivered.channel().as_str_name().trim_start_matches("CHANNEL_").to_lowercase();
+                let detail = format!("alert for step {} delivered by {channel}", delivered.step + 1);
+                if tx::escalation(tx, &id).await?.is_some() {
+                    tx::add_timeline(tx, &id, now_micros(), "delivered", &delivered.recipient, &detail).await?;
+                }
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    fn after_commit(&self, _event: &EventEnvelope) {
+        // Wake the relay for the events this handler enqueued, the deadline
+        // scheduler for a new escalation, and worklist watchers.
+        self.engine.after_commit(&[]);
+    }
+}
