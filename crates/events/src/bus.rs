@@ -239,7 +239,16 @@ mod tests {
         assert_eq!(kafka.brokers, "k1:9092,k2:9092");
         assert_eq!(kafka.default_partitions, 24);
         assert_eq!(kafka.replication, 3);
-        for bad in ["", "nats://x", "kafka://", "kafka://k1:9092?partitions=zero", "embedded:"] {
+        let BusConfig::Kafka(secure) =
+            "kafka://k1:9093?security.protocol=ssl&partitions=6".parse::<BusConfig>().unwrap()
+        else {
+            panic!("kafka expected");
+        };
+        assert_eq!(secure.extra, [("security.protocol".to_owned(), "ssl".to_owned())]);
+        assert_eq!(secure.default_partitions, 6);
+        for bad in
+            ["", "nats://x", "kafka://", "kafka://k1:9092?partitions=zero", "kafka://k1:9092?linger.ms=", "embedded:"]
+        {
             let error = bad.parse::<BusConfig>().unwrap_err().to_string();
             assert!(error.contains("TANDEM_EVENTS"), "{bad}: {error}");
         }

@@ -119,7 +119,7 @@ impl KafkaConfig {
 impl FromStr for KafkaConfig {
     type Err = Error;
 
-    /// `kafka://host:port[,host:port...][?partitions=N&replication=N]`.
+    /// `kafka://host:port[,host:port...][?partitions=N&replication=N&<librdkafka.property>=value...]`.
     fn from_str(url: &str) -> Result<Self> {
         let bad = || Error::BadConfig(url.to_owned());
         let rest = url.strip_prefix("kafka://").ok_or_else(bad)?;
@@ -137,6 +137,14 @@ impl FromStr for KafkaConfig {
         let mut config = Self::new(brokers);
         for pair in query.unwrap_or_default().split('&').filter(|p| !p.is_empty()) {
             let (key, value) = pair.split_once('=').ok_or_else(bad)?;
+            // A dotted key is a librdkafka property, e.g. security.protocol=ssl.
+            if key.contains('.') {
+                if value.is_empty() {
+                    return Err(bad());
+                }
+                config.extra.push((key.to_owned(), value.to_owned()));
+                continue;
+            }
             let number: i32 = value.parse().map_err(|_| bad())?;
             if number < 1 {
                 return Err(bad());
