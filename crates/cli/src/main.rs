@@ -33,8 +33,8 @@ enum Command {
     /// the care team until a clinician acknowledges. Exits 0 only if a human
     /// acknowledged.
     Demo,
-    /// Measures alert latency (crisis check-in accepted → signed webhook
-    /// received): p50 and p99. Reported, never asserted.
+    /// Benchmarks, reported and never asserted: alert latency, and the event
+    /// spine's relay and consumer throughput.
     Bench(BenchArgs),
     /// Reads texts from stdin (one per line, or JSON lines with a `text`
     /// field) and writes one JSON line per text with its crisis-language
@@ -59,15 +59,34 @@ struct DetectArgs {
 
 #[derive(Debug, clap::Args)]
 struct BenchArgs {
-    /// Crisis check-ins to time (the first only warms up).
-    #[arg(long, default_value_t = 50)]
-    alerts: usize,
-    /// PostgreSQL URL; empty runs on SQLite in a temporary directory.
-    #[arg(long, default_value = "")]
-    database_url: String,
-    /// Event bus: `embedded` or kafka://host:port.
-    #[arg(long, default_value = "embedded")]
-    events: String,
+    #[command(subcommand)]
+    what: BenchWhat,
+}
+
+#[derive(Debug, Subcommand)]
+enum BenchWhat {
+    /// Alert latency: crisis check-in accepted → signed webhook received, p50 and p99.
+    Alerts {
+        /// Crisis check-ins to time (the first only warms up).
+        #[arg(long, default_value_t = 50)]
+        alerts: usize,
+        /// PostgreSQL URL; empty runs on SQLite in a temporary directory.
+        #[arg(long, default_value = "")]
+        database_url: String,
+        /// Event bus: `embedded` or kafka://host:port.
+        #[arg(long, default_value = "embedded")]
+        events: String,
+    },
+    /// Event spine: outbox relay (outbox → bus) and consumer (inbox +
+    /// handler) throughput in events per second.
+    Events {
+        /// Events to publish and consume.
+        #[arg(long, default_value_t = 20_000)]
+        count: usize,
+        /// Event bus: `embedded` or kafka://host:port.
+        #[arg(long, default_value = "embedded")]
+        bus: String,
+    },
 }
 
 #[derive(Debug, clap::Args)]
@@ -140,13 +159,19 @@ async fn bench(args: BenchArgs) -> anyhow::Result<()> {
         settings.filter = "error".to_owned();
     }
     let telemetry = tandem_telemetry::init(&settings)?;
-    let config =
-        tandem_cli::bench::AlertBench { alerts: args.alerts, database_url: args.database_url, events: args.events };
-    let result = tandem_cli::bench::alerts(&config).await;
+    let result = match args.what {
+        BenchWhat::Alerts { alerts, database_url, events } => bench_alerts(alerts, database_url, events).await,
+        BenchWhat::Events { count, bus } => bench_events(count, &bus).await,
+    };
     telemetry.shutdown();
-    let latencies = result?;
+    result
+}
+
+async fn bench_alerts(alerts: usize, database_url: String, events: String) -> anyhow::Result<()> {
+    let config = tandem_cli::bench::AlertBench { alerts, database_url, events };
+    let latencies = tandem_cli::bench::alerts(&config).await?;
     let store = if config.database_url.is_empty() { "sqlite" } else { "postgresql" };
-    println!("| store | events | alerts | p50 ms | p99 ms | max ms |");
+    println!("| store | events | alerts timed | p50 ms | p99 ms | max ms |");
     println!("|---|---|---|---|---|---|");
     println!(
         "| {store} | {} | {} | {:.1} | {:.1} | {:.1} |",
@@ -155,6 +180,22 @@ async fn bench(args: BenchArgs) -> anyhow::Result<()> {
         latencies.p50_ms,
         latencies.p99_ms,
         latencies.max_ms
+    );
+    Ok(())
+}
+
+async fn bench_events(count: usize, bus: &str) -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let config: tandem_events::BusConfig = bus.parse()?;
+    let bus = tandem_events::connect(&config, dir.path()).await?;
+    let bench =
+        tandem_events::bench::BenchConfig { events: count, ..tandem_events::bench::BenchConfig::new(dir.path()) };
+    let report = tandem_events::bench::run(bus, &bench).await?;
+    println!("| backend | events | enqueue events/s | relay events/s | consumer events/s |");
+    println!("|---|---|---|---|---|");
+    println!(
+        "| {} | {} | {:.0} | {:.0} | {:.0} |",
+        report.backend, report.events, report.enqueue_per_sec, report.relay_per_sec, report.consume_per_sec
     );
     Ok(())
 }
