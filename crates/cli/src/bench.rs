@@ -71,7 +71,23 @@ pub async fn alerts(config: &AlertBench) -> anyhow::Result<Latencies> {
                 .await?;
         patients.push(id);
     }
-    // Warm-up: the first alert waits for consumer groups to form.
+    // Events of different topics arrive in any order: wait until triage knows
+    // every care team (a clinician may read a patient's rules only then), or
+    // an alert goes to the crisis contact, as it must when the chain is unknown.
+    for patient in &patients {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            let request = tandem_proto::triage::v1::GetTriageConfigRequest { patient_id: Some(patient.clone()) };
+            if clients.triage.get_triage_config(authed(&clinician, request)?).await.is_ok() {
+                break;
+            }
+            if Instant::now() > deadline {
+                bail!("triage never learned the care team of {}", patient.value);
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    // Warm-up: the first alert is not counted.
     let mut latencies = Vec::with_capacity(config.alerts);
     for (n, patient) in patients.iter().enumerate() {
         let token = running.token(org, Role::Patient, &patient.value)?;

@@ -265,6 +265,35 @@ impl Engine {
         Ok(Some(next))
     }
 
+    /// The alert of step `step` reached nobody. Within the care team that
+    /// moves the escalation on at once; past its end (the crisis contact)
+    /// there is no one further, so it is recorded loudly and the deadline
+    /// pages the crisis contact again, rather than paging in a tight loop.
+    pub async fn not_reached(
+        &self,
+        tx: &mut Transaction<'_, Any>,
+        id: &EscalationId,
+        step: u32,
+        detail: &str,
+        now: i64,
+    ) -> Result<Option<Escalation>, RepoError> {
+        let Some(current) = tx::escalation(tx, id).await? else { return Ok(None) };
+        if current.state != State::Notified || current.step != step {
+            return Ok(None);
+        }
+        let chain = tx::chain(tx, &current.patient).await?;
+        if (step as usize) < chain.len() {
+            return self.advance(tx, id, step, "not_reached", detail, now).await;
+        }
+        tracing::error!(
+            escalation_id = %id,
+            alert = "crisis_contact_unreachable",
+            "the org's crisis contact could not be reached on any channel; it is paged again at the deadline"
+        );
+        tx::add_timeline(tx, id, now, "not_reached", &current.current_recipient, detail).await?;
+        Ok(Some(current))
+    }
+
     /// A human acknowledges: the chain stops.
     pub async fn acknowledge(&self, id: &EscalationId, who: &str, note: &str) -> Result<Escalation, TransitionError> {
         let mut tx = self.repo.store().begin_write().await.map_err(RepoError::from)?;

@@ -148,7 +148,7 @@ impl Handler for TriageHandler {
                 };
                 let detail =
                     format!("could not reach {} on any channel: {}", failed.recipient, failed.errors.join("; "));
-                self.engine.advance(tx, &id, failed.step, "not_reached", &detail, now_micros()).await?;
+                self.engine.not_reached(tx, &id, failed.step, &detail, now_micros()).await?;
             }
             Some(Payload::NotificationDelivered(delivered)) => {
                 let Some(id) = delivered.escalation_id.as_ref().and_then(|id| EscalationId::try_from(id).ok()) else {
