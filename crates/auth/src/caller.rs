@@ -50,6 +50,19 @@ impl Caller {
         Err(AuthzError::OtherOrganisation)
     }
 
+    /// The caller as the contracts record who did something.
+    pub fn actor(&self) -> tandem_proto::common::v1::Actor {
+        use tandem_proto::common::v1::Role as Wire;
+        let role = match self.role {
+            Role::Patient => Wire::Patient,
+            Role::Clinician => Wire::Clinician,
+            Role::Supervisor => Wire::Supervisor,
+            Role::Integration => Wire::Integration,
+            Role::Admin => Wire::Admin,
+        };
+        tandem_proto::common::v1::Actor { subject: self.subject.clone(), role: role as i32 }
+    }
+
     /// The patient this caller is, when it is a patient.
     pub fn patient_id(&self) -> Option<PatientId> {
         if self.role != Role::Patient {

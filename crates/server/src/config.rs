@@ -74,7 +74,7 @@ pub struct Settings {
     /// `kafka://host:port,...`.
     pub events: String,
     /// How long health says NOT_SERVING before the server stops taking calls.
-    #[serde(with = "humantime_serde_compat")]
+    #[serde(with = "duration_text")]
     pub shutdown_drain: Duration,
     /// Token verification.
     pub auth: AuthSettings,
@@ -276,16 +276,19 @@ where
     figment.extract_inner(key).map_err(|error| ConfigError::Invalid(Box::new(error)))
 }
 
-/// Durations as humantime text ("30s", "5m") in files and the environment.
-mod humantime_serde_compat {
+/// Durations as humantime text ("30s", "5m") in files and the environment,
+/// for `#[serde(with = "tandem_server::config::duration_text")]`.
+pub mod duration_text {
     use std::time::Duration;
 
     use serde::{Deserialize, Deserializer, Serializer};
 
+    /// Writes a duration as text.
     pub fn serialize<S: Serializer>(duration: &Duration, serializer: S) -> Result<S::Ok, S::Error> {
         serializer.collect_str(&humantime::format_duration(*duration))
     }
 
+    /// Reads a duration from text.
     pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
         let text = String::deserialize(deserializer)?;
         humantime::parse_duration(&text)

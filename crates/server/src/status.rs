@@ -60,7 +60,22 @@ pub fn internal(error: &dyn std::error::Error) -> Status {
     Status::internal("internal error; it was logged, try again or contact your Tandem operator")
 }
 
-/// Unimplemented for an RPC that a later release delivers.
-pub fn not_yet(rpc: &str) -> Status {
-    Status::unimplemented(format!("{rpc} is not available in this Tandem release yet"))
+/// A required typed id from its wire message: InvalidArgument on `field`
+/// when absent (saying `what` to send) or on `field.value` when malformed.
+pub fn required_id<W, T>(field: &str, id: Option<&W>, what: &str) -> Result<T, Status>
+where
+    T: for<'a> TryFrom<&'a W, Error = tandem_proto::ids::IdError>,
+{
+    let Some(id) = id else {
+        return Err(invalid_field(field, format!("required: {what}")));
+    };
+    T::try_from(id).map_err(|error| invalid_field(format!("{field}.value"), error.to_string()))
+}
+
+/// A required patient id (see [`required_id`]).
+pub fn patient_id(
+    field: &str,
+    id: Option<&tandem_proto::common::v1::PatientId>,
+) -> Result<tandem_proto::ids::PatientId, Status> {
+    required_id(field, id, "the patient's id")
 }

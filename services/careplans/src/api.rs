@@ -5,7 +5,7 @@ use tandem_proto::careplans::v1 as pb;
 use tandem_proto::careplans::v1::care_plan_service_server::CarePlanService;
 use tandem_proto::common::v1 as common;
 use tandem_proto::ids::{CarePlanId, PatientId};
-use tandem_server::status::{Violations, internal, invalid_field};
+use tandem_server::status::{Violations, internal, invalid_field, patient_id, required_id};
 use tandem_store::paging::{Cursor, page_size};
 use tonic::{Request, Response, Status};
 
@@ -82,17 +82,6 @@ fn no_plan_access() -> Status {
     Status::permission_denied("the caller may not access this care plan; check the id and your role")
 }
 
-fn actor(caller: &Caller) -> common::Actor {
-    let role = match caller.role {
-        Role::Patient => common::Role::Patient,
-        Role::Clinician => common::Role::Clinician,
-        Role::Supervisor => common::Role::Supervisor,
-        Role::Integration => common::Role::Integration,
-        Role::Admin => common::Role::Admin,
-    };
-    common::Actor { subject: caller.subject.clone(), role: role as i32 }
-}
-
 fn update_status(error: UpdateError) -> Status {
     match error {
         UpdateError::Stale { .. } => Status::aborted(error.to_string()),
@@ -114,10 +103,7 @@ fn repo_status(error: RepoError) -> Status {
 }
 
 fn care_plan_id(field: &str, id: Option<&common::CarePlanId>) -> Result<CarePlanId, Status> {
-    let Some(id) = id else {
-        return Err(invalid_field(field, "required: the care plan's id"));
-    };
-    CarePlanId::try_from(id).map_err(|error| invalid_field(format!("{field}.value"), error.to_string()))
+    required_id(field, id, "the care plan's id")
 }
 
 fn page_of(page: Option<&common::PageRequest>) -> Result<(Option<Cursor>, u32), Status> {
@@ -125,13 +111,6 @@ fn page_of(page: Option<&common::PageRequest>) -> Result<(Option<Cursor>, u32), 
     let cursor =
         Cursor::decode(&page.page_token).map_err(|error| invalid_field("page.page_token", error.to_string()))?;
     Ok((cursor, page_size(page.page_size)))
-}
-
-fn patient_id(field: &str, id: Option<&common::PatientId>) -> Result<PatientId, Status> {
-    let Some(id) = id else {
-        return Err(invalid_field(field, "required: the patient's id"));
-    };
-    PatientId::try_from(id).map_err(|error| invalid_field(format!("{field}.value"), error.to_string()))
 }
 
 fn timestamp(time: std::time::SystemTime) -> prost_types::Timestamp {
@@ -264,7 +243,7 @@ impl CarePlanService for CarePlanApi {
         let patient = self.plan_writer(&caller, &id).await?;
         let created = self
             .repo
-            .create_plan(&caller.org, &patient.id, &message.idempotency_key, content, status, actor(&caller))
+            .create_plan(&caller.org, &patient.id, &message.idempotency_key, content, status, caller.actor())
             .await
             .map_err(repo_status)?;
         Ok(Response::new(pb::CreateCarePlanResponse { care_plan: Some(created.into_inner()) }))
@@ -309,7 +288,7 @@ impl CarePlanService for CarePlanApi {
                 message.expected_version,
                 content,
                 message.status(),
-                actor(&caller),
+                caller.actor(),
             )
             .await
             .map_err(update_status)?;

@@ -8,10 +8,10 @@ use tandem_proto::careplans::v1 as pb;
 use tandem_proto::common::v1 as common;
 use tandem_proto::ids::{CarePlanId, OrgId, PatientId};
 use tandem_store::paging::Cursor;
-use tandem_store::{is_unique_violation, unix_micros};
+use tandem_store::{from_unix_micros, is_unique_violation, unix_micros};
 
 use crate::plan::PlanContent;
-use crate::repo::{Repo, RepoError, from_unix_micros};
+use crate::repo::{Repo, RepoError};
 use tandem_proto::events::v1 as events;
 use tandem_proto::events::v1::event_envelope::Payload;
 

@@ -1,6 +1,6 @@
 //! The service's SQL, portable across SQLite and PostgreSQL.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::SystemTime;
 
 use sqlx::Row;
 use sqlx::any::AnyRow;
@@ -9,7 +9,7 @@ use tandem_proto::events::v1 as events;
 use tandem_proto::events::v1::event_envelope::Payload;
 use tandem_proto::ids::{OrgId, PatientId};
 use tandem_store::paging::Cursor;
-use tandem_store::{Store, StoreError, is_unique_violation, unix_micros};
+use tandem_store::{Store, StoreError, from_unix_micros, is_unique_violation, unix_micros};
 
 use crate::domain::{NewPatient, Patient};
 
@@ -212,14 +212,6 @@ fn patient_from_row(row: &AnyRow) -> Result<Patient, RepoError> {
         time_zone: time_zone.parse().map_err(|_| corrupt("time_zone"))?,
         enrolled_at: from_unix_micros(enrolled_at),
     })
-}
-
-/// The time `micros` after the Unix epoch.
-pub fn from_unix_micros(micros: i64) -> SystemTime {
-    match u64::try_from(micros) {
-        Ok(after) => UNIX_EPOCH + Duration::from_micros(after),
-        Err(_) => UNIX_EPOCH - Duration::from_micros(micros.unsigned_abs()),
-    }
 }
 
 #[cfg(test)]

@@ -10,7 +10,7 @@ use tandem_proto::checkins::v1 as pb;
 use tandem_proto::checkins::v1::check_in_service_server::CheckInService;
 use tandem_proto::common::v1 as common;
 use tandem_proto::ids::{CarePlanId, CheckInId, OrgId, PatientId};
-use tandem_server::status::{Violations, internal, invalid_field};
+use tandem_server::status::{Violations, internal, invalid_field, patient_id};
 use tandem_store::paging::{Cursor, page_size};
 use tandem_store::unix_micros;
 use tonic::{Request, Response, Status};
@@ -41,13 +41,6 @@ fn no_access() -> Status {
 
 fn repo_status(error: RepoError) -> Status {
     internal(&error)
-}
-
-fn patient_id(field: &str, id: Option<&common::PatientId>) -> Result<PatientId, Status> {
-    let Some(id) = id else {
-        return Err(invalid_field(field, "required: the patient's id"));
-    };
-    PatientId::try_from(id).map_err(|error| invalid_field(format!("{field}.value"), error.to_string()))
 }
 
 fn add_clinical(violations: &mut Violations, errors: ValidationErrors) {

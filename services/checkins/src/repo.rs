@@ -1,7 +1,7 @@
 //! The check-ins service's SQL: check-ins, and its projections of careplans
 //! events. Portable across SQLite and PostgreSQL.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use prost::Message;
 use sqlx::{Any, Row, Transaction};
@@ -9,7 +9,7 @@ use tandem_proto::careplans::v1 as plans;
 use tandem_proto::checkins::v1 as pb;
 use tandem_proto::ids::{CheckInId, OrgId, PatientId};
 use tandem_store::paging::Cursor;
-use tandem_store::{Store, StoreError, is_unique_violation, unix_micros};
+use tandem_store::{Store, StoreError, from_unix_micros, is_unique_violation, unix_micros};
 
 use crate::due::Done;
 
@@ -57,14 +57,6 @@ pub struct NewCheckIn {
     pub idempotency_key: String,
     /// Crisis triggers that fired.
     pub crisis_triggers: Vec<String>,
-}
-
-/// The time `micros` after the Unix epoch.
-pub fn from_unix_micros(micros: i64) -> SystemTime {
-    match u64::try_from(micros) {
-        Ok(after) => UNIX_EPOCH + Duration::from_micros(after),
-        Err(_) => UNIX_EPOCH - Duration::from_micros(micros.unsigned_abs()),
-    }
 }
 
 fn corrupt(what: &str) -> RepoError {

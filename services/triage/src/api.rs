@@ -11,7 +11,7 @@ use tandem_proto::common::v1 as common;
 use tandem_proto::ids::{EscalationId, OrgId, PatientId};
 use tandem_proto::triage::v1 as pb;
 use tandem_proto::triage::v1::triage_service_server::TriageService;
-use tandem_server::status::{Violations, internal, invalid_field};
+use tandem_server::status::{Violations, internal, invalid_field, patient_id, required_id};
 use tandem_store::paging::page_size;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
@@ -36,13 +36,7 @@ fn no_access() -> Status {
 }
 
 fn escalation_id(field: &str, id: Option<&common::EscalationId>) -> Result<EscalationId, Status> {
-    let Some(id) = id else { return Err(invalid_field(field, "required: the escalation's id")) };
-    EscalationId::try_from(id).map_err(|error| invalid_field(format!("{field}.value"), error.to_string()))
-}
-
-fn patient_id(field: &str, id: Option<&common::PatientId>) -> Result<PatientId, Status> {
-    let Some(id) = id else { return Err(invalid_field(field, "required: the patient's id")) };
-    PatientId::try_from(id).map_err(|error| invalid_field(format!("{field}.value"), error.to_string()))
+    required_id(field, id, "the escalation's id")
 }
 
 fn offset_of(token: &str) -> Result<i64, Status> {
@@ -60,17 +54,6 @@ fn next_token(offset: i64, limit: u32, fetched: usize) -> String {
     } else {
         String::new()
     }
-}
-
-fn actor(caller: &Caller) -> common::Actor {
-    let role = match caller.role {
-        Role::Patient => common::Role::Patient,
-        Role::Clinician => common::Role::Clinician,
-        Role::Supervisor => common::Role::Supervisor,
-        Role::Integration => common::Role::Integration,
-        Role::Admin => common::Role::Admin,
-    };
-    common::Actor { subject: caller.subject.clone(), role: role as i32 }
 }
 
 impl TriageApi {
@@ -462,7 +445,7 @@ impl TriageService for TriageApi {
                     &mut tx,
                     &caller.org,
                     now,
-                    &actor(&caller),
+                    &caller.actor(),
                     Some(patient),
                     &before,
                     &rules,
@@ -479,7 +462,7 @@ impl TriageService for TriageApi {
                     &mut tx,
                     &caller.org,
                     now,
-                    &actor(&caller),
+                    &caller.actor(),
                     None,
                     &before,
                     &after,

@@ -11,13 +11,13 @@ use tandem_proto::triage::v1 as pb;
 #[serde(default)]
 pub struct TriageSettings {
     /// Time a moderate escalation's step has to acknowledge.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "tandem_server::config::duration_text")]
     pub moderate_ack: Duration,
     /// Time a high escalation's step has to acknowledge.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "tandem_server::config::duration_text")]
     pub high_ack: Duration,
     /// Time an imminent escalation's step has to acknowledge.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "tandem_server::config::duration_text")]
     pub imminent_ack: Duration,
     /// PHQ-9 rise over baseline that counts as reliable deterioration.
     pub deterioration_points: u32,
@@ -86,21 +86,4 @@ pub fn ack_window(rules: &pb::TriageRules, level: pb::RiskLevel) -> Option<Durat
         _ => return None,
     };
     Some(Duration::from_secs(u64::from(seconds.max(1))))
-}
-
-/// Durations as humantime text ("15m", "24h").
-mod humantime_serde {
-    use std::time::Duration;
-
-    use serde::{Deserialize, Deserializer, Serializer};
-
-    pub fn serialize<S: Serializer>(duration: &Duration, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.collect_str(&humantime::format_duration(*duration))
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
-        let text = String::deserialize(deserializer)?;
-        humantime::parse_duration(&text)
-            .map_err(|error| serde::de::Error::custom(format!("`{text}` is not a duration like 15m: {error}")))
-    }
 }
