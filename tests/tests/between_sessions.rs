@@ -177,26 +177,20 @@ both_backends!(the_between_session_loop, |tandem| {
     assert!(items.iter().all(|item| item.state() == pb::DueState::Due));
 
     // The patient answers the PHQ-9 and does the breathing exercise.
-    let reply = c
-        .checkins
-        .submit_check_in(authed(
-            &token,
-            pb::SubmitCheckInRequest {
-                idempotency_key: "week-1".into(),
-                patient_id: Some(c.patient.clone()),
-                mood: Some(4),
-                instruments: vec![phq9([2, 2, 1, 2, 1, 1, 1, 1, 0])],
-                journal: "Rough week at work but I kept my walks going.".into(),
-                homework: vec![pb::HomeworkCompletion {
-                    care_plan_id: c.care_plan.id.clone(),
-                    task_id: task.item_id.clone(),
-                    completed_at: None,
-                }],
-            },
-        ))
-        .await
-        .expect("check-in accepted")
-        .into_inner();
+    let week_1 = pb::SubmitCheckInRequest {
+        idempotency_key: "week-1".into(),
+        patient_id: Some(c.patient.clone()),
+        mood: Some(4),
+        instruments: vec![phq9([2, 2, 1, 2, 1, 1, 1, 1, 0])],
+        journal: "Rough week at work but I kept my walks going.".into(),
+        homework: vec![pb::HomeworkCompletion {
+            care_plan_id: c.care_plan.id.clone(),
+            task_id: task.item_id.clone(),
+            completed_at: None,
+        }],
+    };
+    let reply =
+        c.checkins.submit_check_in(authed(&token, week_1.clone())).await.expect("check-in accepted").into_inner();
     let check_in = reply.check_in.unwrap();
     assert_eq!(check_in.scores.len(), 1);
     assert_eq!(check_in.scores[0].total, Some(11));
@@ -206,21 +200,7 @@ both_backends!(the_between_session_loop, |tandem| {
     assert!(due(&mut c, &token).await.is_empty(), "both items are done");
 
     // A retry returns the first result and stores nothing new.
-    let retry = c
-        .checkins
-        .submit_check_in(authed(
-            &token,
-            pb::SubmitCheckInRequest {
-                idempotency_key: "week-1".into(),
-                patient_id: Some(c.patient.clone()),
-                mood: Some(4),
-                instruments: vec![phq9([2, 2, 1, 2, 1, 1, 1, 1, 0])],
-                ..Default::default()
-            },
-        ))
-        .await
-        .unwrap()
-        .into_inner();
+    let retry = c.checkins.submit_check_in(authed(&token, week_1)).await.unwrap().into_inner();
     assert_eq!(retry.check_in.unwrap().id, check_in.id);
 
     // Item 9 answered "several days": the same reply carries the safety response.
@@ -557,4 +537,38 @@ both_backends!(invalid_check_ins_are_refused_with_field_violations_and_store_not
         .unwrap_err();
     assert_eq!(status.code(), Code::InvalidArgument);
     assert!(status.message().contains("988"), "{}", status.message());
+});
+
+both_backends!(a_reused_check_in_key_with_a_different_body_is_a_conflict_not_a_replay, |tandem| {
+    let mut c = clinic(tandem).await;
+    let token = c.patient_token.clone();
+    let calm = pb::SubmitCheckInRequest {
+        idempotency_key: "monday".into(),
+        patient_id: Some(c.patient.clone()),
+        instruments: vec![phq9([1, 1, 0, 0, 0, 0, 0, 0, 0])],
+        ..Default::default()
+    };
+    let first = c.checkins.submit_check_in(authed(&token, calm.clone())).await.unwrap().into_inner();
+    assert!(first.safety_response.is_none());
+    let retry = c.checkins.submit_check_in(authed(&token, calm.clone())).await.unwrap().into_inner();
+    assert_eq!(retry, first, "an unchanged retry replays the first reply");
+
+    // The retry's answers changed to item 9 = 3: refused as a conflict, and
+    // the crisis it carries is not dropped silently.
+    let crisis = pb::SubmitCheckInRequest { instruments: vec![phq9([1, 1, 0, 0, 0, 0, 0, 0, 3])], ..calm };
+    let status = c.checkins.submit_check_in(authed(&token, crisis)).await.unwrap_err();
+    assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
+    assert!(status.message().contains("idempotency_key"), "{}", status.message());
+    assert!(status.message().contains("988"), "the crisis resources come with the conflict: {}", status.message());
+
+    let listed = c
+        .checkins
+        .list_check_ins(authed(
+            &token,
+            pb::ListCheckInsRequest { patient_id: Some(c.patient.clone()), range: None, page: None },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(listed.check_ins.len(), 1, "the conflict stored no second check-in");
 });

@@ -119,9 +119,10 @@ fn plan_request(patient: &common::PatientId, key: &str, status: pb::CarePlanStat
 
 both_backends!(clinicians_on_the_team_write_plans_and_patients_read_them, |tandem| {
     let mut c = clinic(tandem).await;
+    let request = plan_request(&c.patient, "plan-1", pb::CarePlanStatus::Draft);
     let created = c
         .client
-        .create_care_plan(authed(&c.primary, plan_request(&c.patient, "plan-1", pb::CarePlanStatus::Draft)))
+        .create_care_plan(authed(&c.primary, request.clone()))
         .await
         .expect("the primary clinician creates a plan")
         .into_inner()
@@ -133,15 +134,8 @@ both_backends!(clinicians_on_the_team_write_plans_and_patients_read_them, |tande
     assert_eq!(created.updated_by.as_ref().unwrap().subject, "dr-primary");
     let id = created.id.clone();
 
-    // A retry returns the same plan.
-    let again = c
-        .client
-        .create_care_plan(authed(&c.primary, plan_request(&c.patient, "plan-1", pb::CarePlanStatus::Draft)))
-        .await
-        .unwrap()
-        .into_inner()
-        .care_plan
-        .unwrap();
+    // A retry (the same request again) returns the same plan.
+    let again = c.client.create_care_plan(authed(&c.primary, request)).await.unwrap().into_inner().care_plan.unwrap();
     assert_eq!(again, created);
 
     // The patient does not see a draft.
@@ -364,4 +358,102 @@ both_backends!(safety_plans_are_versioned_and_shared_by_patient_and_team, |tande
         .await
         .unwrap_err();
     assert_eq!(empty.code(), Code::InvalidArgument);
+});
+
+both_backends!(an_idempotency_key_never_replays_another_patients_plan, |tandem| {
+    let mut c = clinic(tandem).await;
+    // A second patient on the same primary's caseload.
+    let other = c
+        .client
+        .enroll_patient(authed(
+            &c.integration,
+            pb::EnrollPatientRequest {
+                idempotency_key: "p2".into(),
+                external_id: "mrn-2".into(),
+                display_name: "Blake Example".into(),
+                time_zone: "UTC".into(),
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .patient
+        .unwrap()
+        .id
+        .unwrap();
+    c.client
+        .set_care_team(authed(
+            &c.integration,
+            pb::SetCareTeamRequest {
+                patient_id: Some(other.clone()),
+                members: vec![pb::CareTeamMember {
+                    clinician_id: "dr-primary".into(),
+                    role: pb::CareTeamRole::Primary as i32,
+                    display_name: "Dr Primary".into(),
+                }],
+            },
+        ))
+        .await
+        .unwrap();
+
+    let template = plan_request(&c.patient, "weekly-plan", pb::CarePlanStatus::Draft);
+    let create = |patient: &common::PatientId, title: &str| pb::CreateCarePlanRequest {
+        patient_id: Some(patient.clone()),
+        title: title.into(),
+        ..template.clone()
+    };
+    let first = c
+        .client
+        .create_care_plan(authed(&c.primary, create(&c.patient, "Plan for Alex")))
+        .await
+        .unwrap()
+        .into_inner()
+        .care_plan
+        .unwrap();
+    // The same common key for another patient makes that patient's own plan.
+    let second = c
+        .client
+        .create_care_plan(authed(&c.primary, create(&other, "Plan for Blake")))
+        .await
+        .expect("the same key for another patient is another request")
+        .into_inner()
+        .care_plan
+        .unwrap();
+    assert_ne!(second.id, first.id, "another patient's plan was replayed");
+    assert_eq!(second.patient_id.as_ref(), Some(&other));
+    assert_eq!(second.title, "Plan for Blake");
+
+    // A retry for the first patient still replays the first plan.
+    let retry = c
+        .client
+        .create_care_plan(authed(&c.primary, create(&c.patient, "Plan for Alex")))
+        .await
+        .unwrap()
+        .into_inner()
+        .care_plan
+        .unwrap();
+    assert_eq!(retry, first);
+
+    // The same key and patient with a different body is a conflict, not a replay.
+    let conflict =
+        c.client.create_care_plan(authed(&c.primary, create(&c.patient, "A different plan"))).await.unwrap_err();
+    assert_eq!(conflict.code(), Code::FailedPrecondition, "{conflict:?}");
+    assert!(conflict.message().contains("idempotency_key"), "{}", conflict.message());
+    assert_eq!(
+        conflict.get_error_details().error_info().map(|info| info.reason.as_str()),
+        Some(tandem_server::idempotency::KEY_REUSED)
+    );
+    assert!(!conflict.message().contains("Alex"), "a conflict leaks nothing of the stored plan");
+
+    let plans = c
+        .client
+        .list_care_plans(authed(
+            &c.primary,
+            pb::ListCarePlansRequest { patient_id: Some(c.patient.clone()), ..Default::default() },
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .care_plans;
+    assert_eq!(plans.len(), 1, "the conflict stored nothing");
 });

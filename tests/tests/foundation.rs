@@ -342,7 +342,7 @@ both_backends!(enrolment_is_idempotent_and_pages, |tandem| {
         ))
         .await
         .unwrap_err();
-    assert_eq!(reused.code(), Code::InvalidArgument);
+    assert_eq!(reused.code(), Code::FailedPrecondition);
     let duplicate = client
         .enroll_patient(authed(
             &token,

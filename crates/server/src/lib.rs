@@ -4,6 +4,7 @@
 
 pub mod bus;
 pub mod config;
+pub mod idempotency;
 pub mod status;
 pub mod tasks;
 

@@ -97,7 +97,7 @@ fn no_access() -> Status {
 fn repo_status(error: RepoError) -> Status {
     match error {
         RepoError::DuplicateExternalId => Status::already_exists(error.to_string()),
-        RepoError::IdempotencyConflict => invalid_field("idempotency_key", error.to_string()),
+        RepoError::IdempotencyConflict => tandem_server::idempotency::key_conflict(),
         RepoError::Corrupt(_) | RepoError::Store(_) | RepoError::Events(_) => internal(&error),
     }
 }
@@ -241,9 +241,21 @@ impl CarePlanService for CarePlanApi {
         };
         violations.into_result()?;
         let patient = self.plan_writer(&caller, &id).await?;
+        let fingerprint = tandem_server::idempotency::fingerprint(&pb::CreateCarePlanRequest {
+            idempotency_key: String::new(),
+            ..message.clone()
+        });
         let created = self
             .repo
-            .create_plan(&caller.org, &patient.id, &message.idempotency_key, content, status, caller.actor())
+            .create_plan(
+                &caller.org,
+                &patient.id,
+                &message.idempotency_key,
+                &fingerprint,
+                content,
+                status,
+                caller.actor(),
+            )
             .await
             .map_err(repo_status)?;
         Ok(Response::new(pb::CreateCarePlanResponse { care_plan: Some(created.into_inner()) }))

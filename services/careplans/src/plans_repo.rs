@@ -92,17 +92,24 @@ fn decode<T: Message + Default>(bytes: &[u8], what: &str) -> Result<T, RepoError
 }
 
 impl Repo {
-    /// Creates a care plan at version 1, or replays an earlier create.
+    /// Creates a care plan at version 1, or replays an earlier create by the
+    /// same key for the same patient with the same request (`fingerprint`).
+    /// The same key with a different request is `IdempotencyConflict`.
+    #[allow(clippy::too_many_arguments)]
     pub async fn create_plan(
         &self,
         org: &OrgId,
         patient: &PatientId,
         idempotency_key: &str,
+        fingerprint: &str,
         content: PlanContent,
         status: pb::CarePlanStatus,
         actor: common::Actor,
     ) -> Result<Created<pb::CarePlan>, RepoError> {
-        if let Some(existing) = self.plan_by_key(org, idempotency_key).await? {
+        // Keys are scoped to the patient: the same key used for another
+        // patient is another request, never a replay of that patient's plan.
+        let scoped_key = format!("{patient}/{idempotency_key}");
+        if let Some(existing) = self.plan_by_key(org, &scoped_key, fingerprint).await? {
             return Ok(Created::Replayed(existing));
         }
         let now = now_micros();
@@ -122,8 +129,8 @@ impl Repo {
         let body = plan.encode_to_vec();
         let mut tx = self.store().begin_write().await?;
         let inserted = sqlx::query(
-            "INSERT INTO care_plans (id, org_id, patient_id, version, status, body, created_at, updated_at, idempotency_key) \
-             VALUES ($1, $2, $3, 1, $4, $5, $6, $7, $8)",
+            "INSERT INTO care_plans (id, org_id, patient_id, version, status, body, created_at, updated_at, idempotency_key, request_hash) \
+             VALUES ($1, $2, $3, 1, $4, $5, $6, $7, $8, $9)",
         )
         .bind(id.clone())
         .bind(org.to_string())
@@ -132,14 +139,15 @@ impl Repo {
         .bind(body.clone())
         .bind(unix_micros(now))
         .bind(unix_micros(now))
-        .bind(idempotency_key.to_owned())
+        .bind(scoped_key.clone())
+        .bind(fingerprint.to_owned())
         .execute(&mut *tx)
         .await;
         match inserted {
             Ok(_) => {}
             Err(error) if is_unique_violation(&error) => {
                 tx.rollback().await?;
-                return match self.plan_by_key(org, idempotency_key).await? {
+                return match self.plan_by_key(org, &scoped_key, fingerprint).await? {
                     Some(existing) => Ok(Created::Replayed(existing)),
                     None => Err(error.into()),
                 };
@@ -157,13 +165,25 @@ impl Repo {
         Ok(Created::New(plan))
     }
 
-    async fn plan_by_key(&self, org: &OrgId, key: &str) -> Result<Option<pb::CarePlan>, RepoError> {
-        let row = sqlx::query("SELECT body FROM care_plans WHERE org_id = $1 AND idempotency_key = $2")
+    /// The plan an earlier create with this scoped key made, if its request
+    /// was the same; a different request is `IdempotencyConflict`.
+    async fn plan_by_key(
+        &self,
+        org: &OrgId,
+        scoped_key: &str,
+        fingerprint: &str,
+    ) -> Result<Option<pb::CarePlan>, RepoError> {
+        let row = sqlx::query("SELECT body, request_hash FROM care_plans WHERE org_id = $1 AND idempotency_key = $2")
             .bind(org.to_string())
-            .bind(key.to_owned())
+            .bind(scoped_key.to_owned())
             .fetch_optional(self.store().pool())
             .await?;
-        row.map(|row| decode(&row.try_get::<Vec<u8>, _>("body")?, "care_plans.body")).transpose()
+        let Some(row) = row else { return Ok(None) };
+        let stored: Option<String> = row.try_get("request_hash")?;
+        if !tandem_server::idempotency::same_request(stored.as_deref(), fingerprint) {
+            return Err(RepoError::IdempotencyConflict);
+        }
+        decode(&row.try_get::<Vec<u8>, _>("body")?, "care_plans.body").map(Some)
     }
 
     /// A care plan by id.

@@ -20,7 +20,7 @@ pub enum RepoError {
     #[error("a patient with this external_id is already enrolled in the organisation")]
     DuplicateExternalId,
     /// The idempotency key was used before for a different request.
-    #[error("idempotency_key was already used for a different enrolment; use a new key for a new request")]
+    #[error("idempotency_key was already used for a different request; use a new key for a new request")]
     IdempotencyConflict,
     /// A stored row does not parse: the database was changed outside Tandem.
     #[error("stored row is corrupt: {0}")]

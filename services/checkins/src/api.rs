@@ -164,6 +164,24 @@ impl CheckInApi {
         self.readable(caller, patient).await
     }
 
+    /// The reply to a request whose idempotency key was used before: the
+    /// first reply when the request is the same, else a conflict (carrying
+    /// the crisis resources when the new request holds a crisis signal).
+    async fn replay(
+        &self,
+        caller: &Caller,
+        message: &pb::SubmitCheckInRequest,
+        existing: &StoredCheckIn,
+        patient: &PatientId,
+        fingerprint: &str,
+    ) -> Result<pb::SubmitCheckInResponse, Status> {
+        if tandem_server::idempotency::same_request(existing.request_hash.as_deref(), fingerprint) {
+            return self.reply(existing, patient).await;
+        }
+        tracing::warn!(patient_id = %patient, "idempotency key reused with a different check-in; refused as a conflict");
+        Err(self.with_resources_if_crisis(caller, message, tandem_server::idempotency::key_conflict()))
+    }
+
     async fn reply(&self, stored: &StoredCheckIn, patient: &PatientId) -> Result<pb::SubmitCheckInResponse, Status> {
         let safety_response = if stored.crisis_triggers.is_empty() {
             None
@@ -200,13 +218,21 @@ impl CheckInApi {
     /// signal even though they do not parse, the message also gives the
     /// crisis resources: a typo must not hide a patient in danger.
     fn rejected(&self, caller: &Caller, request: &pb::SubmitCheckInRequest, violations: Violations) -> Status {
-        let signals: Vec<&'static str> = request
+        self.with_resources_if_crisis(caller, request, violations.into_status())
+    }
+
+    /// `status`, with the crisis resources added when the refused request
+    /// carries a crisis signal.
+    fn with_resources_if_crisis(&self, caller: &Caller, request: &pb::SubmitCheckInRequest, status: Status) -> Status {
+        let mut signals: Vec<&'static str> = request
             .instruments
             .iter()
             .flat_map(|i| tandem_clinical::crisis_triggers_in_unparsed(&i.instrument, &i.answers))
             .map(|trigger| trigger.id())
             .collect();
-        let status = violations.into_status();
+        if !request.journal.is_empty() && tandem_clinical::detect(&request.journal).level >= CRISIS_LANGUAGE_LEVEL {
+            signals.push(CRISIS_LANGUAGE_TRIGGER);
+        }
         if signals.is_empty() {
             return status;
         }
@@ -258,10 +284,14 @@ impl CheckInService for CheckInApi {
             Ok(parsed) => parsed,
             Err(violations) => return Err(self.rejected(&caller, &message, violations)),
         };
+        let fingerprint = tandem_server::idempotency::fingerprint(&pb::SubmitCheckInRequest {
+            idempotency_key: String::new(),
+            ..message.clone()
+        });
         if let Some(existing) =
             self.repo.by_idempotency_key(&patient.to_string(), &message.idempotency_key).await.map_err(repo_status)?
         {
-            return Ok(Response::new(self.reply(&existing, &patient).await?));
+            return self.replay(&caller, &message, &existing, &patient, &fingerprint).await.map(Response::new);
         }
         let scores: Vec<tandem_clinical::Score> = parsed.responses.iter().map(tandem_clinical::score).collect();
         let mut crisis_triggers: Vec<String> = Vec::new();
@@ -291,10 +321,15 @@ impl CheckInService for CheckInApi {
             check_in,
             journal: parsed.journal,
             idempotency_key: message.idempotency_key.clone(),
+            request_hash: fingerprint.clone(),
             crisis_triggers,
         };
         let stored =
             self.submitter.submit(&self.repo, &patient, &new, &message.instruments).await.map_err(repo_status)?;
+        if stored.check_in.id != new.check_in.id {
+            // A concurrent request with the same key won the race.
+            return self.replay(&caller, &message, &stored, &patient, &fingerprint).await.map(Response::new);
+        }
         if !stored.crisis_triggers.is_empty() {
             tracing::warn!(patient_id = %patient, triggers = ?stored.crisis_triggers, "crisis trigger fired at check-in");
         }

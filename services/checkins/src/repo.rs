@@ -42,6 +42,9 @@ pub struct StoredCheckIn {
     pub check_in: pb::CheckIn,
     /// Crisis triggers that fired.
     pub crisis_triggers: Vec<String>,
+    /// The fingerprint of the request that made it (none on rows stored
+    /// before fingerprints were kept).
+    pub request_hash: Option<String>,
 }
 
 /// A check-in about to be stored.
@@ -55,6 +58,8 @@ pub struct NewCheckIn {
     pub journal: String,
     /// The idempotency key.
     pub idempotency_key: String,
+    /// The request's fingerprint (tandem_server::idempotency::fingerprint).
+    pub request_hash: String,
     /// Crisis triggers that fired.
     pub crisis_triggers: Vec<String>,
 }
@@ -92,8 +97,8 @@ impl Repo {
         let patient = check_in.patient_id.as_ref().map(|id| id.value.clone()).unwrap_or_default();
         let submitted_at = check_in.submitted_at.and_then(|t| SystemTime::try_from(t).ok()).unwrap_or(UNIX_EPOCH);
         let inserted = sqlx::query(
-            "INSERT INTO checkins (id, org_id, patient_id, submitted_at, idempotency_key, body, journal, crisis_triggers) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+            "INSERT INTO checkins (id, org_id, patient_id, submitted_at, idempotency_key, body, journal, crisis_triggers, request_hash) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
         )
         .bind(id.clone())
         .bind(new.org.to_string())
@@ -103,6 +108,7 @@ impl Repo {
         .bind(check_in.encode_to_vec())
         .bind(new.journal.clone())
         .bind(new.crisis_triggers.join(","))
+        .bind(new.request_hash.clone())
         .execute(&mut **tx)
         .await;
         match inserted {
@@ -144,7 +150,7 @@ impl Repo {
     /// The check-in an idempotency key created.
     pub async fn by_idempotency_key(&self, patient: &str, key: &str) -> Result<Option<StoredCheckIn>, RepoError> {
         let row = sqlx::query(
-            "SELECT org_id, body, crisis_triggers FROM checkins WHERE patient_id = $1 AND idempotency_key = $2",
+            "SELECT org_id, body, crisis_triggers, request_hash FROM checkins WHERE patient_id = $1 AND idempotency_key = $2",
         )
         .bind(patient.to_owned())
         .bind(key.to_owned())
@@ -155,7 +161,7 @@ impl Repo {
 
     /// One check-in.
     pub async fn check_in(&self, id: &CheckInId) -> Result<Option<StoredCheckIn>, RepoError> {
-        let row = sqlx::query("SELECT org_id, body, crisis_triggers FROM checkins WHERE id = $1")
+        let row = sqlx::query("SELECT org_id, body, crisis_triggers, request_hash FROM checkins WHERE id = $1")
             .bind(id.to_string())
             .fetch_optional(self.store.pool())
             .await?;
@@ -278,6 +284,7 @@ fn stored_from_row(row: &sqlx::any::AnyRow) -> Result<StoredCheckIn, RepoError> 
         org: org.parse().map_err(|_| corrupt("checkins.org_id"))?,
         check_in: pb::CheckIn::decode(body.as_slice()).map_err(|_| corrupt("checkins.body"))?,
         crisis_triggers: triggers.split(',').filter(|t| !t.is_empty()).map(str::to_owned).collect(),
+        request_hash: row.try_get("request_hash")?,
     })
 }
 

@@ -48,6 +48,7 @@ impl Submitter {
             org: new.org.clone(),
             check_in: new.check_in.clone(),
             crisis_triggers: new.crisis_triggers.clone(),
+            request_hash: Some(new.request_hash.clone()),
         })
     }
 }
