@@ -137,9 +137,9 @@ fn detect_within(text: &str, max_bytes: usize) -> LongTextDetection {
             detection.suppressed.sort_by_key(|entry| (entry.span.start, entry.span.end));
             // A match kept in one window and suppressed in another counts: drop the
             // suppression record of what was found.
-            detection.suppressed.retain(|entry| {
-                !findings.contains_key(&(entry.span.start, entry.span.end, entry.rule.clone()))
-            });
+            detection
+                .suppressed
+                .retain(|entry| !findings.contains_key(&(entry.span.start, entry.span.end, entry.rule.clone())));
             return LongTextDetection { detection, bytes_read: end };
         }
         start = next_start(text, end);

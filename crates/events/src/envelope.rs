@@ -142,9 +142,7 @@ pub fn is_crisis(envelope: &EventEnvelope) -> bool {
             .assessment
             .as_ref()
             .is_some_and(|a| matches!(RiskLevel::try_from(a.level), Ok(RiskLevel::High | RiskLevel::Imminent))),
-        Some(
-            Payload::EscalationChanged(_) | Payload::NotificationFailed(_) | Payload::RefusedCrisisSignal(_),
-        ) => true,
+        Some(Payload::EscalationChanged(_) | Payload::NotificationFailed(_) | Payload::RefusedCrisisSignal(_)) => true,
         Some(_) => false,
         // No payload we can read: judge by the declared type.
         None => could_be_crisis(&envelope.event_type),
