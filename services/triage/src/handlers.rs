@@ -49,6 +49,20 @@ impl TriageHandler {
     ) -> Result<(), HandlerError> {
         let rules = self.engine.rules_for(tx, org, Some(patient)).await?;
         let fired = rules::assess(&input, &rules);
+        self.escalate(tx, org, patient, check_in_id, fired, at).await
+    }
+
+    /// Stores an assessment of the rules that fired, announces it, and
+    /// escalates when its level calls for it.
+    async fn escalate(
+        &self,
+        tx: &mut Transaction<'_, Any>,
+        org: &OrgId,
+        patient: &PatientId,
+        check_in_id: Option<tandem_proto::common::v1::CheckInId>,
+        fired: Vec<pb::RuleFiring>,
+        at: i64,
+    ) -> Result<(), HandlerError> {
         let level = rules::overall(&fired);
         let assessment = pb::RiskAssessment {
             assessment_id: tandem_proto::ids::EventId::new().to_string(),
@@ -134,6 +148,12 @@ impl Handler for TriageHandler {
                         tx::add_phq9(tx, &patient, &id, total, at).await?;
                     }
                 }
+            }
+            Some(Payload::RefusedCrisisSignal(refused)) => {
+                // A submission check-ins refused carried a crisis signal:
+                // escalate the signal as the check-in would have been.
+                let org = org_of(event)?;
+                self.escalate(tx, &org, &patient, None, rules::refused_signal_firings(refused), at).await?;
             }
             Some(Payload::MeasureMissed(_)) => {
                 let org = org_of(event)?;
