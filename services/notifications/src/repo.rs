@@ -543,6 +543,7 @@ impl Repo {
             step: alert.step,
             recipient: alert.recipient.clone(),
             errors,
+            attempt: None,
         };
         let event = outbox.envelope(
             &parse_org(&alert.org)?,
@@ -720,6 +721,7 @@ impl Repo {
                         recipient: claimed.recipient.clone(),
                         channel: claimed.channel.to_pb() as i32,
                         delivered_at: Some(from_unix_micros(now).into()),
+                        attempt: None,
                     };
                     let event = outbox.envelope(
                         &parse_org(&claimed.org)?,
