@@ -149,7 +149,7 @@ tandem_store::store_test!(
                 alert(3, 3, "on-call", RiskLevel::High, "deadline_passed"),
             ]
         );
-        let to_contact = s.changes().await.into_iter().filter(|c| c.change == "notify").last().unwrap();
+        let to_contact = s.changes().await.into_iter().rfind(|c| c.change == "notify").unwrap();
         assert_eq!(to_contact.crisis_contact, "on-call");
         let timeline = s.engine.repo().timeline(&raised.id).await.unwrap();
         assert_eq!(timeline.iter().filter(|t| t.kind == "deadline_passed").count(), 3);
@@ -186,7 +186,7 @@ tandem_store::store_test!(
                 alert(1, 0, "dr-primary", RiskLevel::Imminent, "level_raised"),
             ]
         );
-        let realert = s.changes().await.into_iter().filter(|c| c.change == "notify").last().unwrap();
+        let realert = s.changes().await.into_iter().rfind(|c| c.change == "notify").unwrap();
         assert_eq!(realert.previous_level(), RiskLevel::Moderate);
         let deadline = realert.escalation.unwrap().ack_deadline.unwrap();
         assert_eq!(tandem_store::unix_micros(deadline.try_into().unwrap()), now + IMMINENT.as_micros() as i64);
