@@ -160,7 +160,8 @@ impl Handler for TriageHandler {
                     return Ok(());
                 };
                 let channel = delivered.channel().as_str_name().trim_start_matches("CHANNEL_").to_lowercase();
-                let detail = format!("alert for step {} delivered by {channel}", delivered.step + 1);
+                let attempt = delivered.attempt.unwrap_or(delivered.step);
+                let detail = format!("alert {} (step {}) delivered by {channel}", attempt + 1, delivered.step + 1);
                 if tx::escalation(tx, &id).await?.is_some() {
                     tx::add_timeline(tx, &id, self.engine.now(), "delivered", &delivered.recipient, &detail).await?;
                 }
