@@ -212,8 +212,9 @@ async fn a_higher_trigger_re_alerts_the_holder_at_the_new_level_on_every_channel
     let now = escalation(&tandem, &primary, &id).await;
     assert_ne!(now.level(), triage::RiskLevel::Moderate);
     assert_eq!((now.step, now.attempt, now.current_recipient.as_str()), (0, Some(1), "dr-primary"));
-    let kinds: Vec<_> = now.timeline.iter().map(|t| t.kind.as_str()).collect();
-    assert!(kinds.ends_with(&["joined", "level_raised", "notify"]), "{kinds:?}");
+    // Delivery receipts come in as they may; the escalation's own steps are in order.
+    let kinds: Vec<_> = now.timeline.iter().map(|t| t.kind.as_str()).filter(|kind| *kind != "delivered").collect();
+    assert_eq!(kinds, ["raised", "notify", "joined", "level_raised", "notify"]);
     assert_eq!(alerts_on(&receiver, "/dr-backup"), 0, "the backup is not paged by a raise");
     tandem.stop().await;
 }
