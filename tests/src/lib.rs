@@ -1,6 +1,7 @@
 //! A running Tandem for end-to-end tests: `tandem up` in-process on port 0,
 //! either embedded (SQLite files and the embedded event log) or distributed
-//! (a PostgreSQL database of its own and Kafka, served by a tansu broker),
+//! (a PostgreSQL database of its own and Kafka, served by an Apache Kafka
+//! broker of its own),
 //! with tokens minted by the same key it verifies with.
 
 use std::net::SocketAddr;
@@ -28,7 +29,7 @@ pub struct Tandem {
     secret: Vec<u8>,
     database: Option<TestDatabase>,
     // Kept alive (and killed on drop) for the distributed mode.
-    _broker: Option<tandem_events::testing::Tansu>,
+    _broker: Option<tandem_events::testing::KafkaBroker>,
     _data_dir: tempfile::TempDir,
     shutdown: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<anyhow::Result<()>>>,
@@ -37,7 +38,7 @@ pub struct Tandem {
 impl Tandem {
     /// Starts `tandem up`: on SQLite, embedded (SQLite files and the
     /// embedded log in a temporary data dir); on PostgreSQL, distributed (a
-    /// fresh database and Kafka served by a tansu broker).
+    /// fresh database and Kafka served by an Apache Kafka broker of its own).
     pub async fn start(backend: Backend) -> Self {
         Self::start_with(backend, &[]).await
     }
@@ -50,7 +51,10 @@ impl Tandem {
         let (database, broker) = match backend {
             Backend::Sqlite => (None, None),
             Backend::Postgres => {
-                (Some(TestDatabase::create(Backend::Postgres).await), Some(tandem_events::testing::Tansu::start()))
+                let broker = tokio::task::spawn_blocking(tandem_events::testing::KafkaBroker::start)
+                    .await
+                    .expect("start the kafka broker");
+                (Some(TestDatabase::create(Backend::Postgres).await), Some(broker))
             }
         };
         let events = match &broker {
