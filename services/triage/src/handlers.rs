@@ -171,9 +171,13 @@ impl Handler for TriageHandler {
         Ok(())
     }
 
-    fn after_commit(&self, _event: &EventEnvelope) {
+    fn after_commit(&self, event: &EventEnvelope) {
         // Wake the relay for the events this handler enqueued, the deadline
-        // scheduler for a new escalation, and worklist watchers.
+        // scheduler for a new escalation, and the org's worklist watchers
+        // (an escalation or a care team may have changed what they see).
         self.engine.after_commit(&[]);
+        if let Ok(org) = org_of(event) {
+            self.engine.org_changed(&org);
+        }
     }
 }
