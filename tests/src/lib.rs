@@ -1,6 +1,7 @@
 //! A running Tandem for end-to-end tests: `tandem up` in-process on port 0,
 //! either embedded (SQLite files and the embedded event log) or distributed
-//! (a PostgreSQL database of its own and Kafka, served by a tansu broker),
+//! (a PostgreSQL database of its own and Kafka, served by an Apache Kafka
+//! broker of its own),
 //! with tokens minted by the same key it verifies with.
 
 use std::net::SocketAddr;
@@ -28,7 +29,7 @@ pub struct Tandem {
     secret: Vec<u8>,
     database: Option<TestDatabase>,
     // Kept alive (and killed on drop) for the distributed mode.
-    _broker: Option<tandem_events::testing::Tansu>,
+    _broker: Option<tandem_events::testing::KafkaBroker>,
     _data_dir: tempfile::TempDir,
     shutdown: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<anyhow::Result<()>>>,
@@ -37,19 +38,23 @@ pub struct Tandem {
 impl Tandem {
     /// Starts `tandem up`: on SQLite, embedded (SQLite files and the
     /// embedded log in a temporary data dir); on PostgreSQL, distributed (a
-    /// fresh database and Kafka served by a tansu broker).
+    /// fresh database and Kafka served by an Apache Kafka broker of its own).
     pub async fn start(backend: Backend) -> Self {
         Self::start_with(backend, &[]).await
     }
 
     /// As [`Tandem::start`], with extra configuration keys, e.g.
-    /// `("triage.high_ack", "2s")`.
+    /// `("triage.high_ack", "2s")` or `("streams.per_caller", "2")` (a value
+    /// of digits is passed as a number).
     pub async fn start_with(backend: Backend, config: &[(&str, &str)]) -> Self {
         let data_dir = tempfile::tempdir().expect("temporary data dir");
         let (database, broker) = match backend {
             Backend::Sqlite => (None, None),
             Backend::Postgres => {
-                (Some(TestDatabase::create(Backend::Postgres).await), Some(tandem_events::testing::Tansu::start()))
+                let broker = tokio::task::spawn_blocking(tandem_events::testing::KafkaBroker::start)
+                    .await
+                    .expect("start the kafka broker");
+                (Some(TestDatabase::create(Backend::Postgres).await), Some(broker))
             }
         };
         let events = match &broker {
@@ -83,11 +88,16 @@ impl Tandem {
         let listener = tokio::net::TcpListener::bind(self.settings.listen).await.expect("bind port 0");
         self.addr = listener.local_addr().expect("local addr");
         let (shutdown, stop) = oneshot::channel::<()>();
-        let served = self.settings.clone();
-        let mut figment = figment::Figment::from(figment::providers::Serialized::defaults(&served));
+        let mut figment = figment::Figment::from(figment::providers::Serialized::defaults(&self.settings));
         for (key, value) in &self.config {
-            figment = figment.merge(figment::providers::Serialized::default(key, value));
+            // Numbers as numbers, as the environment provider reads them.
+            figment = match value.parse::<i64>() {
+                Ok(number) => figment.merge(figment::providers::Serialized::default(key, number)),
+                Err(_) => figment.merge(figment::providers::Serialized::default(key, value)),
+            };
         }
+        // Keys of the shared settings (e.g. `streams.safety_poll`) apply too.
+        let served: Settings = figment.extract().expect("the test's configuration is valid");
         self.task = Some(tokio::spawn(async move {
             tandem_cli::up::serve(&served, &figment, listener, async move {
                 let _ = stop.await;

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use tandem_events::EventBus;
-use tandem_server::{GrpcServer, Settings, Tasks};
+use tandem_server::{GrpcServer, Settings, Streams, Tasks};
 use tokio::net::TcpListener;
 
 /// The four services, opened on their stores.
@@ -82,12 +82,16 @@ pub async fn serve(
     let bus = tandem_server::bus::connect(settings).await?;
     let mut tasks = Tasks::new();
     services.start(&bus, &mut tasks);
+    // One set of stream bounds for the process: the per-process cap covers
+    // watches and inbox streams together.
+    let streams = Streams::new(settings.streams.clone());
     let server = GrpcServer::new()
         .with_service(services.careplans.grpc_service(verifier.clone()))
         .with_service(services.checkins.grpc_service(verifier.clone()))
-        .with_service(services.triage.grpc_service(verifier.clone()))
-        .with_service(services.notifications.grpc_service(verifier))
-        .drain_delay(settings.shutdown_drain);
+        .with_service(services.triage.grpc_service(verifier.clone(), streams.clone()))
+        .with_service(services.notifications.grpc_service(verifier, streams.clone()))
+        .drain_delay(settings.shutdown_drain)
+        .streams(streams);
     let served = server.serve(listener, shutdown).await;
     // gRPC has drained: stop relays and consumers (what they had not
     // finished stays in the outboxes and the log for the next start).

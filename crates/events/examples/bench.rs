@@ -3,14 +3,13 @@
 //! ```text
 //! cargo run --release -p tandem-events --example bench -- [--events N] [--backend embedded|kafka|both] [--kafka host:port]
 //! ```
-//! Without `--kafka`, a tansu broker is started for the Kafka run (see
+//! Without `--kafka`, an Apache Kafka broker is started for the Kafka run (see
 //! `tandem_events::testing`). Prints one Markdown table row per backend.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use tandem_events::bench::{self, BenchConfig};
-use tandem_events::testing::Tansu;
+use tandem_events::testing::KafkaBroker;
 use tandem_events::{EmbeddedBus, EmbeddedConfig, EventBus, KafkaBus, KafkaConfig};
 
 struct Args {
@@ -55,16 +54,15 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     if matches!(args.backend.as_str(), "kafka" | "both") {
         // The broker, when one is started here, lives until the run ends.
-        let (brokers, _tansu) = match args.kafka.clone() {
+        let (brokers, _broker) = match args.kafka.clone() {
             Some(brokers) => (brokers, None),
             None => {
-                let tansu = tokio::task::spawn_blocking(Tansu::start).await?;
-                (tansu.brokers(), Some(tansu))
+                let broker = tokio::task::spawn_blocking(KafkaBroker::start).await?;
+                (broker.brokers(), Some(broker))
             }
         };
-        let mut kafka = KafkaConfig::new(brokers);
-        kafka.session_timeout = Duration::from_secs(6);
-        let bus: Arc<dyn EventBus> = Arc::new(KafkaBus::new(kafka)?);
+        // The product's default client settings.
+        let bus: Arc<dyn EventBus> = Arc::new(KafkaBus::new(KafkaConfig::new(brokers))?);
         println!("{}", bench::run(bus, &config).await?);
     }
     Ok(())

@@ -1,5 +1,5 @@
 //! The event bus contract: one body per property, run unchanged on the
-//! embedded log and on Kafka (a tansu broker started per test).
+//! embedded log and on Kafka (an Apache Kafka broker started per test).
 //!
 //! The producing and the consuming service each have their own SQLite store
 //! with an outbox and an inbox, as `tandem up` runs them.

@@ -78,6 +78,8 @@ pub struct Settings {
     pub shutdown_drain: Duration,
     /// Token verification.
     pub auth: AuthSettings,
+    /// Bounds on long-lived streams (WatchWorklist, StreamInbox).
+    pub streams: crate::StreamSettings,
 }
 
 impl Default for Settings {
@@ -89,6 +91,7 @@ impl Default for Settings {
             events: "embedded".to_owned(),
             shutdown_drain: Duration::ZERO,
             auth: AuthSettings::default(),
+            streams: crate::StreamSettings::default(),
         }
     }
 }
@@ -143,7 +146,7 @@ pub const SETTINGS: &[SettingDoc] = &[
         env: "TANDEM_SHUTDOWN_DRAIN",
         key: "shutdown_drain",
         default: "0s",
-        doc: "time between health NOT_SERVING and refusing new calls on SIGTERM",
+        doc: "time between health NOT_SERVING and refusing new calls on SIGTERM; open streams end when it is over",
     },
     SettingDoc {
         env: "TANDEM_AUTH__ISSUER",
@@ -174,6 +177,24 @@ pub const SETTINGS: &[SettingDoc] = &[
         key: "auth.leeway_secs",
         default: "30",
         doc: "clock skew tolerated on exp/nbf",
+    },
+    SettingDoc {
+        env: "TANDEM_STREAMS__PER_CALLER",
+        key: "streams.per_caller",
+        default: "5",
+        doc: "open streams of one kind (WatchWorklist, StreamInbox) per caller; more get RESOURCE_EXHAUSTED",
+    },
+    SettingDoc {
+        env: "TANDEM_STREAMS__PER_PROCESS",
+        key: "streams.per_process",
+        default: "1000",
+        doc: "open streams per process, over all callers",
+    },
+    SettingDoc {
+        env: "TANDEM_STREAMS__SAFETY_POLL",
+        key: "streams.safety_poll",
+        default: "30s",
+        doc: "longest a stream waits for a change before re-reading the store anyway",
     },
     SettingDoc { env: "TANDEM_LOG", key: "-", default: "info", doc: "log filter (RUST_LOG syntax)" },
     SettingDoc { env: "TANDEM_LOG_FORMAT", key: "-", default: "plain", doc: "plain or json log lines" },

@@ -6,6 +6,7 @@ pub mod bus;
 pub mod config;
 pub mod idempotency;
 pub mod status;
+pub mod streams;
 pub mod tasks;
 
 use std::future::Future;
@@ -18,7 +19,12 @@ use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
 pub use config::{AuthSettings, Settings};
+pub use streams::{StreamLease, StreamSettings, Streams};
 pub use tasks::Tasks;
+
+/// How long calls still running when the drain ends may take before the
+/// server stops anyway: shutdown has a bound even with a stuck call.
+pub const CALL_GRACE: Duration = Duration::from_secs(10);
 
 /// Errors of this crate.
 #[derive(Debug, thiserror::Error)]
@@ -37,6 +43,8 @@ pub struct GrpcServer {
     routes: Routes,
     names: Vec<&'static str>,
     drain_delay: Duration,
+    call_grace: Duration,
+    streams: Streams,
 }
 
 impl Default for GrpcServer {
@@ -48,7 +56,13 @@ impl Default for GrpcServer {
 impl GrpcServer {
     /// An empty server.
     pub fn new() -> Self {
-        Self { routes: Routes::default(), names: Vec::new(), drain_delay: Duration::ZERO }
+        Self {
+            routes: Routes::default(),
+            names: Vec::new(),
+            drain_delay: Duration::ZERO,
+            call_grace: CALL_GRACE,
+            streams: Streams::default(),
+        }
     }
 
     /// Adds a service; health checks know it by its fully qualified name.
@@ -75,8 +89,24 @@ impl GrpcServer {
         self
     }
 
+    /// How long calls still running after the drain may take (default
+    /// [`CALL_GRACE`]).
+    pub fn call_grace(mut self, grace: Duration) -> Self {
+        self.call_grace = grace;
+        self
+    }
+
+    /// The streams the services of this server open: they are ended when
+    /// the drain delay has passed, so shutdown never waits on a watch.
+    pub fn streams(mut self, streams: Streams) -> Self {
+        self.streams = streams;
+        self
+    }
+
     /// Serves until `shutdown` completes: then health says NOT_SERVING, the
-    /// drain delay passes, new calls are refused and in-flight calls finish.
+    /// drain delay passes, open streams end (UNAVAILABLE: reconnect), new
+    /// calls are refused and in-flight calls finish, for at most the call
+    /// grace.
     pub async fn serve(
         self,
         listener: TcpListener,
@@ -100,17 +130,36 @@ impl GrpcServer {
         let routes = self.routes.add_service(health).add_service(reflection_v1).add_service(reflection_v1alpha);
         let names = self.names.clone();
         let drain_delay = self.drain_delay;
+        let streams = self.streams.clone();
+        let call_grace = self.call_grace;
+        let (drained, drain_ended) = tokio::sync::oneshot::channel::<()>();
         let draining = async move {
             shutdown.await;
             mark_not_serving(&reporter, &names).await;
             tracing::info!(delay_ms = drain_delay.as_millis() as u64, "shutting down: health is NOT_SERVING, draining");
             tokio::time::sleep(drain_delay).await;
+            // Watches never end by themselves: end them, or the server
+            // would wait for them until the orchestrator's SIGKILL.
+            streams.end_all();
+            let _ = drained.send(());
         };
-        tonic::transport::Server::builder()
+        let serving = tonic::transport::Server::builder()
             .trace_fn(tandem_telemetry::grpc_server_span)
             .add_routes(routes)
-            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), draining)
-            .await?;
+            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), draining);
+        let grace = async move {
+            if drain_ended.await.is_err() {
+                // Stopped without a shutdown: nothing to bound.
+                std::future::pending::<()>().await;
+            }
+            tokio::time::sleep(call_grace).await;
+        };
+        tokio::select! {
+            served = serving => served?,
+            () = grace => {
+                tracing::warn!(grace_ms = call_grace.as_millis() as u64, "calls still running after the drain and the grace period; stopping without them");
+            }
+        }
         tracing::info!("grpc server stopped");
         Ok(())
     }

@@ -25,9 +25,11 @@ async fn main() -> anyhow::Result<()> {
     service.start(bus.clone(), &mut tasks);
     let listener = tokio::net::TcpListener::bind(settings.listen).await?;
     tracing::info!(addr = %listener.local_addr()?, "triage serving");
+    let streams = tandem_server::Streams::new(settings.streams.clone());
     tandem_server::GrpcServer::new()
-        .with_service(service.grpc_service(verifier))
+        .with_service(service.grpc_service(verifier, streams.clone()))
         .drain_delay(settings.shutdown_drain)
+        .streams(streams)
         .serve(listener, tandem_server::shutdown_signal())
         .await?;
     for (task, error) in tasks.shutdown().await {
