@@ -8,7 +8,7 @@ use std::ops::Range;
 
 use super::pattern;
 use super::text::{Boundary, QuoteSpan, Token, Tokenized, tokenize};
-use super::vocabulary::{About, CLAUSE_WORD, Entry, FIRST_PERSON, List, RESTART_WORD, Vocabulary};
+use super::vocabulary::{About, CLAUSE_WORD, Entry, FIRST_PERSON, FIRST_PERSON_VERB, List, RESTART_WORD, Vocabulary};
 
 /// A match in one list of the vocabulary, with its index in that list.
 type Hit = pattern::Hit<usize>;
@@ -29,7 +29,10 @@ struct Doc<'a> {
     tokens: Vec<Token>,
     quotes: Vec<QuoteSpan>,
     clause: Vec<usize>,
+    /// The writer named: a pronoun, a first-person verb, a first-person clitic.
     first_person: Vec<bool>,
+    /// The writer named by a pronoun ("i", "yo"): what starts a new statement.
+    pronoun: Vec<bool>,
     /// A clause starts here that the writer speaks in ("..., and I ..."): ends a "she said".
     restart: Vec<bool>,
     /// For the last token of an other-person subject ("she", "my friend"), its first token.
@@ -79,8 +82,14 @@ impl<'a> Doc<'a> {
             }
             clause.push(current);
         }
-        let first_person: Vec<bool> =
-            (0..count).map(|index| has(index, FIRST_PERSON) || tokens.get(index).is_some_and(spanish_first_person)).collect();
+        let pronoun: Vec<bool> = (0..count).map(|index| has(index, FIRST_PERSON)).collect();
+        let first_person: Vec<bool> = (0..count)
+            .map(|index| {
+                has(index, FIRST_PERSON)
+                    || has(index, FIRST_PERSON_VERB)
+                    || tokens.get(index).is_some_and(spanish_first_person)
+            })
+            .collect();
         let mut restart = vec![false; count];
         for (index, token) in tokens.iter().enumerate() {
             // Only a comma-like boundary or a coordinator ("and", "but") starts a new statement;
@@ -146,6 +155,7 @@ impl<'a> Doc<'a> {
             quotes,
             clause,
             first_person,
+            pronoun,
             restart,
             other_person_end,
             negation,
@@ -190,7 +200,8 @@ impl<'a> Doc<'a> {
             let Some(cue) = self.negation.get(index).copied().flatten() else {
                 continue;
             };
-            let new_statement = !cue.raising && (index + 1..first).any(|k| self.is_first_person(k));
+            let new_statement =
+                !cue.raising && (index + 1..=first).any(|k| self.pronoun.get(k).copied().unwrap_or(false));
             if !new_statement {
                 return Some(self.bytes(cue.first, index));
             }
@@ -323,9 +334,15 @@ impl<'a> Doc<'a> {
         if flag(&self.past_resolving, sentence) {
             return true;
         }
-        let resolution_after = flag(&self.resolution, sentence) || flag(&self.resolution, sentence + 1);
+        // The resolution may come a sentence later than the past ("... he was kind about it.
+        // it's all in the past").
+        let resolution_after = (sentence..=sentence + 2).any(|at| flag(&self.resolution, at));
         if flag(&self.past, sentence) {
             return resolution_after || previous.is_some_and(|at| flag(&self.resolution, at));
+        }
+        if flag(&self.past, sentence + 1) && flag(&self.resolution, sentence + 1) {
+            // "I wanted to die every day. That was so long ago, a different person."
+            return true;
         }
         previous.is_some_and(|at| flag(&self.past, at)) && resolution_after
     }
@@ -456,7 +473,11 @@ pub(crate) fn analyze(vocabulary: &Vocabulary, text: &str) -> Detection {
     let context: Vec<(usize, usize, Category, TextRiskLevel)> = live
         .iter()
         .enumerate()
-        .filter(|(_, finding)| finding.qualifier != Qualifier::ResolvedPast && finding.level >= TextRiskLevel::Moderate)
+        // A finding raised by a pairing is not context: it would lift its own partner again.
+        .filter(|(_, finding)| {
+            !matches!(finding.qualifier, Qualifier::ResolvedPast | Qualifier::Combined)
+                && finding.level >= TextRiskLevel::Moderate
+        })
         .map(|(index, finding)| (index, doc.sentence(finding.hit.first), finding.entry.category, finding.level))
         .collect();
     for (index, finding) in live.iter_mut().enumerate() {

@@ -53,6 +53,9 @@ struct WordsFile {
     clause: Vec<String>,
     restart: Vec<String>,
     first_person: Vec<String>,
+    /// Verbs in the first person where the pronoun is left out ("quiero", "tengo").
+    #[serde(default)]
+    first_person_verbs: Vec<String>,
     other_person: Vec<String>,
     /// Real words one letter away from a vocabulary word, never read as its misspelling.
     #[serde(default)]
@@ -146,6 +149,9 @@ pub(crate) const FIRST_PERSON: u8 = 1;
 pub(crate) const CLAUSE_WORD: u8 = 2;
 /// Word class: a coordinator after which the writer may speak inside a report ("and", "but").
 pub(crate) const RESTART_WORD: u8 = 4;
+/// Word class: a first-person verb whose pronoun is left out ("quiero"): the writer, but not
+/// a new statement after a negation ("no estoy pensando en ..." stays negated).
+pub(crate) const FIRST_PERSON_VERB: u8 = 8;
 
 /// The owner of a pattern: its list, and its index in the list (entries and idioms).
 pub(crate) type Owner = (List, usize);
@@ -529,8 +535,7 @@ fn compile(file: VocabularyFile) -> Result<Vocabulary, ValidationErrors> {
         );
         if let (Some(category), Some(level)) = (category, level) {
             let window = entry.window.unwrap_or(0);
-            let combines = (level == TextRiskLevel::None && entry.role.is_none() && entry.pairs_with.is_empty())
-                || (entry.window.is_some() && level > TextRiskLevel::None);
+            let combines = entry.role.is_none() && (level == TextRiskLevel::None || entry.window.is_some());
             entries.push(Entry {
                 id: entry.id.clone(),
                 category,
@@ -593,6 +598,7 @@ fn compile(file: VocabularyFile) -> Result<Vocabulary, ValidationErrors> {
         (&file.words.clause, "words.clause", CLAUSE_WORD),
         (&file.words.restart, "words.restart", RESTART_WORD),
         (&file.words.first_person, "words.first_person", FIRST_PERSON),
+        (&file.words.first_person_verbs, "words.first_person_verbs", FIRST_PERSON_VERB),
     ];
     for (words, path, flag) in classes {
         for word in word_set(words, path, &mut errors) {
@@ -652,7 +658,9 @@ mod tests {
         assert_eq!(spaced("want to (just)? die"), ["want to just die", "want to die"]);
         assert!(expand("(a|b", &sets).is_err());
         assert!(expand("a (b||c) d", &sets).is_err());
-        assert_eq!(spaced("a (b (c|e)|f) d").len(), 3, "groups nest");
+        let mut nested = spaced("a (b (c|e)|f) d");
+        nested.sort();
+        assert_eq!(nested, ["a b c|e d", "a f d"], "groups nest");
         assert!(expand("a (b (c) d", &sets).is_err());
     }
 }
