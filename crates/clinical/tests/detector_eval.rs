@@ -21,7 +21,7 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
 use sha2::{Digest, Sha256};
-use tandem_clinical::{TextRiskLevel, detect};
+use tandem_clinical::{TextRiskLevel, Vocabulary, detect};
 
 /// The level from which a text is a crisis for the check-in's safety response.
 const FLAG: TextRiskLevel = TextRiskLevel::Moderate;
@@ -118,7 +118,11 @@ impl Tally {
     }
 
     fn cell(self) -> String {
-        if self.texts == 0 { "-".to_owned() } else { format!("{:.2} {:>3}/{:<3}", self.rate(), self.flagged, self.texts) }
+        if self.texts == 0 {
+            "-".to_owned()
+        } else {
+            format!("{:.2} {:>3}/{:<3}", self.rate(), self.flagged, self.texts)
+        }
     }
 }
 
@@ -219,12 +223,17 @@ fn table(columns: &[(&str, &Evaluation)]) -> String {
     out
 }
 
+/// The revision of the built-in vocabulary, so a report says which vocabulary it measured.
+fn revision() -> &'static str {
+    Vocabulary::builtin().map_or("(invalid built-in vocabulary)", Vocabulary::revision)
+}
+
 #[test]
 fn tuning_set_report_lists_every_miss_and_meets_the_targets() {
     let texts = eval_texts(TUNING, "tuning.jsonl");
     assert_eq!(texts.len(), 560, "the tuning set has 560 texts");
     let tuning = Evaluation::of(&texts);
-    println!("crisis-language detector, tuning set (flagged = level >= {FLAG})");
+    println!("crisis-language detector, tuning set (flagged = level >= {FLAG}), vocabulary {}", revision());
     print!("{}", table(&[("tuning", &tuning)]));
     if !tuning.wrong.is_empty() {
         println!("misses and false alarms:");
@@ -255,7 +264,10 @@ fn frozen_holdout_meets_the_targets() {
     let holdout_texts = eval_texts(&frozen_holdout(), "holdout.jsonl");
     let holdout = Evaluation::of(&holdout_texts);
     let tuning = Evaluation::of(&eval_texts(TUNING, "tuning.jsonl"));
-    println!("crisis-language detector, tuning set beside the frozen holdout (flagged = level >= {FLAG})");
+    println!(
+        "crisis-language detector, tuning set beside the frozen holdout (flagged = level >= {FLAG}), vocabulary {}",
+        revision()
+    );
     print!("{}", table(&[("tuning", &tuning), ("holdout", &holdout)]));
     let failures = holdout.failures(HOLDOUT_MIN_RECALL, HOLDOUT_MAX_FALSE_ALARM_RATE);
     assert!(failures.is_empty(), "frozen holdout: {}", failures.join("; "));

@@ -55,10 +55,9 @@ impl Pattern {
         let mut elems = Vec::new();
         for piece in source.split_whitespace() {
             if let Some(count) = piece.strip_prefix('~') {
-                let gap =
-                    count.parse::<usize>().ok().filter(|gap| (1..=MAX_GAP).contains(gap)).ok_or_else(|| {
-                        format!("`{piece}`: a gap is ~1 to ~{MAX_GAP} (up to that many words of anything)")
-                    })?;
+                let gap = count.parse::<usize>().ok().filter(|gap| (1..=MAX_GAP).contains(gap)).ok_or_else(|| {
+                    format!("`{piece}`: a gap is ~1 to ~{MAX_GAP} (up to that many words of anything)")
+                })?;
                 if matches!(elems.last(), Some(Elem::Gap(_))) {
                     return Err(format!("`{piece}`: two gaps in a row; write one wider gap"));
                 }

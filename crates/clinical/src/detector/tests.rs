@@ -25,7 +25,20 @@ fn the_built_in_vocabulary_parses_and_is_well_formed() {
     let ids: Vec<&str> = vocabulary.rule_ids().collect();
     assert!(ids.len() >= 20, "{ids:?}");
     assert!(vocabulary.pattern_count() > ids.len());
-    for category in ["wish-dead-", "active-", "method-", "intent-", "plan-", "prep-", "attempt-", "nssi-", "hto-", "unsafe-", "entrapment-", "es-"] {
+    for category in [
+        "wish-dead-",
+        "active-",
+        "method-",
+        "intent-",
+        "plan-",
+        "prep-",
+        "attempt-",
+        "nssi-",
+        "hto-",
+        "unsafe-",
+        "entrapment-",
+        "es-",
+    ] {
         assert!(ids.iter().any(|id| id.starts_with(category)), "no {category} entry");
     }
 }

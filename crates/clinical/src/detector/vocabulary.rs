@@ -482,11 +482,7 @@ fn compile(file: VocabularyFile) -> Result<Vocabulary, ValidationErrors> {
         if category.is_none() {
             errors.push(
                 format!("{path}.category"),
-                format!(
-                    "`{}`: one of {}",
-                    entry.category,
-                    Category::ALL.map(Category::as_str).join(", ")
-                ),
+                format!("`{}`: one of {}", entry.category, Category::ALL.map(Category::as_str).join(", ")),
             );
         }
         let level = entry.level.parse::<TextRiskLevel>().ok();
