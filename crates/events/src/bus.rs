@@ -175,6 +175,7 @@ pub trait Subscription: Send {
 
 /// Which bus to run, parsed from `TANDEM_EVENTS`.
 #[derive(Debug, Clone, PartialEq)]
+#[allow(clippy::large_enum_variant)] // parsed once at start-up
 pub enum BusConfig {
     /// `embedded` (a log in `<data_dir>/events.db`) or `embedded:/path/to/events.db`.
     Embedded {
