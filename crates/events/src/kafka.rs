@@ -22,7 +22,7 @@
 
 use std::collections::HashMap;
 use std::str::FromStr;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -35,8 +35,9 @@ use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Reb
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::{Offset, TopicPartitionList};
 
-use crate::bus::{BusKind, Delivered, EventBus, Record, Subscription, TopicSpec};
+use crate::bus::{BusKind, Delivered, EventBus, GroupProbe, PartitionLag, Record, Subscription, TopicSpec};
 use crate::error::{Error, Result};
 
 /// How to reach Kafka and shape its clients.
@@ -165,6 +166,19 @@ impl KafkaConfig {
         for (_, key, value) in self.group_extra.iter().filter(|(name, _, _)| name == group) {
             config.set(key, value);
         }
+        config
+    }
+}
+
+impl KafkaConfig {
+    /// A client in `group` that never joins it: reads the group's committed
+    /// offsets and the partitions' ends for the watchdog, even while the
+    /// member itself is stuck in a rebalance.
+    fn probe(&self, group: &str) -> ClientConfig {
+        let mut config = self.base();
+        config.set("group.id", group).set("enable.auto.commit", "false").set("enable.partition.eof", "false");
+        let mut config = self.with_extra(config);
+        config.set("client.id", format!("{}-probe", self.client_id));
         config
     }
 }
@@ -444,7 +458,13 @@ impl EventBus for KafkaBus {
             .map_err(kafka("creating a consumer"))?;
         let names: Vec<&str> = topics.iter().map(String::as_str).collect();
         consumer.subscribe(&names).map_err(kafka("subscribing to topics"))?;
-        Ok(Box::new(KafkaSubscription { consumer: Some(Arc::new(consumer)) }))
+        let reader: BaseConsumer =
+            self.config.probe(group).create().map_err(kafka("creating the group's offset reader"))?;
+        Ok(Box::new(KafkaSubscription {
+            consumer: Some(Arc::new(consumer)),
+            reader: Arc::new(reader),
+            topics: topics.to_vec(),
+        }))
     }
 
     async fn flush(&self, timeout: Duration) -> Result<()> {
@@ -460,6 +480,74 @@ impl EventBus for KafkaBus {
 struct KafkaSubscription {
     // Taken by close, which drops the consumer off the runtime's threads.
     consumer: Option<Arc<StreamConsumer<TandemContext>>>,
+    // Reads the group's committed offsets without joining the group.
+    reader: Arc<BaseConsumer>,
+    topics: Vec<String>,
+}
+
+/// Reads a member's assignment from the member (held weakly: closing the
+/// member is not delayed by a probe that outlives it), and its group's
+/// committed offsets and the partitions' ends through a client of its own,
+/// which answers even while the member is stuck in a rebalance.
+struct KafkaProbe {
+    consumer: Weak<StreamConsumer<TandemContext>>,
+    reader: Arc<BaseConsumer>,
+    topics: Vec<String>,
+}
+
+/// How long one probe request may take.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
+
+#[async_trait]
+impl GroupProbe for KafkaProbe {
+    async fn partitions(&self) -> Result<Vec<PartitionLag>> {
+        let consumer = self.consumer.upgrade().ok_or(Error::Closed)?;
+        let assignment = consumer.assignment().map_err(kafka("reading the assignment"))?;
+        drop(consumer);
+        let reader = self.reader.clone();
+        let topics = self.topics.clone();
+        tokio::task::spawn_blocking(move || probe_partitions(&reader, &assignment, &topics))
+            .await
+            .map_err(|_| Error::Closed)?
+    }
+}
+
+fn probe_partitions(
+    consumer: &BaseConsumer,
+    assignment: &TopicPartitionList,
+    topics: &[String],
+) -> Result<Vec<PartitionLag>> {
+    let held: std::collections::HashSet<(String, i32)> =
+        assignment.elements().iter().map(|element| (element.topic().to_owned(), element.partition())).collect();
+    let mut all = TopicPartitionList::new();
+    for topic in topics {
+        let metadata = consumer.fetch_metadata(Some(topic), PROBE_TIMEOUT).map_err(kafka("reading topic metadata"))?;
+        for found in metadata.topics().iter().filter(|found| found.name() == topic) {
+            for partition in found.partitions() {
+                all.add_partition(topic, partition.id());
+            }
+        }
+    }
+    let committed = consumer.committed_offsets(all, PROBE_TIMEOUT).map_err(kafka("reading committed offsets"))?;
+    let mut partitions = Vec::with_capacity(committed.count());
+    for element in committed.elements() {
+        let (low, high) = consumer
+            .fetch_watermarks(element.topic(), element.partition(), PROBE_TIMEOUT)
+            .map_err(kafka("reading partition offsets"))?;
+        let committed = match element.offset() {
+            Offset::Offset(offset) => offset,
+            // No commit yet: the group starts at the beginning (earliest).
+            _ => low,
+        };
+        partitions.push(PartitionLag {
+            topic: element.topic().to_owned(),
+            partition: element.partition(),
+            committed,
+            end: high,
+            held: held.contains(&(element.topic().to_owned(), element.partition())),
+        });
+    }
+    Ok(partitions)
 }
 
 fn owned_headers(message: &impl Message) -> Vec<(String, String)> {
@@ -516,6 +604,11 @@ impl Subscription for KafkaSubscription {
             }
             other => kafka("storing an offset")(other),
         })
+    }
+
+    fn probe(&self) -> Arc<dyn GroupProbe> {
+        let consumer = self.consumer.as_ref().map_or_else(Weak::new, Arc::downgrade);
+        Arc::new(KafkaProbe { consumer, reader: self.reader.clone(), topics: self.topics.clone() })
     }
 
     async fn close(mut self: Box<Self>) -> Result<()> {
