@@ -109,6 +109,12 @@ impl Health {
             .collect()
     }
 
+    /// Applies the current state to the served statuses now (they are
+    /// otherwise applied by a background task shortly after each change).
+    pub async fn publish(&self) {
+        apply(&self.inner).await;
+    }
+
     /// Shutdown: everything NOT_SERVING from now on, applied before this returns.
     pub async fn stopping(&self) {
         self.state().stopping = true;

@@ -95,6 +95,8 @@ impl GrpcServer {
         for name in &self.names {
             reporter.add_service(name);
         }
+        // Every service answers from the first call on.
+        reporter.publish().await;
         let health = reporter.service();
 
         let reflection_v1 = tonic_reflection::server::Builder::configure()
