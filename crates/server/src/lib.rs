@@ -18,8 +18,8 @@ use tokio_stream::wrappers::TcpListenerStream;
 use tonic::service::Routes;
 
 pub use config::{AuthSettings, Settings};
-pub use streams::{StreamLease, StreamSettings, Streams};
 pub use health::Health;
+pub use streams::{StreamLease, StreamSettings, Streams};
 pub use tasks::Tasks;
 
 /// How long calls still running when the drain ends may take before the
