@@ -298,6 +298,7 @@ both_backends!(an_escalation_reaches_the_clinician_as_a_signed_alert, |tandem| {
         }),
         change: "notify".into(),
         crisis_contact: String::new(),
+        ..Default::default()
     };
     let event = tandem_events::new_envelope("triage", &org, &patient, Payload::EscalationChanged(changed));
     let bus = tandem_server::bus::connect(&tandem.settings).await.unwrap();

@@ -1,8 +1,10 @@
 //! `tandem demo`: everything embedded in a temporary directory, played
 //! through the public API as a clinic would live it — a plan and a safety
-//! plan, four weeks of check-ins with a reliable deterioration, then a
-//! crisis journal entry — and a readable timeline of what reached whom.
-//! Succeeds only if a human acknowledged the alert.
+//! plan, four weeks of check-ins with a reliable deterioration that pages
+//! the primary at moderate level, then a crisis journal entry that raises
+//! the level and pages the primary again at the new level — and a readable
+//! timeline of what reached whom. Succeeds only if a human acknowledged the
+//! alert.
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant, SystemTime};
@@ -38,6 +40,11 @@ impl Timeline {
             println!("{:22}{line}", "");
         }
     }
+}
+
+/// "RISK_LEVEL_HIGH" → "high".
+fn level_name(wire: &str) -> String {
+    wire.trim_start_matches("RISK_LEVEL_").to_lowercase()
 }
 
 fn ago(days: u64) -> prost_types::Timestamp {
@@ -183,6 +190,27 @@ async fn play(timeline: &Timeline, running: &Running) -> anyhow::Result<bool> {
         timeline.say("Sam", format!("{week}: PHQ-9 {} ({})", score.total.unwrap_or_default(), score.band));
     }
 
+    // The deterioration pages Dr. Rivera, at moderate level.
+    let primary_path = format!("/{PRIMARY}");
+    let first = receiver
+        .wait_for(Duration::from_secs(30), |r| r.path == primary_path && r.kind() == "escalation.notify")
+        .await
+        .context("no alert reached Dr. Rivera's webhook")?;
+    let mut verified = first.verifies_with(&secrets[0].1);
+    let data = &first.json["data"];
+    let first_level = data["level"].as_str().unwrap_or_default().to_owned();
+    timeline.say(
+        "webhook",
+        format!(
+            "→ Dr. Rivera: {} escalation, step {}, acknowledge by {} (signature {})",
+            level_name(&first_level),
+            data["step"].as_u64().unwrap_or_default() + 1,
+            data["ack_deadline"].as_str().unwrap_or_default(),
+            if verified { "verified" } else { "INVALID" }
+        ),
+    );
+    let escalation_id = data["escalation_id"].as_str().unwrap_or_default().to_owned();
+
     // Then a crisis journal entry.
     let reply = c
         .checkins
@@ -214,25 +242,29 @@ async fn play(timeline: &Timeline, running: &Running) -> anyhow::Result<bool> {
         ),
     );
 
-    // The alert reaches Dr. Rivera's webhook, signed.
-    let primary_path = format!("/{PRIMARY}");
-    let first = receiver
-        .wait_for(Duration::from_secs(30), |r| r.path == primary_path && r.kind() == "escalation.notify")
+    // The journal joins the open escalation at a higher level: Dr. Rivera,
+    // who holds it, is paged again at the new level, with the new deadline.
+    let raised = receiver
+        .wait_for(Duration::from_secs(30), |r| {
+            r.path == primary_path
+                && r.kind() == "escalation.notify"
+                && r.json["data"]["level"].as_str().is_some_and(|level| level != first_level)
+        })
         .await
-        .context("no alert reached Dr. Rivera's webhook")?;
-    let verified = first.verifies_with(&secrets[0].1);
-    let data = &first.json["data"];
+        .context("Dr. Rivera was never told the level was raised")?;
+    verified &= raised.verifies_with(&secrets[0].1);
+    let data = &raised.json["data"];
     timeline.say(
         "webhook",
         format!(
-            "→ Dr. Rivera: {} escalation, step {}, acknowledge by {} (signature {})",
-            data["level"].as_str().unwrap_or_default().trim_start_matches("RISK_LEVEL_").to_lowercase(),
+            "→ Dr. Rivera again: RAISED from {} to {}, step {}, acknowledge by {} (signature {})",
+            level_name(data["previous_level"].as_str().unwrap_or(&first_level)),
+            level_name(data["level"].as_str().unwrap_or_default()),
             data["step"].as_u64().unwrap_or_default() + 1,
             data["ack_deadline"].as_str().unwrap_or_default(),
-            if verified { "verified" } else { "INVALID" }
+            if raised.verifies_with(&secrets[0].1) { "verified" } else { "INVALID" }
         ),
     );
-    let escalation_id = data["escalation_id"].as_str().unwrap_or_default().to_owned();
     let assessments = c
         .triage
         .list_risk_assessments(authed(
@@ -262,11 +294,13 @@ async fn play(timeline: &Timeline, running: &Running) -> anyhow::Result<bool> {
         .wait_for(Duration::from_secs(30), |r| r.path == backup_path && r.kind() == "escalation.notify")
         .await
         .context("the alert never climbed to Dr. Chen")?;
+    verified &= second.verifies_with(&secrets[1].1);
     timeline.say("triage", format!("deadline ({HIGH_ACK}) passed: Dr. Rivera did not acknowledge"));
     timeline.say(
         "webhook",
         format!(
-            "→ Dr. Chen: step {} (signature {})",
+            "→ Dr. Chen: {} escalation, step {} (signature {})",
+            level_name(second.json["data"]["level"].as_str().unwrap_or_default()),
             second.json["data"]["step"].as_u64().unwrap_or_default() + 1,
             if second.verifies_with(&secrets[1].1) { "verified" } else { "INVALID" }
         ),

@@ -32,7 +32,7 @@ impl Services {
         let careplans = tandem_careplans::CarePlans::open(&settings.database_url_for("careplans")?)
             .await
             .context("opening the careplans store")?;
-        let checkins_settings = tandem_server::config::section(figment, "checkins")?;
+        let checkins_settings = tandem_checkins::config::CheckInsSettings::load(figment)?;
         let checkins = tandem_checkins::CheckIns::open(&settings.database_url_for("checkins")?, checkins_settings)
             .await
             .context("opening the checkins store")?;

@@ -1,5 +1,6 @@
-//! `tandem demo` as the README shows it: it plays the whole story and exits
-//! 0 only because a human acknowledged the alert.
+//! `tandem demo` as the README shows it: it plays the whole story (the
+//! primary paged at moderate level, then again at the raised level) and
+//! exits 0 only because a human acknowledged the alert.
 
 use std::process::Command;
 
@@ -16,7 +17,8 @@ fn the_demo_plays_the_crisis_path_to_a_human_acknowledgement() {
         "Call or text 988",
         "Not sleeping, pacing at night",
         "generated text: none",
-        "→ Dr. Rivera",
+        "→ Dr. Rivera: moderate escalation",
+        "→ Dr. Rivera again: RAISED from moderate to ",
         "(signature verified)",
         "passed: Dr. Rivera did not acknowledge",
         "→ Dr. Chen",

@@ -131,10 +131,11 @@ impl EmbeddedBus {
         let options = SqliteConnectOptions::new()
             .filename(&config.path)
             .create_if_missing(true)
-            // WAL with synchronous=NORMAL survives a process crash; only an
-            // OS crash can lose the last commits.
+            // WAL with synchronous=FULL: an append is on disk when its
+            // commit returns, so an OS crash or power loss cannot lose an
+            // event whose outbox row was already marked sent.
             .journal_mode(SqliteJournalMode::Wal)
-            .synchronous(SqliteSynchronous::Normal)
+            .synchronous(SqliteSynchronous::Full)
             .busy_timeout(Duration::from_secs(10));
         let pool = SqlitePoolOptions::new().max_connections(4).connect_with(options).await.map_err(open_error)?;
         sqlx::raw_sql(SCHEMA).execute(&pool).await.map_err(open_error)?;

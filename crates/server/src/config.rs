@@ -297,6 +297,26 @@ where
     figment.extract_inner(key).map_err(|error| ConfigError::Invalid(Box::new(error)))
 }
 
+/// The configuration key of the subject paged when a patient's care-team
+/// chain runs out or is not known. Triage pages it; check-ins reads the same
+/// key to tell a patient truthfully who is being alerted. Services share the
+/// setting through configuration, never by importing each other.
+pub const CRISIS_CONTACT_KEY: &str = "triage.crisis_contact";
+
+/// The crisis contact when none is configured.
+pub const DEFAULT_CRISIS_CONTACT: &str = "on-call";
+
+/// The configured crisis contact ([`CRISIS_CONTACT_KEY`]); empty means the
+/// organisation has none.
+pub fn crisis_contact(figment: &Figment) -> Result<String, ConfigError> {
+    if figment.find_value(CRISIS_CONTACT_KEY).is_err() {
+        return Ok(DEFAULT_CRISIS_CONTACT.to_owned());
+    }
+    let contact: String =
+        figment.extract_inner(CRISIS_CONTACT_KEY).map_err(|error| ConfigError::Invalid(Box::new(error)))?;
+    Ok(contact.trim().to_owned())
+}
+
 /// Durations as humantime text ("30s", "5m") in files and the environment,
 /// for `#[serde(with = "tandem_server::config::duration_text")]`.
 pub mod duration_text {
@@ -365,6 +385,18 @@ mod tests {
             assert_eq!(settings.data_dir, PathBuf::from("/srv/tandem"));
             assert_eq!(settings.shutdown_drain, Duration::from_secs(5));
             assert_eq!(settings.auth.audience, "from-env");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn the_crisis_contact_is_one_setting_for_every_service() {
+        figment::Jail::expect_with(|jail| {
+            let figment = Settings::figment(None).map_err(|error| error.to_string())?;
+            assert_eq!(crisis_contact(&figment).map_err(|error| error.to_string())?, DEFAULT_CRISIS_CONTACT);
+            jail.set_env("TANDEM_TRIAGE__CRISIS_CONTACT", "clinic-duty-phone");
+            let figment = Settings::figment(None).map_err(|error| error.to_string())?;
+            assert_eq!(crisis_contact(&figment).map_err(|error| error.to_string())?, "clinic-duty-phone");
             Ok(())
         });
     }

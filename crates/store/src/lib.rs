@@ -104,6 +104,28 @@ pub struct Store {
     pool_options: AnyPoolOptions,
 }
 
+/// When a SQLite commit is on disk (`PRAGMA synchronous`, in WAL mode).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Synchronous {
+    /// The write-ahead log is synced on every commit: a commit survives an
+    /// OS crash or a power loss. A patient told "your care team was alerted"
+    /// must never lose the check-in that said so, so this is the default.
+    #[default]
+    Full,
+    /// The log is synced only at checkpoints: a commit survives a process
+    /// crash, but an OS crash or power loss can lose the last commits.
+    Normal,
+}
+
+impl Synchronous {
+    fn pragma(self) -> &'static str {
+        match self {
+            Synchronous::Full => "FULL",
+            Synchronous::Normal => "NORMAL",
+        }
+    }
+}
+
 /// How to open a [`Store`].
 #[derive(Debug, Clone)]
 pub struct StoreOptions {
@@ -113,12 +135,15 @@ pub struct StoreOptions {
     pub schema: String,
     /// Pool size.
     pub max_connections: u32,
+    /// When a SQLite commit is durable; PostgreSQL commits are durable as
+    /// the server is configured (`synchronous_commit`, on by default).
+    pub synchronous: Synchronous,
 }
 
 impl StoreOptions {
-    /// Options with the default pool size.
+    /// Options with the default pool size, durable commits.
     pub fn new(url: impl Into<String>, schema: impl Into<String>) -> Self {
-        Self { url: url.into(), schema: schema.into(), max_connections: 8 }
+        Self { url: url.into(), schema: schema.into(), max_connections: 8, synchronous: Synchronous::Full }
     }
 }
 
@@ -145,16 +170,18 @@ impl Store {
             _ => options.url.clone(),
         };
         let session_schema = schema.clone();
+        let synchronous = options.synchronous.pragma();
         let pool_options = AnyPoolOptions::new()
             .max_connections(options.max_connections)
             .acquire_timeout(Duration::from_secs(10))
             .after_connect(move |conn, _meta| {
                 let statement = match backend {
                     // WAL lets readers run beside the writer; the busy timeout
-                    // makes a second writer wait instead of failing at once.
-                    Backend::Sqlite => {
-                        "PRAGMA journal_mode = WAL; PRAGMA busy_timeout = 10000; PRAGMA foreign_keys = ON; PRAGMA synchronous = NORMAL;".to_owned()
-                    }
+                    // makes a second writer wait instead of failing at once;
+                    // synchronous says when a commit is on disk.
+                    Backend::Sqlite => format!(
+                        "PRAGMA journal_mode = WAL; PRAGMA busy_timeout = 10000; PRAGMA foreign_keys = ON; PRAGMA synchronous = {synchronous};"
+                    ),
                     Backend::Postgres => format!("SET search_path TO \"{session_schema}\""),
                 };
                 Box::pin(async move {
@@ -303,5 +330,31 @@ mod tests {
     #[tokio::test]
     async fn a_separate_pool_cannot_take_the_stores_connections_postgres() {
         a_separate_pool_cannot_take_the_stores_connections(Backend::Postgres).await;
+    }
+
+    async fn synchronous_of(options: StoreOptions) -> i64 {
+        let store = Store::open(options, &NO_MIGRATIONS).await.unwrap();
+        let mut conn = store.pool().acquire().await.unwrap();
+        let level: i64 = sqlx::query_scalar("PRAGMA synchronous").fetch_one(&mut *conn).await.unwrap();
+        drop(conn);
+        // A separate pool commits the same way.
+        let api = store.separate_pool(1).await.unwrap();
+        let mut conn = api.pool().acquire().await.unwrap();
+        let separate: i64 = sqlx::query_scalar("PRAGMA synchronous").fetch_one(&mut *conn).await.unwrap();
+        assert_eq!(separate, level);
+        drop(conn);
+        api.close().await;
+        store.close().await;
+        level
+    }
+
+    #[tokio::test]
+    async fn sqlite_commits_are_durable_unless_asked_otherwise() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = |name: &str| format!("sqlite://{}/{name}.db", dir.path().display());
+        // PRAGMA synchronous: 1 = NORMAL, 2 = FULL.
+        assert_eq!(synchronous_of(StoreOptions::new(url("full"), "full")).await, 2);
+        let normal = StoreOptions { synchronous: Synchronous::Normal, ..StoreOptions::new(url("normal"), "normal") };
+        assert_eq!(synchronous_of(normal).await, 1);
     }
 }

@@ -18,7 +18,7 @@ async fn main() -> anyhow::Result<()> {
     let settings = tandem_server::Settings::load(args.config.as_deref())?;
     let verifier = settings.verifier()?;
     let figment = tandem_server::Settings::figment(args.config.as_deref())?;
-    let checkins_settings = tandem_server::config::section(&figment, "checkins")?;
+    let checkins_settings = tandem_checkins::config::CheckInsSettings::load(&figment)?;
     let service = tandem_checkins::CheckIns::open(&settings.database_url_for("checkins")?, checkins_settings).await?;
     let bus = tandem_server::bus::connect(&settings).await?;
     let mut tasks = tandem_server::Tasks::new();

@@ -1,7 +1,9 @@
 //! Events this service consumes (group "notifications"):
 //! - triage's `EscalationChanged`: "notify" queues a crisis alert for the
-//!   step's recipient on every verified endpoint (or reports at once that
-//!   there is none); "acknowledged" and "resolved" call off what is pending;
+//!   recipient on every verified endpoint (or reports at once that there is
+//!   none), once per (escalation, attempt), so a re-alert at a higher level
+//!   or a hand-back goes out again; "handed_back" tells the crisis contact;
+//!   "acknowledged" and "resolved" call off what is pending;
 //! - careplans' `PatientEnrolled` and `CarePlanChanged`, and checkins'
 //!   `CheckInSubmitted`: projections for reminders (the journal is never read).
 
@@ -18,8 +20,8 @@ use tandem_proto::ids::{EscalationId, OrgId};
 use tandem_proto::triage::v1::RiskLevel;
 use tokio::sync::Notify;
 
-use crate::message::{self, AlertFacts, Purpose};
-use crate::repo::{NewAlert, NewDelivery, Repo, RepoError, now_micros};
+use crate::message::{self, AlertFacts, AlertWhy, Purpose};
+use crate::repo::{AlertRef, NewAlert, NewDelivery, Repo, RepoError, StoredEndpoint, now_micros};
 
 impl From<RepoError> for HandlerError {
     fn from(error: RepoError) -> Self {
@@ -30,9 +32,23 @@ impl From<RepoError> for HandlerError {
     }
 }
 
-/// The de-duplication key of an alert: one per (escalation, step).
-pub fn alert_key(escalation: &str, step: u32) -> String {
-    format!("alert:{escalation}:{step}")
+/// The de-duplication key of an alert: one per (escalation, attempt).
+/// Attempts written before they existed equal their step, so keys stored
+/// then still match.
+pub fn alert_key(escalation: &str, attempt: u32) -> String {
+    format!("alert:{escalation}:{attempt}")
+}
+
+/// The de-duplication key of the word to a crisis contact that the alert
+/// of `attempt` went back to the care team.
+pub fn handed_back_key(escalation: &str, attempt: u32) -> String {
+    format!("handed-back:{escalation}:{attempt}")
+}
+
+/// The attempt of an escalation as triage announced it; producers that
+/// predate attempts alerted each step once, so there it is the step.
+fn attempt_of(escalation: &tandem_proto::triage::v1::Escalation) -> u32 {
+    escalation.attempt.unwrap_or(escalation.step)
 }
 
 /// Applies consumed events.
@@ -45,7 +61,7 @@ pub struct EventHandler {
 
 impl EventHandler {
     /// A handler writing through `repo` and `outbox`, waking the delivery
-    /// worker through `wake`.
+    /// worker through `wake` once its transaction committed.
     pub fn new(repo: Repo, outbox: Outbox, wake: Arc<Notify>) -> Self {
         Self { repo, outbox, wake }
     }
@@ -68,6 +84,7 @@ impl EventHandler {
             .to_string();
         match changed.change.as_str() {
             "notify" => self.notify(tx, event, changed, &escalation_id).await,
+            "handed_back" => self.handed_back(tx, event, changed, &escalation_id).await,
             "acknowledged" | "resolved" => {
                 let cancelled = self.repo.cancel_escalation(tx, &escalation_id).await?;
                 if cancelled > 0 {
@@ -75,8 +92,8 @@ impl EventHandler {
                 }
                 Ok(())
             }
-            // "raised", "deadline_passed", "level_raised": triage follows
-            // each with "notify" for the step that must be alerted.
+            // "raised", "level_raised": triage follows each with "notify"
+            // when someone must be alerted.
             _ => Ok(()),
         }
     }
@@ -91,12 +108,9 @@ impl EventHandler {
         let Some(escalation) = changed.escalation.as_ref() else {
             return Err(HandlerError::permanent("EscalationChanged without an escalation"));
         };
-        let org: OrgId = event
-            .org_id
-            .as_ref()
-            .and_then(|org| org.value.parse().ok())
-            .ok_or_else(|| HandlerError::permanent("EscalationChanged without a valid org id"))?;
+        let org = org_of(event)?;
         let patient = tandem_events::patient_id(event).map_err(HandlerError::permanent)?;
+        let attempt = attempt_of(escalation);
         // The chain's end is the org's crisis contact; an empty recipient
         // with a contact named means that contact.
         let recipient = if escalation.current_recipient.trim().is_empty() {
@@ -109,6 +123,7 @@ impl EventHandler {
         let alert = NewAlert {
             escalation_id: escalation_id.to_owned(),
             step: escalation.step,
+            attempt,
             org: org.to_string(),
             patient: patient.to_string(),
             recipient: recipient.clone(),
@@ -117,36 +132,22 @@ impl EventHandler {
         };
         let now = now_micros();
         if !self.repo.insert_alert(tx, &alert, now).await? {
-            tracing::info!(
-                escalation_id,
-                step = escalation.step,
-                "alert for this step was queued before; nothing more to send"
-            );
+            tracing::info!(escalation_id, attempt, "this alert was queued before; nothing more to send");
             return Ok(());
         }
         if recipient.is_empty() {
             // Never drop a crisis signal silently: say at once that nobody
             // could be reached, so triage moves the chain on.
-            tracing::error!(
-                escalation_id,
-                step = escalation.step,
-                "escalation step has no recipient; reporting not reached"
-            );
+            tracing::error!(escalation_id, attempt, "escalation step has no recipient; reporting not reached");
             let errors = vec!["the escalation step names no recipient".to_owned()];
             self.repo.fail_alert(tx, &self.outbox, &alert, errors, now).await?;
-            self.outbox.notify();
             return Ok(());
         }
         let endpoints = self.repo.verified_endpoints(tx, org.as_str(), &recipient).await?;
         if endpoints.is_empty() {
-            tracing::warn!(
-                escalation_id,
-                step = escalation.step,
-                "recipient has no verified endpoint; reporting not reached"
-            );
+            tracing::warn!(escalation_id, attempt, "recipient has no verified endpoint; reporting not reached");
             let errors = vec![format!("{recipient} has no verified endpoint")];
             self.repo.fail_alert(tx, &self.outbox, &alert, errors, now).await?;
-            self.outbox.notify();
             return Ok(());
         }
         let facts = AlertFacts {
@@ -155,17 +156,18 @@ impl EventHandler {
             org_id: org.to_string(),
             level,
             step: escalation.step,
+            attempt,
             recipient: recipient.clone(),
             ack_deadline,
+            why: AlertWhy::from_reason(&changed.reason, changed.previous_level()),
         };
         let when = SystemTime::now();
         for endpoint in &endpoints {
-            let zone = (!endpoint.time_zone.is_empty()).then(|| endpoint.time_zone.parse::<Tz>().ok()).flatten();
-            let rendered = message::alert(&facts, zone, when);
+            let rendered = message::alert(&facts, zone_of(endpoint), when);
             let delivery = NewDelivery {
                 purpose: Purpose::Alert,
-                dedup_key: alert_key(escalation_id, escalation.step),
-                alert: Some((escalation_id.to_owned(), escalation.step)),
+                dedup_key: alert_key(escalation_id, attempt),
+                alert: Some(AlertRef { escalation: escalation_id.to_owned(), step: escalation.step, attempt }),
                 org: org.to_string(),
                 patient: patient.to_string(),
                 recipient: recipient.clone(),
@@ -178,12 +180,83 @@ impl EventHandler {
             };
             self.repo.insert_delivery(tx, &delivery).await?;
         }
-        tracing::info!(escalation_id, step = escalation.step, endpoints = endpoints.len(), "crisis alert queued");
-        // The wake-up comes before the consumer commits; the worker allows
-        // for that (see worker.rs).
-        self.wake.notify_one();
+        tracing::info!(
+            escalation_id,
+            step = escalation.step,
+            attempt,
+            reason = changed.reason.as_str(),
+            endpoints = endpoints.len(),
+            "crisis alert queued"
+        );
         Ok(())
     }
+
+    /// Tells the crisis contact that the alert it held went back to the
+    /// care team, on each of its verified endpoints. Best effort: nobody is
+    /// paged by it, so a contact without endpoints is not an error.
+    async fn handed_back(
+        &self,
+        tx: &mut Transaction<'_, Any>,
+        event: &EventEnvelope,
+        changed: &EscalationChanged,
+        escalation_id: &str,
+    ) -> Result<(), HandlerError> {
+        let Some(escalation) = changed.escalation.as_ref() else {
+            return Err(HandlerError::permanent("EscalationChanged without an escalation"));
+        };
+        let contact = changed.crisis_contact.trim();
+        if contact.is_empty() {
+            return Ok(());
+        }
+        let org = org_of(event)?;
+        let patient = tandem_events::patient_id(event).map_err(HandlerError::permanent)?;
+        let attempt = attempt_of(escalation);
+        let facts = AlertFacts {
+            escalation_id: escalation_id.to_owned(),
+            patient_id: patient.to_string(),
+            org_id: org.to_string(),
+            level: RiskLevel::try_from(escalation.level).unwrap_or(RiskLevel::Unspecified),
+            step: escalation.step,
+            attempt,
+            recipient: escalation.current_recipient.trim().to_owned(),
+            ack_deadline: escalation.ack_deadline.and_then(|at| SystemTime::try_from(at).ok()),
+            why: AlertWhy::HandedBack,
+        };
+        let now = now_micros();
+        let rendered = message::handed_back(&facts, contact, SystemTime::now());
+        let message = serde_json::to_string(&rendered).map_err(HandlerError::permanent)?;
+        let endpoints = self.repo.verified_endpoints(tx, org.as_str(), contact).await?;
+        for endpoint in &endpoints {
+            let delivery = NewDelivery {
+                purpose: Purpose::Notice,
+                dedup_key: handed_back_key(escalation_id, attempt),
+                alert: None,
+                org: org.to_string(),
+                patient: patient.to_string(),
+                recipient: contact.to_owned(),
+                endpoint_id: endpoint.id.clone(),
+                channel: endpoint.channel,
+                message: message.clone(),
+                not_before: now,
+                queued_at: now,
+            };
+            self.repo.insert_delivery(tx, &delivery).await?;
+        }
+        tracing::info!(escalation_id, attempt, endpoints = endpoints.len(), "crisis contact told of the hand-back");
+        Ok(())
+    }
+}
+
+fn org_of(event: &EventEnvelope) -> Result<OrgId, HandlerError> {
+    event
+        .org_id
+        .as_ref()
+        .and_then(|org| org.value.parse().ok())
+        .ok_or_else(|| HandlerError::permanent("EscalationChanged without a valid org id"))
+}
+
+fn zone_of(endpoint: &StoredEndpoint) -> Option<Tz> {
+    (!endpoint.time_zone.is_empty()).then(|| endpoint.time_zone.parse::<Tz>().ok()).flatten()
 }
 
 #[async_trait]
@@ -232,5 +305,12 @@ impl Handler for EventHandler {
             // Other events on these topics are not this service's concern.
             _ => Ok(()),
         }
+    }
+
+    fn after_commit(&self, _event: &EventEnvelope) {
+        // Only now are the rows this handler wrote visible to the delivery
+        // worker and the relay: wake them on the commit, never before it.
+        self.wake.notify_one();
+        self.outbox.notify();
     }
 }

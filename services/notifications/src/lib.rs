@@ -2,7 +2,7 @@
 //! patients, over signed webhooks, email, SMS and the in-app inbox.
 //!
 //! The crisis path: triage's `EscalationChanged { change: "notify" }` becomes
-//! one alert per (escalation, step) and one queued delivery per verified
+//! one alert per (escalation, attempt) and one queued delivery per verified
 //! endpoint of the step's recipient (`handlers.rs`); the delivery worker
 //! (`worker.rs`) attempts them with bounded back-off (`retry.rs`) through the
 //! channels (`channels.rs`, `signing.rs`), records each outcome with its

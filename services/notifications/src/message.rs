@@ -24,6 +24,8 @@ pub enum Purpose {
     Reminder,
     /// A verification code for a new endpoint.
     Verification,
+    /// Word to a crisis contact that an alert went back to the care team.
+    Notice,
 }
 
 impl Purpose {
@@ -33,6 +35,7 @@ impl Purpose {
             Purpose::Alert => "alert",
             Purpose::Reminder => "reminder",
             Purpose::Verification => "verification",
+            Purpose::Notice => "notice",
         }
     }
 
@@ -42,6 +45,7 @@ impl Purpose {
             "alert" => Some(Purpose::Alert),
             "reminder" => Some(Purpose::Reminder),
             "verification" => Some(Purpose::Verification),
+            "notice" => Some(Purpose::Notice),
             _ => None,
         }
     }
@@ -79,10 +83,47 @@ pub struct AlertFacts {
     pub level: RiskLevel,
     /// The chain step alerted.
     pub step: u32,
+    /// The escalation's alert attempt (each goes out once per channel).
+    pub attempt: u32,
     /// Who is alerted.
     pub recipient: String,
     /// When the step must acknowledge by.
     pub ack_deadline: Option<SystemTime>,
+    /// Why this alert is sent.
+    pub why: AlertWhy,
+}
+
+/// Why an alert is sent; a re-alert says what changed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AlertWhy {
+    /// The first alert, or the next step of the chain.
+    Alert,
+    /// A higher-level trigger joined: the same holder, alerted again at the new level.
+    LevelRaised {
+        /// The level before.
+        from: RiskLevel,
+    },
+    /// The care team became known: handed back from the org's crisis contact.
+    HandedBack,
+}
+
+impl AlertWhy {
+    /// Triage's reason (`EscalationChanged.reason`) with the previous level.
+    pub fn from_reason(reason: &str, previous_level: RiskLevel) -> Self {
+        match reason {
+            "level_raised" => AlertWhy::LevelRaised { from: previous_level },
+            "care_team_known" => AlertWhy::HandedBack,
+            _ => AlertWhy::Alert,
+        }
+    }
+
+    fn as_str(self) -> &'static str {
+        match self {
+            AlertWhy::Alert => "alert",
+            AlertWhy::LevelRaised { .. } => "level_raised",
+            AlertWhy::HandedBack => "care_team_known",
+        }
+    }
 }
 
 /// "high-risk", "imminent-risk", ...
@@ -108,16 +149,37 @@ fn clock(at: SystemTime, zone: Option<Tz>) -> String {
     }
 }
 
-/// The crisis alert for one step; `zone` is the reader's time zone, if known.
+fn article(words: &str) -> &'static str {
+    if words.starts_with('i') { "an" } else { "a" }
+}
+
+/// The crisis alert for one attempt; `zone` is the reader's time zone, if known.
 pub fn alert(facts: &AlertFacts, zone: Option<Tz>, now: SystemTime) -> Message {
     let level = level_words(facts.level);
-    let article = if level.starts_with('i') { "an" } else { "a" };
-    let line = match facts.ack_deadline {
-        Some(deadline) => format!(
-            "Tandem: {article} {level} alert for one of your patients needs acknowledgement by {}",
-            clock(deadline, zone)
+    let by = match facts.ack_deadline {
+        Some(deadline) => format!("by {}", clock(deadline, zone)),
+        None => "now".to_owned(),
+    };
+    let (line, title) = match facts.why {
+        AlertWhy::LevelRaised { from } => (
+            format!(
+                "Tandem: RAISED to {level}: the alert for one of your patients (was {}) needs acknowledgement {by}",
+                level_words(from)
+            ),
+            format!("Tandem: raised to {level} — acknowledgement needed"),
         ),
-        None => format!("Tandem: {article} {level} alert for one of your patients needs acknowledgement now"),
+        AlertWhy::HandedBack => (
+            format!(
+                "Tandem: {} {level} alert for one of your patients, handed over from the crisis contact now that the \
+                 care team is known, needs acknowledgement {by}",
+                article(level)
+            ),
+            format!("Tandem: {level} alert — acknowledgement needed"),
+        ),
+        AlertWhy::Alert => (
+            format!("Tandem: {} {level} alert for one of your patients needs acknowledgement {by}", article(level)),
+            format!("Tandem: {level} alert — acknowledgement needed"),
+        ),
     };
     let text = format!(
         "{line}.\n\nOpen Tandem to acknowledge it. If you cannot respond, do nothing: the alert moves to the next \
@@ -125,6 +187,10 @@ pub fn alert(facts: &AlertFacts, zone: Option<Tz>, now: SystemTime) -> Message {
          {level}\nStep: {}\n",
         facts.escalation_id, facts.patient_id, facts.org_id, facts.step
     );
+    let previous_level = match facts.why {
+        AlertWhy::LevelRaised { from } => Some(from.as_str_name()),
+        _ => None,
+    };
     let webhook = json!({
         "type": "escalation.notify",
         "timestamp": rfc3339(now),
@@ -133,13 +199,47 @@ pub fn alert(facts: &AlertFacts, zone: Option<Tz>, now: SystemTime) -> Message {
             "patient_id": facts.patient_id,
             "org_id": facts.org_id,
             "level": facts.level.as_str_name(),
+            "previous_level": previous_level,
+            "reason": facts.why.as_str(),
             "step": facts.step,
+            "attempt": facts.attempt,
             "recipient": facts.recipient,
             "ack_deadline": facts.ack_deadline.map(rfc3339),
             "message": line,
         }
     });
-    Message { title: format!("Tandem: {level} alert — acknowledgement needed"), text, webhook }
+    Message { title, text, webhook }
+}
+
+/// Word to the crisis contact that an alert it held went back to the
+/// patient's care team (`facts` describe the alert as it is now).
+pub fn handed_back(facts: &AlertFacts, crisis_contact: &str, now: SystemTime) -> Message {
+    let level = level_words(facts.level);
+    let line = format!(
+        "Tandem: the {level} alert you were paged for is now with the patient's care team ({}); no further action is \
+         needed from you for it",
+        facts.recipient
+    );
+    let text = format!(
+        "{line}.\n\nThe care team became known after the alert reached you, so it was handed back to them.\n\n\
+         Escalation: {}\nPatient: {}\nOrganisation: {}\nLevel: {level}\n",
+        facts.escalation_id, facts.patient_id, facts.org_id
+    );
+    let webhook = json!({
+        "type": "escalation.handed_back",
+        "timestamp": rfc3339(now),
+        "data": {
+            "escalation_id": facts.escalation_id,
+            "patient_id": facts.patient_id,
+            "org_id": facts.org_id,
+            "level": facts.level.as_str_name(),
+            "attempt": facts.attempt,
+            "crisis_contact": crisis_contact,
+            "now_with": facts.recipient,
+            "message": line,
+        }
+    });
+    Message { title: "Tandem: alert handed back to the care team".to_owned(), text, webhook }
 }
 
 /// A reminder of one due item. `item_title` only reaches the in-app inbox.
@@ -196,9 +296,11 @@ mod tests {
             org_id: "north".into(),
             level: RiskLevel::High,
             step: 0,
+            attempt: 0,
             recipient: "dr-primary".into(),
             // 2027-01-15T14:05:00Z
             ack_deadline: Some(SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_021_900)),
+            why: AlertWhy::Alert,
         }
     }
 
@@ -220,6 +322,41 @@ mod tests {
             imminent.webhook["data"]["message"],
             "Tandem: an imminent-risk alert for one of your patients needs acknowledgement now"
         );
+    }
+
+    #[test]
+    fn a_re_alert_says_the_new_level_and_what_it_was() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_021_000);
+        let raised = AlertFacts {
+            level: RiskLevel::Imminent,
+            attempt: 1,
+            why: AlertWhy::from_reason("level_raised", RiskLevel::Moderate),
+            ..facts()
+        };
+        let message = alert(&raised, None, now);
+        assert_eq!(
+            message.webhook["data"]["message"],
+            "Tandem: RAISED to imminent-risk: the alert for one of your patients (was moderate-risk) needs \
+             acknowledgement by 14:05 UTC"
+        );
+        assert_eq!(message.webhook["data"]["level"], "RISK_LEVEL_IMMINENT");
+        assert_eq!(message.webhook["data"]["previous_level"], "RISK_LEVEL_MODERATE");
+        assert_eq!(message.webhook["data"]["reason"], "level_raised");
+        assert_eq!(message.webhook["data"]["attempt"], 1);
+        assert_eq!(message.title, "Tandem: raised to imminent-risk — acknowledgement needed");
+        assert_eq!(alert(&facts(), None, now).webhook["data"]["previous_level"], serde_json::Value::Null);
+    }
+
+    #[test]
+    fn a_hand_back_tells_the_crisis_contact_who_has_it_now() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_021_000);
+        let facts = AlertFacts { attempt: 1, why: AlertWhy::HandedBack, ..facts() };
+        let told = handed_back(&facts, "on-call", now);
+        assert_eq!(told.webhook["type"], "escalation.handed_back");
+        assert_eq!(told.webhook["data"]["now_with"], "dr-primary");
+        assert!(told.text.contains("now with the patient's care team (dr-primary)"), "{}", told.text);
+        let paged = alert(&facts, None, now);
+        assert!(paged.text.contains("handed over from the crisis contact"), "{}", paged.text);
     }
 
     #[test]

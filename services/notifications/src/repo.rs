@@ -105,13 +105,29 @@ fn endpoint_from_row(row: &AnyRow) -> Result<StoredEndpoint, RepoError> {
     })
 }
 
-/// An alert for one (escalation, step).
+/// Which alert a delivery carries: one attempt of an escalation, sent to
+/// the holder of a chain step. Alerts are de-duplicated per (escalation,
+/// attempt): a re-alert at a higher level keeps the step but is a new
+/// attempt, and goes out again.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AlertRef {
+    /// The escalation.
+    pub escalation: String,
+    /// The chain step alerted.
+    pub step: u32,
+    /// The escalation's alert attempt.
+    pub attempt: u32,
+}
+
+/// An alert for one (escalation, attempt).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NewAlert {
     /// The escalation.
     pub escalation_id: String,
     /// The chain step.
     pub step: u32,
+    /// The escalation's alert attempt: the de-duplication key with the escalation.
+    pub attempt: u32,
     /// The organisation.
     pub org: String,
     /// The patient.
@@ -132,8 +148,8 @@ pub struct NewDelivery {
     /// With `endpoint_id`, what makes it unique: the same notification is
     /// never queued twice for one endpoint.
     pub dedup_key: String,
-    /// For alerts: the escalation and step.
-    pub alert: Option<(String, u32)>,
+    /// For alerts: which one.
+    pub alert: Option<AlertRef>,
     /// The organisation.
     pub org: String,
     /// The patient, or empty.
@@ -165,8 +181,8 @@ pub struct Claimed {
     pub purpose: Purpose,
     /// The de-duplication key.
     pub dedup_key: String,
-    /// For alerts: the escalation and step.
-    pub alert: Option<(String, u32)>,
+    /// For alerts: which one.
+    pub alert: Option<AlertRef>,
     /// The organisation.
     pub org: String,
     /// The patient, or empty.
@@ -421,8 +437,8 @@ impl Repo {
     pub async fn delete_endpoint(&self, outbox: &Outbox, id: &str, now: i64) -> Result<(), RepoError> {
         let mut tx = self.store.begin_write().await?;
         let rows = sqlx::query(
-            "SELECT DISTINCT escalation_id, step FROM deliveries WHERE endpoint_id = $1 AND state = 'pending' \
-             AND purpose = 'alert' ORDER BY escalation_id, step",
+            "SELECT DISTINCT escalation_id, attempt FROM deliveries WHERE endpoint_id = $1 AND state = 'pending' \
+             AND purpose = 'alert' ORDER BY escalation_id, attempt",
         )
         .bind(id.to_owned())
         .fetch_all(&mut *tx)
@@ -430,12 +446,12 @@ impl Repo {
         let mut alerts = Vec::new();
         for row in rows {
             let escalation: Option<String> = row.try_get("escalation_id")?;
-            let step: Option<i64> = row.try_get("step")?;
-            if let (Some(escalation), Some(step)) = (escalation, step) {
-                let step = u32::try_from(step).map_err(|_| corrupt("deliveries.step"))?;
+            let attempt: Option<i64> = row.try_get("attempt")?;
+            if let (Some(escalation), Some(attempt)) = (escalation, attempt) {
+                let attempt = u32::try_from(attempt).map_err(|_| corrupt("deliveries.attempt"))?;
                 // Alert first, then its deliveries: the order `record` locks in.
-                self.lock_alert(&mut tx, &escalation, step).await?;
-                alerts.push((escalation, step));
+                self.lock_alert(&mut tx, &escalation, attempt).await?;
+                alerts.push((escalation, attempt));
             }
         }
         sqlx::query(
@@ -446,8 +462,8 @@ impl Repo {
         .execute(&mut *tx)
         .await?;
         sqlx::query("DELETE FROM endpoints WHERE id = $1").bind(id.to_owned()).execute(&mut *tx).await?;
-        for (escalation, step) in alerts {
-            self.settle_alert(&mut tx, outbox, &escalation, step, now).await?;
+        for (escalation, attempt) in alerts {
+            self.settle_alert(&mut tx, outbox, &escalation, attempt, now).await?;
         }
         outbox.commit(tx).await?;
         Ok(())
@@ -455,8 +471,8 @@ impl Repo {
 
     // ---- alerts and the delivery queue ----------------------------------
 
-    /// Records an alert for (escalation, step); `false` when it exists: the
-    /// step was alerted before and nothing more is sent.
+    /// Records an alert for (escalation, attempt); `false` when it exists:
+    /// this attempt was alerted before and nothing more is sent.
     pub async fn insert_alert(
         &self,
         tx: &mut Transaction<'_, Any>,
@@ -464,10 +480,11 @@ impl Repo {
         now: i64,
     ) -> Result<bool, RepoError> {
         let inserted = sqlx::query(
-            "INSERT INTO alerts (escalation_id, step, org_id, patient_id, recipient, level, ack_deadline, state, created_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, 'pending', $8) ON CONFLICT (escalation_id, step) DO NOTHING",
+            "INSERT INTO alerts (escalation_id, attempt, step, org_id, patient_id, recipient, level, ack_deadline, state, \
+             created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'pending', $9) ON CONFLICT (escalation_id, attempt) DO NOTHING",
         )
         .bind(alert.escalation_id.clone())
+        .bind(i64::from(alert.attempt))
         .bind(i64::from(alert.step))
         .bind(alert.org.clone())
         .bind(alert.patient.clone())
@@ -488,14 +505,16 @@ impl Repo {
         tx: &mut Transaction<'_, Any>,
         delivery: &NewDelivery,
     ) -> Result<bool, RepoError> {
-        let (escalation, step) = match &delivery.alert {
-            Some((escalation, step)) => (Some(escalation.clone()), Some(i64::from(*step))),
-            None => (None, None),
+        let (escalation, step, attempt) = match &delivery.alert {
+            Some(alert) => {
+                (Some(alert.escalation.clone()), Some(i64::from(alert.step)), Some(i64::from(alert.attempt)))
+            }
+            None => (None, None, None),
         };
         let inserted = sqlx::query(
-            "INSERT INTO deliveries (id, purpose, dedup_key, escalation_id, step, org_id, patient_id, recipient, \
+            "INSERT INTO deliveries (id, purpose, dedup_key, escalation_id, step, attempt, org_id, patient_id, recipient, \
              endpoint_id, channel, message, state, attempts, next_attempt_at, queued_at, last_error) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, 'pending', 0, $12, $13, '') \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, 'pending', 0, $13, $14, '') \
              ON CONFLICT (dedup_key, endpoint_id) DO NOTHING",
         )
         .bind(uuid::Uuid::now_v7().to_string())
@@ -503,6 +522,7 @@ impl Repo {
         .bind(delivery.dedup_key.clone())
         .bind(escalation)
         .bind(step)
+        .bind(attempt)
         .bind(delivery.org.clone())
         .bind(delivery.patient.clone())
         .bind(delivery.recipient.clone())
@@ -527,11 +547,11 @@ impl Repo {
         now: i64,
     ) -> Result<(), RepoError> {
         let updated = sqlx::query(
-            "UPDATE alerts SET state = 'failed', decided_at = $1 WHERE escalation_id = $2 AND step = $3 AND state = 'pending'",
+            "UPDATE alerts SET state = 'failed', decided_at = $1 WHERE escalation_id = $2 AND attempt = $3 AND state = 'pending'",
         )
         .bind(now)
         .bind(alert.escalation_id.clone())
-        .bind(i64::from(alert.step))
+        .bind(i64::from(alert.attempt))
         .execute(&mut **tx)
         .await?
         .rows_affected();
@@ -543,6 +563,7 @@ impl Repo {
             step: alert.step,
             recipient: alert.recipient.clone(),
             errors,
+            attempt: Some(alert.attempt),
         };
         let event = outbox.envelope(
             &parse_org(&alert.org)?,
@@ -616,8 +637,8 @@ impl Repo {
                 .await?;
         }
         let rows = sqlx::query(
-            "SELECT id, purpose, dedup_key, escalation_id, step, org_id, patient_id, recipient, endpoint_id, channel, \
-             message, attempts, queued_at, claim FROM deliveries WHERE claim = $1 AND state = 'pending' \
+            "SELECT id, purpose, dedup_key, escalation_id, step, attempt, org_id, patient_id, recipient, endpoint_id, \
+             channel, message, attempts, queued_at, claim FROM deliveries WHERE claim = $1 AND state = 'pending' \
              ORDER BY next_attempt_at, id",
         )
         .bind(token.to_owned())
@@ -639,8 +660,8 @@ impl Repo {
         now: i64,
     ) -> Result<Recorded, RepoError> {
         let mut tx = self.store.begin_write().await?;
-        if let Some((escalation, step)) = &claimed.alert {
-            self.lock_alert(&mut tx, escalation, *step).await?;
+        if let Some(alert) = &claimed.alert {
+            self.lock_alert(&mut tx, &alert.escalation, alert.attempt).await?;
         }
         // Verification codes are not kept once their delivery is decided.
         let keep_message = claimed.purpose != Purpose::Verification;
@@ -711,15 +732,16 @@ impl Repo {
             .await?;
             changed_inbox = Some((claimed.org.clone(), claimed.recipient.clone()));
         }
-        if let Some((escalation, step)) = &claimed.alert {
+        if let Some(alert) = &claimed.alert {
             match outcome {
                 Outcome::Delivered => {
                     let delivered = events::NotificationDelivered {
-                        escalation_id: Some(common::EscalationId { value: escalation.clone() }),
-                        step: *step,
+                        escalation_id: Some(common::EscalationId { value: alert.escalation.clone() }),
+                        step: alert.step,
                         recipient: claimed.recipient.clone(),
                         channel: claimed.channel.to_pb() as i32,
                         delivered_at: Some(from_unix_micros(now).into()),
+                        attempt: Some(alert.attempt),
                     };
                     let event = outbox.envelope(
                         &parse_org(&claimed.org)?,
@@ -729,15 +751,17 @@ impl Repo {
                     outbox.enqueue(&mut tx, topics::NOTIFICATIONS, &event).await?;
                     sqlx::query(
                         "UPDATE alerts SET state = 'delivered', decided_at = $1 \
-                         WHERE escalation_id = $2 AND step = $3 AND state = 'pending'",
+                         WHERE escalation_id = $2 AND attempt = $3 AND state = 'pending'",
                     )
                     .bind(now)
-                    .bind(escalation.clone())
-                    .bind(i64::from(*step))
+                    .bind(alert.escalation.clone())
+                    .bind(i64::from(alert.attempt))
                     .execute(&mut *tx)
                     .await?;
                 }
-                Outcome::Failed { .. } => self.settle_alert(&mut tx, outbox, escalation, *step, now).await?,
+                Outcome::Failed { .. } => {
+                    self.settle_alert(&mut tx, outbox, &alert.escalation, alert.attempt, now).await?
+                }
                 Outcome::Retry { .. } | Outcome::Defer { .. } | Outcome::Cancel => {}
             }
         }
@@ -747,11 +771,11 @@ impl Repo {
 
     /// Serialises deciding an alert's fate across workers (PostgreSQL); on
     /// SQLite the write transaction already does.
-    async fn lock_alert(&self, tx: &mut Transaction<'_, Any>, escalation: &str, step: u32) -> Result<(), RepoError> {
+    async fn lock_alert(&self, tx: &mut Transaction<'_, Any>, escalation: &str, attempt: u32) -> Result<(), RepoError> {
         if self.store.backend() == Backend::Postgres {
-            sqlx::query("SELECT state FROM alerts WHERE escalation_id = $1 AND step = $2 FOR UPDATE")
+            sqlx::query("SELECT state FROM alerts WHERE escalation_id = $1 AND attempt = $2 FOR UPDATE")
                 .bind(escalation.to_owned())
-                .bind(i64::from(step))
+                .bind(i64::from(attempt))
                 .fetch_optional(&mut **tx)
                 .await?;
         }
@@ -759,20 +783,21 @@ impl Repo {
     }
 
     /// When no delivery of a still-pending alert is pending any more and
-    /// none was delivered, the step was not reached: `NotificationFailed`.
+    /// none was delivered, the alert was not reached: `NotificationFailed`.
     async fn settle_alert(
         &self,
         tx: &mut Transaction<'_, Any>,
         outbox: &Outbox,
         escalation: &str,
-        step: u32,
+        attempt: u32,
         now: i64,
     ) -> Result<(), RepoError> {
         let row = sqlx::query(
-            "SELECT org_id, patient_id, recipient, level, ack_deadline, state FROM alerts WHERE escalation_id = $1 AND step = $2",
+            "SELECT step, org_id, patient_id, recipient, level, ack_deadline, state FROM alerts \
+             WHERE escalation_id = $1 AND attempt = $2",
         )
         .bind(escalation.to_owned())
-        .bind(i64::from(step))
+        .bind(i64::from(attempt))
         .fetch_optional(&mut **tx)
         .await?;
         let Some(row) = row else { return Ok(()) };
@@ -781,10 +806,11 @@ impl Repo {
             return Ok(());
         }
         let rows = sqlx::query(
-            "SELECT endpoint_id, channel, state, last_error FROM deliveries WHERE escalation_id = $1 AND step = $2 ORDER BY id",
+            "SELECT endpoint_id, channel, state, last_error FROM deliveries WHERE escalation_id = $1 AND attempt = $2 \
+             ORDER BY id",
         )
         .bind(escalation.to_owned())
-        .bind(i64::from(step))
+        .bind(i64::from(attempt))
         .fetch_all(&mut **tx)
         .await?;
         let mut errors = Vec::new();
@@ -800,9 +826,11 @@ impl Repo {
                 }
             }
         }
+        let step: i64 = row.try_get("step")?;
         let alert = NewAlert {
             escalation_id: escalation.to_owned(),
-            step,
+            step: u32::try_from(step).map_err(|_| corrupt("alerts.step"))?,
+            attempt,
             org: row.try_get("org_id")?,
             patient: row.try_get("patient_id")?,
             recipient: row.try_get("recipient")?,
@@ -812,11 +840,11 @@ impl Repo {
         self.fail_alert(tx, outbox, &alert, errors, now).await
     }
 
-    /// The state of an alert, if there is one.
-    pub async fn alert_state(&self, escalation: &str, step: u32) -> Result<Option<String>, RepoError> {
-        let state = sqlx::query_scalar("SELECT state FROM alerts WHERE escalation_id = $1 AND step = $2")
+    /// The state of an alert (escalation, attempt), if there is one.
+    pub async fn alert_state(&self, escalation: &str, attempt: u32) -> Result<Option<String>, RepoError> {
+        let state = sqlx::query_scalar("SELECT state FROM alerts WHERE escalation_id = $1 AND attempt = $2")
             .bind(escalation.to_owned())
-            .bind(i64::from(step))
+            .bind(i64::from(attempt))
             .fetch_optional(self.store.pool())
             .await?;
         Ok(state)
@@ -1130,10 +1158,13 @@ fn claimed_from_row(row: &AnyRow) -> Result<Claimed, RepoError> {
     let channel: String = row.try_get("channel")?;
     let escalation: Option<String> = row.try_get("escalation_id")?;
     let step: Option<i64> = row.try_get("step")?;
-    let alert = match (escalation, step) {
-        (Some(escalation), Some(step)) => {
-            Some((escalation, u32::try_from(step).map_err(|_| corrupt("deliveries.step"))?))
-        }
+    let attempt: Option<i64> = row.try_get("attempt")?;
+    let alert = match (escalation, step, attempt) {
+        (Some(escalation), Some(step), Some(attempt)) => Some(AlertRef {
+            escalation,
+            step: u32::try_from(step).map_err(|_| corrupt("deliveries.step"))?,
+            attempt: u32::try_from(attempt).map_err(|_| corrupt("deliveries.attempt"))?,
+        }),
         _ => None,
     };
     let attempts: i64 = row.try_get("attempts")?;
@@ -1176,7 +1207,11 @@ mod tests {
         NewDelivery {
             purpose: Purpose::Alert,
             dedup_key: key.to_owned(),
-            alert: Some(("0190b6f4-7c1a-7d4e-9a51-3f1f2a9e0c11".to_owned(), 0)),
+            alert: Some(AlertRef {
+                escalation: "0190b6f4-7c1a-7d4e-9a51-3f1f2a9e0c11".to_owned(),
+                step: 0,
+                attempt: 0,
+            }),
             org: "north".to_owned(),
             patient: PatientId::new().to_string(),
             recipient: "dr-primary".to_owned(),
@@ -1204,7 +1239,7 @@ mod tests {
             assert!(queue(&repo, &delivery("alert:e:0", "ep-1", 0)).await);
             assert!(!queue(&repo, &delivery("alert:e:0", "ep-1", 0)).await, "a duplicate is not queued");
             assert!(queue(&repo, &delivery("alert:e:0", "ep-2", 0)).await, "another endpoint is");
-            assert!(queue(&repo, &delivery("alert:e:1", "ep-1", 0)).await, "another step is");
+            assert!(queue(&repo, &delivery("alert:e:1", "ep-1", 0)).await, "another attempt is");
             assert_eq!(repo.deliveries_of("alert:e:0").await.unwrap().len(), 2);
         }
     );

@@ -17,7 +17,7 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use chrono_tz::Tz;
 use futures::{FutureExt, StreamExt};
@@ -33,10 +33,6 @@ use crate::message::{Message, Purpose};
 use crate::quiet::{QuietHours, parse_zone};
 use crate::repo::{Claimed, DEFAULT_INBOX, Outcome, Recorded, Repo, RepoError};
 use crate::retry::RetryPolicy;
-
-/// The wake-up from an event handler comes before the consumer commits its
-/// transaction; waiting this long first lets that commit land.
-const SETTLE: Duration = Duration::from_millis(25);
 
 /// The key of a reminder: one per (plan, item, occurrence).
 pub fn reminder_key(care_plan: &str, item: &str, occurrence_micros: i64) -> String {
@@ -102,7 +98,9 @@ impl Worker {
             let woken = self.wake.notified();
             tokio::select! {
                 () = stop.wait() => break,
-                () = woken => tokio::time::sleep(SETTLE).await,
+                // Woken after a commit (the consumer's after-commit hook, an
+                // API call, the reminder scheduler): what it wrote is visible.
+                () = woken => {}
                 () = tokio::time::sleep(self.settings.worker.poll) => {}
             }
         }
@@ -148,7 +146,7 @@ impl Worker {
 
     fn policy(&self, purpose: Purpose) -> RetryPolicy {
         match purpose {
-            Purpose::Alert | Purpose::Verification => self.settings.alert_retry.policy(),
+            Purpose::Alert | Purpose::Verification | Purpose::Notice => self.settings.alert_retry.policy(),
             Purpose::Reminder => self.settings.reminder_retry.policy(),
         }
     }

@@ -10,10 +10,13 @@ use base64::Engine;
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 use tandem_auth::Role;
-use tandem_notifications::handlers::alert_key;
+use tandem_notifications::handlers::{alert_key, handed_back_key};
+use tandem_proto::events::v1::event_envelope::Payload;
+use tandem_proto::events::v1::{EscalationChanged, EventEnvelope};
 use tandem_proto::ids::PatientId;
 use tandem_proto::notifications::v1 as pb;
 use tandem_proto::notifications::v1::notification_service_server::NotificationService;
+use tandem_proto::triage::v1 as triage;
 use tandem_store::Backend;
 use tokio_stream::StreamExt;
 
@@ -121,6 +124,163 @@ async fn a_verified_webhook_gets_one_signed_alert_per_step(backend: Backend) {
         let (delivered, failed) = receipts(&env.outbox().await, &escalation);
         assert_eq!(delivered.iter().filter(|d| d.step == 0).count(), 1);
         assert!(failed.is_empty());
+    })
+    .await;
+}
+
+/// Triage's event with `edit` applied to its `EscalationChanged`.
+fn edited(mut event: EventEnvelope, edit: impl FnOnce(&mut EscalationChanged)) -> EventEnvelope {
+    if let Some(Payload::EscalationChanged(changed)) = &mut event.payload {
+        edit(changed);
+    }
+    event
+}
+
+/// Triage's "notify" for `attempt` of an escalation.
+fn notify(
+    patient: &PatientId,
+    escalation: &str,
+    step: u32,
+    attempt: u32,
+    to: &str,
+    edit: impl FnOnce(&mut EscalationChanged),
+) -> EventEnvelope {
+    edited(escalation_event(patient, escalation, step, to, "notify"), |changed| {
+        changed.escalation.as_mut().unwrap().attempt = Some(attempt);
+        edit(changed);
+    })
+}
+
+both_backends!(a_re_alert_at_a_higher_level_goes_out_again_once_per_channel);
+async fn a_re_alert_at_a_higher_level_goes_out_again_once_per_channel(backend: Backend) {
+    with_env(backend, fast_settings(), |env| async move {
+        let hook = Hook::start().await;
+        verified_webhook(&env.service, &hook, "dr-primary", "/primary").await;
+        verified_webhook(&env.service, &hook, "dr-primary", "/primary-phone").await;
+        let patient = PatientId::new();
+        let escalation = new_escalation();
+        let first = notify(&patient, &escalation, 0, 0, "dr-primary", |c| {
+            c.escalation.as_mut().unwrap().level = triage::RiskLevel::Moderate as i32;
+            c.reason = "raised".into();
+        });
+        publish_triage(&env.bus, &first).await;
+        hook.wait_for("/primary", "escalation.notify").await;
+        // Crisis language joins: the same step, the next attempt, a higher level.
+        let raised = notify(&patient, &escalation, 0, 1, "dr-primary", |c| {
+            c.escalation.as_mut().unwrap().level = triage::RiskLevel::Imminent as i32;
+            c.reason = "level_raised".into();
+            c.previous_level = triage::RiskLevel::Moderate as i32;
+        });
+        publish_triage(&env.bus, &raised).await;
+        // Re-delivered, and re-announced under a new event id: still once.
+        publish_triage(&env.bus, &raised).await;
+        publish_triage(&env.bus, &edited(raised.clone(), |_| {})).await;
+        let mut redelivered = raised.clone();
+        redelivered.event_id = tandem_proto::ids::EventId::new().to_string();
+        publish_triage(&env.bus, &redelivered).await;
+
+        for path in ["/primary", "/primary-phone"] {
+            let again = eventually("the re-alert", || async {
+                hook.requests(path).into_iter().find(|r| r.is("escalation.notify") && r.json()["data"]["attempt"] == 1)
+            })
+            .await;
+            let data = &again.json()["data"];
+            assert_eq!(data["level"], "RISK_LEVEL_IMMINENT");
+            assert_eq!(data["previous_level"], "RISK_LEVEL_MODERATE");
+            assert_eq!(data["reason"], "level_raised");
+            assert_eq!(data["step"], 0);
+            let line = data["message"].as_str().unwrap();
+            assert!(line.starts_with("Tandem: RAISED to imminent-risk"), "{line}");
+        }
+        eventually("both attempts delivered on both channels", || async {
+            let (delivered, _) = receipts(&env.outbox().await, &escalation);
+            (delivered.len() == 4).then_some(())
+        })
+        .await;
+        let (delivered, failed) = receipts(&env.outbox().await, &escalation);
+        assert!(failed.is_empty());
+        for attempt in [0, 1] {
+            assert_eq!(delivered.iter().filter(|d| d.attempt == Some(attempt)).count(), 2, "attempt {attempt}");
+            let queued = env.service.repo().deliveries_of(&alert_key(&escalation, attempt)).await.unwrap();
+            assert_eq!(queued.len(), 2, "one per channel");
+        }
+        for path in ["/primary", "/primary-phone"] {
+            let alerts: Vec<_> =
+                hook.requests(path).into_iter().filter(|r| r.is("escalation.notify")).map(|r| r.json()).collect();
+            let attempts: Vec<_> = alerts.iter().map(|a| a["data"]["attempt"].as_u64().unwrap()).collect();
+            assert_eq!(attempts.len(), 2, "{path}: the first alert and the re-alert, each once: {attempts:?}");
+            assert!(attempts.contains(&0) && attempts.contains(&1));
+        }
+    })
+    .await;
+}
+
+both_backends!(a_hand_back_pages_the_care_team_and_tells_the_crisis_contact);
+async fn a_hand_back_pages_the_care_team_and_tells_the_crisis_contact(backend: Backend) {
+    with_env(backend, fast_settings(), |env| async move {
+        let hook = Hook::start().await;
+        verified_webhook(&env.service, &hook, "on-call", "/on-call").await;
+        verified_webhook(&env.service, &hook, "dr-primary", "/primary").await;
+        let patient = PatientId::new();
+        let escalation = new_escalation();
+        publish_triage(
+            &env.bus,
+            &notify(&patient, &escalation, 0, 0, "on-call", |c| c.crisis_contact = "on-call".into()),
+        )
+        .await;
+        hook.wait_for("/on-call", "escalation.notify").await;
+        let back = notify(&patient, &escalation, 0, 1, "dr-primary", |c| c.reason = "care_team_known".into());
+        let mut told = edited(back.clone(), |c| {
+            c.change = "handed_back".into();
+            c.reason = String::new();
+            c.crisis_contact = "on-call".into();
+        });
+        told.event_id = tandem_proto::ids::EventId::new().to_string();
+        publish_triage(&env.bus, &back).await;
+        publish_triage(&env.bus, &told).await;
+        let paged = hook.wait_for("/primary", "escalation.notify").await;
+        assert_eq!(paged.json()["data"]["attempt"], 1);
+        assert!(paged.json()["data"]["message"].as_str().unwrap().contains("handed over from the crisis contact"));
+        let notice = hook.wait_for("/on-call", "escalation.handed_back").await;
+        assert_eq!(notice.json()["data"]["now_with"], "dr-primary");
+        assert!(!String::from_utf8_lossy(&notice.body).contains(PATIENT_TEXT));
+        // Said once, even if triage's event comes again.
+        publish_triage(&env.bus, &told).await;
+        publish_triage(&env.bus, &back).await;
+        eventually("the primary's alert recorded", || async {
+            let (delivered, _) = receipts(&env.outbox().await, &escalation);
+            delivered.iter().any(|d| d.attempt == Some(1)).then_some(())
+        })
+        .await;
+        let queued = env.service.repo().deliveries_of(&handed_back_key(&escalation, 1)).await.unwrap();
+        assert_eq!(queued.len(), 1);
+        assert_eq!(hook.requests("/primary").into_iter().filter(|r| r.is("escalation.notify")).count(), 1);
+    })
+    .await;
+}
+
+both_backends!(alerts_go_out_on_the_commits_wake_up_not_the_poll);
+async fn alerts_go_out_on_the_commits_wake_up_not_the_poll(backend: Backend) {
+    let mut settings = fast_settings();
+    // The worker would look again only after an hour: every alert below goes
+    // out because the consumer's commit woke it, with the row visible.
+    settings.worker.poll = Duration::from_secs(3600);
+    with_env(backend, settings, |env| async move {
+        let hook = Hook::start().await;
+        verified_webhook(&env.service, &hook, "dr-primary", "/primary").await;
+        for sent in 1..=20 {
+            let escalation = new_escalation();
+            publish_triage(&env.bus, &escalation_event(&PatientId::new(), &escalation, 0, "dr-primary", "notify"))
+                .await;
+            eventually("the alert, without a poll", || async {
+                hook.requests("/primary")
+                    .into_iter()
+                    .find(|r| r.is("escalation.notify") && r.json()["data"]["escalation_id"] == escalation.as_str())
+            })
+            .await;
+            let alerts = hook.requests("/primary").into_iter().filter(|r| r.is("escalation.notify")).count();
+            assert_eq!(alerts, sent);
+        }
     })
     .await;
 }

@@ -1,12 +1,10 @@
-//! The escalation state machine: raised → notified (step k of the care-team
-//! chain) → acknowledged → resolved. A passing deadline, or a notification
-//! that reached nobody, re-routes to the next person in the chain and past
-//! its end to the org's crisis contact, again and again until a human
-//! acknowledges. Every change is a row, a timeline entry and an event,
-//! committed together.
+//! The escalation engine: loads what the state machine
+//! (`escalation.rs`) needs, writes the transition it returns (row,
+//! timeline entries, events) in the caller's transaction, and tells the
+//! relay, the deadline scheduler and worklist watchers after commit. Its
+//! clock is injectable, so the whole machine runs in tests without waiting.
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
 
 use sqlx::{Any, Transaction};
 use tandem_events::{Outbox, topics};
@@ -14,20 +12,13 @@ use tandem_proto::events::v1 as events;
 use tandem_proto::events::v1::event_envelope::Payload;
 use tandem_proto::ids::{EscalationId, OrgId, PatientId};
 use tandem_proto::triage::v1 as pb;
-use tandem_store::{ChangeFeed, Changes, from_unix_micros, unix_micros};
+use tandem_store::{ChangeFeed, Changes, from_unix_micros};
 use tokio::sync::Notify;
 
-use crate::config::{TriageSettings, ack_window, fill};
-use crate::repo::{Escalation, Repo, RepoError, State, tx};
-
-/// Now, in unix microseconds.
-pub fn now_micros() -> i64 {
-    unix_micros(SystemTime::now())
-}
-
-fn micros(duration: Duration) -> i64 {
-    i64::try_from(duration.as_micros()).unwrap_or(i64::MAX)
-}
+use crate::clock::{Clock, SystemClock};
+use crate::config::{TriageSettings, fill};
+use crate::escalation::{self, Announcement, Context, Reason, Refused, Transition};
+use crate::repo::{Escalation, Repo, RepoError, tx};
 
 /// Why an acknowledgement or resolution was refused.
 #[derive(Debug, thiserror::Error)]
@@ -46,21 +37,44 @@ impl From<sqlx::Error> for TransitionError {
     }
 }
 
+impl From<Refused> for TransitionError {
+    fn from(refused: Refused) -> Self {
+        TransitionError::NotAllowed(refused.0)
+    }
+}
+
+/// Now by the system clock, in unix microseconds, for records outside the
+/// state machine (configuration audit).
+pub fn now_micros() -> i64 {
+    SystemClock.now()
+}
+
 /// Escalations: their transitions, their events, and who to wake.
 #[derive(Debug, Clone)]
 pub struct Engine {
     repo: Repo,
     outbox: Outbox,
     settings: Arc<TriageSettings>,
+    clock: Arc<dyn Clock>,
     wake: Arc<Notify>,
     changes: ChangeFeed,
 }
 
 impl Engine {
-    /// An engine over the service's store and outbox.
+    /// An engine over the service's store and outbox, on the system clock.
     pub fn new(repo: Repo, outbox: Outbox, settings: Arc<TriageSettings>) -> Self {
+        Self::with_clock(repo, outbox, settings, Arc::new(SystemClock))
+    }
+
+    /// An engine deciding by `clock`.
+    pub fn with_clock(repo: Repo, outbox: Outbox, settings: Arc<TriageSettings>, clock: Arc<dyn Clock>) -> Self {
         let changes = ChangeFeed::new(repo.store(), "worklist");
-        Self { repo, outbox, settings, wake: Arc::new(Notify::new()), changes }
+        Self { repo, outbox, settings, clock, wake: Arc::new(Notify::new()), changes }
+    }
+
+    /// Now by the engine's clock (unix micros).
+    pub fn now(&self) -> i64 {
+        self.clock.now()
     }
 
     /// The same engine reading and writing through `repo` (e.g. on the
@@ -140,17 +154,66 @@ impl Engine {
         })
     }
 
+    /// The chain and the rules of a patient, for the state machine.
+    async fn known(
+        &self,
+        tx: &mut Transaction<'_, Any>,
+        org: &OrgId,
+        patient: &PatientId,
+    ) -> Result<(Vec<String>, pb::TriageRules), RepoError> {
+        let rules = self.rules_for(tx, org, Some(patient)).await?;
+        let chain = tx::chain(tx, patient).await?;
+        Ok((chain, rules))
+    }
+
+    /// Writes a transition in `tx`: the row (only if it is still as it was
+    /// read), its timeline entries and its events. `false` when the row
+    /// changed meanwhile and nothing was written.
+    async fn apply(&self, tx: &mut Transaction<'_, Any>, transition: &Transition) -> Result<bool, RepoError> {
+        let now = self.now();
+        let after = &transition.after;
+        match &transition.before {
+            None => tx::insert_escalation(tx, after).await?,
+            Some(before) if transition.changes_row() => {
+                if !tx::update_escalation(tx, after, before).await? {
+                    return Ok(false);
+                }
+            }
+            Some(_) => {}
+        }
+        for entry in &transition.timeline {
+            tx::add_timeline(tx, &after.id, now, entry.kind, &entry.actor, &entry.detail).await?;
+        }
+        for announced in &transition.announce {
+            self.emit(tx, after, announced).await?;
+        }
+        Ok(true)
+    }
+
     async fn emit(
         &self,
         tx: &mut Transaction<'_, Any>,
         escalation: &Escalation,
-        change: &str,
-        crisis_contact: &str,
+        announced: &Announcement,
     ) -> Result<(), RepoError> {
+        let (crisis_contact, reason, previous_level) = match announced {
+            Announcement::Notify { reason, crisis_contact, previous_level } => (
+                if *crisis_contact { escalation.current_recipient.clone() } else { String::new() },
+                reason.as_str(),
+                previous_level.unwrap_or(pb::RiskLevel::Unspecified),
+            ),
+            Announcement::HandedBack { crisis_contact } => (crisis_contact.clone(), "", pb::RiskLevel::Unspecified),
+            Announcement::LevelRaised { from } => (String::new(), "", *from),
+            Announcement::Raised | Announcement::Acknowledged | Announcement::Resolved => {
+                (String::new(), "", pb::RiskLevel::Unspecified)
+            }
+        };
         let payload = Payload::EscalationChanged(events::EscalationChanged {
             escalation: Some(self.to_pb(escalation, Vec::new())),
-            change: change.to_owned(),
-            crisis_contact: crisis_contact.to_owned(),
+            change: announced.change().to_owned(),
+            crisis_contact,
+            reason: reason.to_owned(),
+            previous_level: previous_level as i32,
         });
         let event = self.outbox.envelope(&escalation.org, &escalation.patient, payload);
         self.outbox.enqueue(tx, topics::TRIAGE, &event).await?;
@@ -171,21 +234,14 @@ impl Engine {
             ack_deadline: e.ack_deadline.map(|at| from_unix_micros(at).into()),
             raised_at: Some(from_unix_micros(e.raised_at).into()),
             timeline,
-        }
-    }
-
-    /// Who step `step` alerts: the chain's member, or past its end the
-    /// org's crisis contact.
-    fn recipient(chain: &[String], step: u32, rules: &pb::TriageRules) -> (String, bool) {
-        match chain.get(step as usize) {
-            Some(member) => (member.clone(), false),
-            None => (rules.crisis_contact.clone(), true),
+            attempt: Some(e.attempt),
         }
     }
 
     /// Raises an escalation for the patient at `level`, or joins the open
-    /// one (raising its level if higher) instead of paging again. Returns
-    /// the escalation, or `None` for levels that do not escalate.
+    /// one (raising its level and re-alerting its holder if higher) instead
+    /// of paging again. Returns the escalation, or `None` for levels that do
+    /// not escalate.
     pub async fn raise_or_join(
         &self,
         tx: &mut Transaction<'_, Any>,
@@ -193,211 +249,152 @@ impl Engine {
         patient: &PatientId,
         level: pb::RiskLevel,
         why: &str,
-        now: i64,
     ) -> Result<Option<Escalation>, RepoError> {
-        let rules = self.rules_for(tx, org, Some(patient)).await?;
-        let Some(window) = ack_window(&rules, level) else { return Ok(None) };
-        if let Some(open) = tx::open_escalation(tx, patient).await? {
-            tx::add_timeline(tx, &open.id, now, "joined", "triage", why).await?;
-            if (level as i32) <= (open.level as i32) {
-                return Ok(Some(open));
-            }
-            let mut raised = open.clone();
-            raised.level = level;
-            if raised.state == State::Notified {
-                // A higher level shortens the current step's deadline.
-                let sooner = now + micros(window);
-                raised.ack_deadline = Some(raised.ack_deadline.map_or(sooner, |at| at.min(sooner)));
-            }
-            if tx::update_escalation(tx, &raised, &open).await? {
-                let detail = format!("level raised from {} to {}", open.level.as_str_name(), level.as_str_name());
-                tx::add_timeline(tx, &raised.id, now, "level_raised", "triage", &detail).await?;
-                self.emit(tx, &raised, "level_raised", "").await?;
-            }
-            return Ok(Some(raised));
+        let (chain, rules) = self.known(tx, org, patient).await?;
+        let ctx = Context { chain: &chain, rules: &rules };
+        let now = self.now();
+        if crate::config::ack_window(&rules, level).is_none() {
+            return Ok(None);
         }
-        let chain = tx::chain(tx, patient).await?;
-        let (recipient, past_chain) = Self::recipient(&chain, 0, &rules);
-        let escalation = Escalation {
-            id: EscalationId::new(),
-            org: org.clone(),
-            patient: *patient,
-            level,
-            first_level: level,
-            state: State::Notified,
-            step: 0,
-            current_recipient: recipient.clone(),
-            ack_deadline: Some(now + micros(window)),
-            raised_at: now,
-            acknowledged_at: None,
-            acknowledged_by: None,
-            resolved_at: None,
-            outcome: None,
+        let transition = match tx::open_escalation(tx, patient).await? {
+            Some(open) => escalation::join(&open, level, why, &ctx, now),
+            None => match escalation::raise(EscalationId::new(), org, patient, level, why, &ctx, now) {
+                Some(raised) => raised,
+                None => return Ok(None),
+            },
         };
-        tx::insert_escalation(tx, &escalation).await?;
-        tx::add_timeline(tx, &escalation.id, now, "raised", "triage", why).await?;
-        let detail = if past_chain { "no care team: the org's crisis contact" } else { "step 1 of the care team" };
-        tx::add_timeline(tx, &escalation.id, now, "notify", &recipient, detail).await?;
-        self.emit(tx, &escalation, "raised", "").await?;
-        let crisis_contact = if past_chain { recipient.as_str() } else { "" };
-        self.emit(tx, &escalation, "notify", crisis_contact).await?;
-        Ok(Some(escalation))
+        if !self.apply(tx, &transition).await? {
+            // Acknowledged (say) between the read and the write: the caller
+            // retries the event against what is stored now.
+            return Err(RepoError::Conflict(format!("escalation {}", transition.after.id)));
+        }
+        if transition.alert() == Some(Reason::LevelRaised) {
+            tracing::warn!(
+                escalation_id = %transition.after.id,
+                level = transition.after.level.as_str_name(),
+                attempt = transition.after.attempt,
+                "level raised; the holder is alerted again at the new level"
+            );
+        }
+        Ok(Some(transition.after))
     }
 
-    /// Re-routes a notified escalation whose step `expected_step` was not
-    /// acknowledged in time (or could not be reached) to the next step.
-    /// Does nothing if the escalation moved on meanwhile.
+    /// Re-routes a notified escalation whose alert `attempt` was not
+    /// acknowledged in time to the next step. Does nothing if the
+    /// escalation moved on meanwhile.
     pub async fn advance(
         &self,
         tx: &mut Transaction<'_, Any>,
         id: &EscalationId,
-        expected_step: u32,
-        kind: &str,
+        attempt: u32,
         detail: &str,
-        now: i64,
     ) -> Result<Option<Escalation>, RepoError> {
         let Some(current) = tx::escalation(tx, id).await? else { return Ok(None) };
-        if current.state != State::Notified || current.step != expected_step {
+        let (chain, rules) = self.known(tx, &current.org, &current.patient).await?;
+        let ctx = Context { chain: &chain, rules: &rules };
+        let Some(transition) = escalation::advance(&current, attempt, Reason::DeadlinePassed, detail, &ctx, self.now())
+        else {
             return Ok(None);
-        }
-        let rules = self.rules_for(tx, &current.org, Some(&current.patient)).await?;
-        let window = ack_window(&rules, current.level).unwrap_or(Duration::from_secs(300));
-        let chain = tx::chain(tx, &current.patient).await?;
-        let step = current.step + 1;
-        let (recipient, past_chain) = Self::recipient(&chain, step, &rules);
-        let next = Escalation {
-            step,
-            current_recipient: recipient.clone(),
-            ack_deadline: Some(now + micros(window)),
-            ..current.clone()
         };
-        if !tx::update_escalation(tx, &next, &current).await? {
-            return Ok(None);
-        }
-        tx::add_timeline(tx, id, now, kind, &current.current_recipient, detail).await?;
-        let where_to = if past_chain {
-            "past the care team: the org's crisis contact".to_owned()
-        } else {
-            format!("step {} of the care team", step + 1)
-        };
-        tx::add_timeline(tx, id, now, "notify", &recipient, &where_to).await?;
-        let crisis_contact = if past_chain { recipient.as_str() } else { "" };
-        self.emit(tx, &next, "notify", crisis_contact).await?;
-        Ok(Some(next))
+        Ok(self.apply(tx, &transition).await?.then_some(transition.after))
     }
 
-    /// The alert of step `step` reached nobody. Within the care team that
-    /// moves the escalation on at once; past its end (the crisis contact)
-    /// there is no one further, so it is recorded loudly and the deadline
-    /// pages the crisis contact again, rather than paging in a tight loop.
+    /// The alert `attempt` reached nobody: within the care team the next
+    /// step is alerted at once; the crisis contact is paged again at the
+    /// deadline (see [`escalation::not_reached`]).
     pub async fn not_reached(
         &self,
         tx: &mut Transaction<'_, Any>,
         id: &EscalationId,
-        step: u32,
+        attempt: u32,
         detail: &str,
-        now: i64,
     ) -> Result<Option<Escalation>, RepoError> {
         let Some(current) = tx::escalation(tx, id).await? else { return Ok(None) };
-        if current.state != State::Notified || current.step != step {
+        let (chain, rules) = self.known(tx, &current.org, &current.patient).await?;
+        let ctx = Context { chain: &chain, rules: &rules };
+        let Some(transition) = escalation::not_reached(&current, attempt, detail, &ctx, self.now()) else {
             return Ok(None);
+        };
+        if transition.alert().is_none() {
+            tracing::error!(
+                escalation_id = %id,
+                alert = "crisis_contact_unreachable",
+                "the org's crisis contact could not be reached on any channel; it is paged again at the deadline"
+            );
         }
-        let chain = tx::chain(tx, &current.patient).await?;
-        if (step as usize) < chain.len() {
-            return self.advance(tx, id, step, "not_reached", detail, now).await;
+        if !self.apply(tx, &transition).await? {
+            return Err(RepoError::Conflict(format!("escalation {id}")));
         }
-        tracing::error!(
-            escalation_id = %id,
-            alert = "crisis_contact_unreachable",
-            "the org's crisis contact could not be reached on any channel; it is paged again at the deadline"
+        Ok(Some(transition.after))
+    }
+
+    /// The patient's care team changed from `known_before` to what is
+    /// stored now: an alert the crisis contact holds only because no care
+    /// team was known goes back to the care team (see
+    /// [`escalation::hand_back`]).
+    pub async fn care_team_changed(
+        &self,
+        tx: &mut Transaction<'_, Any>,
+        patient: &PatientId,
+        known_before: &[String],
+    ) -> Result<Option<Escalation>, RepoError> {
+        let Some(open) = tx::open_escalation(tx, patient).await? else { return Ok(None) };
+        let (chain, rules) = self.known(tx, &open.org, patient).await?;
+        let ctx = Context { chain: &chain, rules: &rules };
+        let Some(transition) = escalation::hand_back(&open, known_before, &ctx, self.now()) else {
+            return Ok(None);
+        };
+        if !self.apply(tx, &transition).await? {
+            return Err(RepoError::Conflict(format!("escalation {}", open.id)));
+        }
+        tracing::warn!(
+            escalation_id = %open.id,
+            step = transition.after.step,
+            "care team known: alert handed back from the crisis contact"
         );
-        tx::add_timeline(tx, id, now, "not_reached", &current.current_recipient, detail).await?;
-        Ok(Some(current))
+        Ok(Some(transition.after))
     }
 
     /// A human acknowledges: the chain stops.
     pub async fn acknowledge(&self, id: &EscalationId, who: &str, note: &str) -> Result<Escalation, TransitionError> {
-        let mut tx = self.repo.store().begin_write().await.map_err(RepoError::from)?;
-        let Some(current) = tx::escalation(&mut tx, id).await? else {
-            return Err(TransitionError::NotAllowed("no such escalation".to_owned()));
-        };
-        match current.state {
-            State::Acknowledged => return Ok(current),
-            State::Resolved => {
-                return Err(TransitionError::NotAllowed("the escalation is already resolved".to_owned()));
-            }
-            State::Raised | State::Notified => {}
-        }
-        let now = now_micros();
-        let acknowledged = Escalation {
-            state: State::Acknowledged,
-            ack_deadline: None,
-            acknowledged_at: Some(now),
-            acknowledged_by: Some(who.to_owned()),
-            ..current.clone()
-        };
-        if !tx::update_escalation(&mut tx, &acknowledged, &current).await? {
-            return Err(TransitionError::NotAllowed(
-                "the escalation changed meanwhile; reload it and try again".to_owned(),
-            ));
-        }
-        let seconds = (now - current.raised_at) as f64 / 1e6;
-        let detail = if note.is_empty() {
-            format!("acknowledged {seconds:.0}s after it was raised")
-        } else {
-            format!("acknowledged {seconds:.0}s after it was raised: {note}")
-        };
-        tx::add_timeline(&mut tx, id, now, "acknowledged", who, &detail).await?;
-        self.emit(&mut tx, &acknowledged, "acknowledged", "").await?;
-        tx.commit().await?;
-        self.after_commit(&[(acknowledged.org.clone(), acknowledged.id)]);
-        Ok(acknowledged)
+        let decide = |current: &Escalation, now| escalation::acknowledge(current, who, note, now);
+        self.human(id, decide).await
     }
 
     /// Closes an acknowledged escalation with an outcome.
     pub async fn resolve(&self, id: &EscalationId, who: &str, outcome: &str) -> Result<Escalation, TransitionError> {
+        let decide = |current: &Escalation, now| escalation::resolve(current, who, outcome, now);
+        self.human(id, decide).await
+    }
+
+    /// A transition a person asked for, in a transaction of its own.
+    async fn human(
+        &self,
+        id: &EscalationId,
+        decide: impl FnOnce(&Escalation, i64) -> Result<Option<Transition>, Refused>,
+    ) -> Result<Escalation, TransitionError> {
         let mut tx = self.repo.store().begin_write().await.map_err(RepoError::from)?;
         let Some(current) = tx::escalation(&mut tx, id).await? else {
             return Err(TransitionError::NotAllowed("no such escalation".to_owned()));
         };
-        match current.state {
-            State::Resolved => return Ok(current),
-            State::Raised | State::Notified => {
-                return Err(TransitionError::NotAllowed(
-                    "acknowledge the escalation first: resolving says how a human handled it".to_owned(),
-                ));
-            }
-            State::Acknowledged => {}
-        }
-        let now = now_micros();
-        let resolved = Escalation {
-            state: State::Resolved,
-            resolved_at: Some(now),
-            outcome: Some(outcome.to_owned()),
-            ..current.clone()
-        };
-        if !tx::update_escalation(&mut tx, &resolved, &current).await? {
+        let Some(transition) = decide(&current, self.now())? else { return Ok(current) };
+        if !self.apply(&mut tx, &transition).await? {
             return Err(TransitionError::NotAllowed(
                 "the escalation changed meanwhile; reload it and try again".to_owned(),
             ));
         }
-        tx::add_timeline(&mut tx, id, now, "resolved", who, outcome).await?;
-        self.emit(&mut tx, &resolved, "resolved", "").await?;
         tx.commit().await?;
-        self.after_commit(&[(resolved.org.clone(), resolved.id)]);
-        Ok(resolved)
+        self.after_commit(&[(transition.after.org.clone(), transition.after.id)]);
+        Ok(transition.after)
     }
 
     /// Re-routes every escalation whose deadline has passed; returns how many.
     pub async fn run_due(&self) -> Result<usize, RepoError> {
-        let now = now_micros();
-        let due = self.repo.due(now).await?;
+        let due = self.repo.due(self.now()).await?;
         let mut advanced = 0;
-        for (id, step) in due {
+        for (id, attempt) in due {
             let mut tx = self.repo.store().begin_write().await?;
-            let moved = self
-                .advance(&mut tx, &id, step, "deadline_passed", "no acknowledgement before the deadline", now)
-                .await?;
+            let moved = self.advance(&mut tx, &id, attempt, "no acknowledgement before the deadline").await?;
             tx.commit().await?;
             if let Some(next) = moved {
                 tracing::warn!(escalation_id = %id, step = next.step, level = next.level.as_str_name(), "acknowledgement deadline passed; re-routed");

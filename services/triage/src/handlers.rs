@@ -10,7 +10,7 @@ use tandem_proto::events::v1::event_envelope::Payload;
 use tandem_proto::ids::{EscalationId, OrgId, PatientId};
 use tandem_proto::triage::v1 as pb;
 
-use crate::engine::{Engine, now_micros};
+use crate::engine::Engine;
 use crate::repo::{RepoError, tx};
 use crate::rules::{self, Input};
 
@@ -49,6 +49,20 @@ impl TriageHandler {
     ) -> Result<(), HandlerError> {
         let rules = self.engine.rules_for(tx, org, Some(patient)).await?;
         let fired = rules::assess(&input, &rules);
+        self.escalate(tx, org, patient, check_in_id, fired, at).await
+    }
+
+    /// Stores an assessment of the rules that fired, announces it, and
+    /// escalates when its level calls for it.
+    async fn escalate(
+        &self,
+        tx: &mut Transaction<'_, Any>,
+        org: &OrgId,
+        patient: &PatientId,
+        check_in_id: Option<tandem_proto::common::v1::CheckInId>,
+        fired: Vec<pb::RuleFiring>,
+        at: i64,
+    ) -> Result<(), HandlerError> {
         let level = rules::overall(&fired);
         let assessment = pb::RiskAssessment {
             assessment_id: tandem_proto::ids::EventId::new().to_string(),
@@ -70,7 +84,7 @@ impl TriageHandler {
             .map(|rule| format!("{}: {}", rule.rule, rule.evidence))
             .collect::<Vec<_>>()
             .join("; ");
-        if let Some(escalation) = self.engine.raise_or_join(tx, org, patient, level, &why, now_micros()).await? {
+        if let Some(escalation) = self.engine.raise_or_join(tx, org, patient, level, &why).await? {
             tracing::warn!(
                 escalation_id = %escalation.id,
                 level = level.as_str_name(),
@@ -97,13 +111,16 @@ impl Handler for TriageHandler {
             .occurred_at
             .and_then(|t| std::time::SystemTime::try_from(t).ok())
             .map(tandem_store::unix_micros)
-            .unwrap_or_else(now_micros);
+            .unwrap_or_else(|| self.engine.now());
         match &event.payload {
             Some(Payload::PatientEnrolled(_)) => tx::patient(tx, &patient, &org_of(event)?).await?,
             Some(Payload::CareTeamChanged(changed)) => {
                 if let Some(team) = &changed.care_team {
                     let members: Vec<String> = team.members.iter().map(|m| m.clinician_id.clone()).collect();
-                    tx::care_team(tx, &patient, team.version, &members).await?;
+                    let known_before = tx::chain(tx, &patient).await?;
+                    if tx::care_team(tx, &patient, team.version, &members).await? {
+                        self.engine.care_team_changed(tx, &patient, &known_before).await?;
+                    }
                 }
             }
             Some(Payload::CheckInSubmitted(submitted)) => {
@@ -135,6 +152,12 @@ impl Handler for TriageHandler {
                     }
                 }
             }
+            Some(Payload::RefusedCrisisSignal(refused)) => {
+                // A submission check-ins refused carried a crisis signal:
+                // escalate the signal as the check-in would have been.
+                let org = org_of(event)?;
+                self.escalate(tx, &org, &patient, None, rules::refused_signal_firings(refused), at).await?;
+            }
             Some(Payload::MeasureMissed(_)) => {
                 let org = org_of(event)?;
                 let missed = tx::missed(tx, &patient).await? + 1;
@@ -148,16 +171,19 @@ impl Handler for TriageHandler {
                 };
                 let detail =
                     format!("could not reach {} on any channel: {}", failed.recipient, failed.errors.join("; "));
-                self.engine.not_reached(tx, &id, failed.step, &detail, now_micros()).await?;
+                // Producers that predate attempts sent one alert per step.
+                let attempt = failed.attempt.unwrap_or(failed.step);
+                self.engine.not_reached(tx, &id, attempt, &detail).await?;
             }
             Some(Payload::NotificationDelivered(delivered)) => {
                 let Some(id) = delivered.escalation_id.as_ref().and_then(|id| EscalationId::try_from(id).ok()) else {
                     return Ok(());
                 };
                 let channel = delivered.channel().as_str_name().trim_start_matches("CHANNEL_").to_lowercase();
-                let detail = format!("alert for step {} delivered by {channel}", delivered.step + 1);
+                let attempt = delivered.attempt.unwrap_or(delivered.step);
+                let detail = format!("alert {} (step {}) delivered by {channel}", attempt + 1, delivered.step + 1);
                 if tx::escalation(tx, &id).await?.is_some() {
-                    tx::add_timeline(tx, &id, now_micros(), "delivered", &delivered.recipient, &detail).await?;
+                    tx::add_timeline(tx, &id, self.engine.now(), "delivered", &delivered.recipient, &detail).await?;
                 }
             }
             _ => {}

@@ -1,11 +1,14 @@
 //! The triage service: every check-in and missed measure assessed with the
 //! patient's history (`rules.rs`), escalations as a persisted state machine
-//! that climbs the care team (`engine.rs`, `scheduler.rs`), the events it
+//! that climbs the care team (`escalation.rs` decides, `engine.rs` writes,
+//! `scheduler.rs` wakes on deadlines), the events it
 //! consumes (`handlers.rs`), and the clinician worklist (`api.rs`).
 
 pub mod api;
+pub mod clock;
 pub mod config;
 pub mod engine;
+pub mod escalation;
 pub mod handlers;
 pub mod repo;
 pub mod rules;

@@ -22,6 +22,10 @@ pub enum RepoError {
     /// The outbox refused an event.
     #[error(transparent)]
     Events(#[from] tandem_events::Error),
+    /// A row changed between reading and writing it in one transaction; the
+    /// caller retries against what is stored now.
+    #[error("{0} changed meanwhile")]
+    Conflict(String),
 }
 
 impl From<sqlx::Error> for RepoError {
@@ -96,6 +100,10 @@ pub struct Escalation {
     pub state: State,
     /// Index into the chain; at or past its end is the crisis contact.
     pub step: u32,
+    /// Counts the alerts sent: a new step, a re-alert at a higher level and
+    /// a hand-back each take the next one. Notifications de-duplicates on
+    /// (escalation, attempt), so each is delivered once per channel.
+    pub attempt: u32,
     /// Who is alerted now.
     pub current_recipient: String,
     /// When the current step must acknowledge by (unix micros).
@@ -112,7 +120,7 @@ pub struct Escalation {
     pub outcome: Option<String>,
 }
 
-const ESCALATION_COLUMNS: &str = "id, org_id, patient_id, level, first_level, state, step, current_recipient, ack_deadline, raised_at, acknowledged_at, acknowledged_by, resolved_at, outcome";
+const ESCALATION_COLUMNS: &str = "id, org_id, patient_id, level, first_level, state, step, current_recipient, ack_deadline, raised_at, acknowledged_at, acknowledged_by, resolved_at, outcome, attempt";
 
 fn level_of(value: i64, what: &str) -> Result<pb::RiskLevel, RepoError> {
     i32::try_from(value).ok().and_then(|v| pb::RiskLevel::try_from(v).ok()).ok_or_else(|| corrupt(what))
@@ -131,6 +139,7 @@ fn escalation_from_row(row: &AnyRow) -> Result<Escalation, RepoError> {
         first_level: level_of(row.try_get("first_level")?, "escalations.first_level")?,
         state: State::parse(&state)?,
         step: u32::try_from(row.try_get::<i64, _>("step")?).map_err(|_| corrupt("escalations.step"))?,
+        attempt: u32::try_from(row.try_get::<i64, _>("attempt")?).map_err(|_| corrupt("escalations.attempt"))?,
         current_recipient: row.try_get("current_recipient")?,
         ack_deadline: row.try_get("ack_deadline")?,
         raised_at: row.try_get("raised_at")?,
@@ -156,13 +165,14 @@ pub mod tx {
         Ok(())
     }
 
-    /// Replaces the care team (the chain) if this version is newer.
+    /// Replaces the care team (the chain) if this version is newer; returns
+    /// whether it did.
     pub async fn care_team(
         tx: &mut Transaction<'_, Any>,
         patient: &PatientId,
         version: u32,
         members: &[String],
-    ) -> Result<(), RepoError> {
+    ) -> Result<bool, RepoError> {
         let row = sqlx::query("SELECT version FROM care_team_versions WHERE patient_id = $1")
             .bind(patient.to_string())
             .fetch_optional(&mut **tx)
@@ -170,7 +180,7 @@ pub mod tx {
         if let Some(row) = row
             && row.try_get::<i64, _>("version")? >= i64::from(version)
         {
-            return Ok(());
+            return Ok(false);
         }
         sqlx::query("DELETE FROM care_team_versions WHERE patient_id = $1")
             .bind(patient.to_string())
@@ -193,7 +203,7 @@ pub mod tx {
                 .execute(&mut **tx)
                 .await?;
         }
-        Ok(())
+        Ok(true)
     }
 
     /// The chain: care-team members in order.
@@ -309,7 +319,7 @@ pub mod tx {
     /// Writes a new escalation.
     pub async fn insert_escalation(tx: &mut Transaction<'_, Any>, e: &Escalation) -> Result<(), RepoError> {
         let sql = format!(
-            "INSERT INTO escalations ({ESCALATION_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)"
+            "INSERT INTO escalations ({ESCALATION_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)"
         );
         sqlx::query(sqlx::AssertSqlSafe(sql))
             .bind(e.id.to_string())
@@ -326,13 +336,14 @@ pub mod tx {
             .bind(e.acknowledged_by.clone())
             .bind(e.resolved_at)
             .bind(e.outcome.clone())
+            .bind(i64::from(e.attempt))
             .execute(&mut **tx)
             .await?;
         Ok(())
     }
 
     /// Writes a changed escalation if nobody changed it since `seen` (same
-    /// state and step); returns whether it was written.
+    /// state, step, attempt and level); returns whether it was written.
     pub async fn update_escalation(
         tx: &mut Transaction<'_, Any>,
         e: &Escalation,
@@ -340,8 +351,8 @@ pub mod tx {
     ) -> Result<bool, RepoError> {
         let done = sqlx::query(
             "UPDATE escalations SET level = $1, state = $2, step = $3, current_recipient = $4, ack_deadline = $5, \
-             acknowledged_at = $6, acknowledged_by = $7, resolved_at = $8, outcome = $9 \
-             WHERE id = $10 AND state = $11 AND step = $12",
+             acknowledged_at = $6, acknowledged_by = $7, resolved_at = $8, outcome = $9, attempt = $10 \
+             WHERE id = $11 AND state = $12 AND step = $13 AND attempt = $14 AND level = $15",
         )
         .bind(e.level as i64)
         .bind(e.state.as_str())
@@ -352,9 +363,12 @@ pub mod tx {
         .bind(e.acknowledged_by.clone())
         .bind(e.resolved_at)
         .bind(e.outcome.clone())
+        .bind(i64::from(e.attempt))
         .bind(e.id.to_string())
         .bind(seen.state.as_str())
         .bind(i64::from(seen.step))
+        .bind(i64::from(seen.attempt))
+        .bind(seen.level as i64)
         .execute(&mut **tx)
         .await?;
         Ok(done.rows_affected() == 1)
@@ -518,10 +532,11 @@ impl Repo {
         rows.iter().map(escalation_from_row).collect()
     }
 
-    /// Notified escalations whose deadline has passed at `now`.
+    /// Notified escalations whose deadline has passed at `now`, with the
+    /// attempt that deadline belongs to.
     pub async fn due(&self, now: i64) -> Result<Vec<(EscalationId, u32)>, RepoError> {
         let rows = sqlx::query(
-            "SELECT id, step FROM escalations WHERE state = 'notified' AND ack_deadline IS NOT NULL AND ack_deadline <= $1 ORDER BY ack_deadline",
+            "SELECT id, attempt FROM escalations WHERE state = 'notified' AND ack_deadline IS NOT NULL AND ack_deadline <= $1 ORDER BY ack_deadline",
         )
         .bind(now)
         .fetch_all(self.store.pool())
@@ -529,8 +544,9 @@ impl Repo {
         rows.iter()
             .map(|row| {
                 let id: String = row.try_get("id")?;
-                let step: i64 = row.try_get("step")?;
-                Ok((id.parse().map_err(|_| corrupt("escalations.id"))?, u32::try_from(step).unwrap_or(0)))
+                let attempt: i64 = row.try_get("attempt")?;
+                let attempt = u32::try_from(attempt).map_err(|_| corrupt("escalations.attempt"))?;
+                Ok((id.parse().map_err(|_| corrupt("escalations.id"))?, attempt))
             })
             .collect()
     }

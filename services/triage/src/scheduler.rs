@@ -5,7 +5,7 @@
 use std::future::Future;
 use std::time::Duration;
 
-use crate::engine::{Engine, now_micros};
+use crate::engine::Engine;
 use crate::repo::RepoError;
 
 /// The longest the scheduler sleeps without looking, for deadlines written
@@ -23,7 +23,7 @@ pub async fn run(engine: Engine, stop: impl Future<Output = ()> + Send) -> Resul
         }
         let sleep_for = match engine.repo().next_deadline().await {
             Ok(Some(at)) => {
-                let wait = at.saturating_sub(now_micros()).max(0);
+                let wait = at.saturating_sub(engine.now()).max(0);
                 Duration::from_micros(u64::try_from(wait).unwrap_or(0)).min(MAX_SLEEP)
             }
             Ok(None) => MAX_SLEEP,

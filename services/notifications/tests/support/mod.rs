@@ -377,6 +377,7 @@ pub fn escalation_event(
         }),
         change: change.to_owned(),
         crisis_contact: String::new(),
+        ..Default::default()
     };
     tandem_events::new_envelope("triage", &org, patient, Payload::EscalationChanged(changed))
 }
