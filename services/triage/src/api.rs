@@ -151,12 +151,13 @@ impl TriageApi {
         mut changes: Changes,
         sender: tokio::sync::mpsc::Sender<Result<pb::WatchWorklistResponse, Status>>,
     ) {
-        // What the watcher last saw of each escalation.
-        let mut seen: HashMap<EscalationId, (State, u32, i32)> = HashMap::new();
+        // What the watcher last saw of each escalation: a new attempt is a
+        // re-alert (a raised level, a hand-back) the watcher is sent too.
+        let mut seen: HashMap<EscalationId, (State, u32, i32, u32)> = HashMap::new();
         let mut current = first;
         loop {
             for escalation in &current {
-                let key = (escalation.state, escalation.step, escalation.level as i32);
+                let key = (escalation.state, escalation.step, escalation.level as i32, escalation.attempt);
                 if seen.get(&escalation.id) == Some(&key) {
                     continue;
                 }
