@@ -174,6 +174,12 @@ impl Changes {
                 Err(broadcast::error::RecvError::Closed) => std::future::pending::<()>().await,
             }
         }
+        self.skip_queued();
+    }
+
+    /// Takes every announcement already queued, without waiting: call right
+    /// before a read that covers them.
+    pub fn skip_queued(&mut self) {
         while let Ok(_) | Err(broadcast::error::TryRecvError::Lagged(_)) = self.receiver.try_recv() {}
     }
 }

@@ -4,6 +4,7 @@
 
 use std::collections::HashMap;
 use std::pin::Pin;
+use std::time::Duration;
 
 use tandem_auth::{Caller, Role};
 use tandem_proto::common::v1 as common;
@@ -23,6 +24,12 @@ use crate::repo::{Escalation, RepoError, State, tx};
 const MAX_NOTE: usize = 2_000;
 /// The kind of stream WatchWorklist opens, for the per-caller cap.
 const WATCH_WORKLIST: &str = "WatchWorklist";
+/// A watch re-reads the worklist this long after the change that woke it:
+/// a burst of changes (a wave of crisis check-ins) costs each watch one read
+/// per interval, not one per change, and the alert the change set off (the
+/// notifications hop, the webhook) has the database and the CPU to itself
+/// meanwhile. Watchers see a change a quarter of a second later.
+const SETTLE: Duration = Duration::from_millis(250);
 
 /// The triage gRPC service.
 #[derive(Debug, Clone)]
@@ -144,12 +151,13 @@ impl TriageApi {
         mut changes: Changes,
         sender: tokio::sync::mpsc::Sender<Result<pb::WatchWorklistResponse, Status>>,
     ) {
-        // What the watcher last saw of each escalation.
-        let mut seen: HashMap<EscalationId, (State, u32, i32)> = HashMap::new();
+        // What the watcher last saw of each escalation: a new attempt is a
+        // re-alert (a raised level, a hand-back) the watcher is sent too.
+        let mut seen: HashMap<EscalationId, (State, u32, i32, u32)> = HashMap::new();
         let mut current = first;
         loop {
             for escalation in &current {
-                let key = (escalation.state, escalation.step, escalation.level as i32);
+                let key = (escalation.state, escalation.step, escalation.level as i32, escalation.attempt);
                 if seen.get(&escalation.id) == Some(&key) {
                     continue;
                 }
@@ -175,6 +183,9 @@ impl TriageApi {
                 () = changes.wait_for(caller.org.as_str()) => {}
                 () = tokio::time::sleep(self.streams.safety_poll()) => {}
             }
+            tokio::time::sleep(SETTLE).await;
+            // The read below covers whatever was announced meanwhile.
+            changes.skip_queued();
             match self.worklist(&caller).await {
                 Ok(next) => current = next,
                 Err(status) => {

@@ -196,7 +196,10 @@ impl Handler for TriageHandler {
         // scheduler for a new escalation, and the org's worklist watchers
         // (an escalation or a care team may have changed what they see).
         self.engine.after_commit(&[]);
-        if let Ok(org) = org_of(event) {
+        // A delivery receipt only adds to a timeline and an enrolment shows
+        // nothing yet: neither changes what a watcher is sent.
+        let unseen = matches!(event.payload, Some(Payload::NotificationDelivered(_) | Payload::PatientEnrolled(_)));
+        if !unseen && let Ok(org) = org_of(event) {
             self.engine.org_changed(&org);
         }
     }
