@@ -7,8 +7,6 @@
 //! delivered twice to the same channel as two different messages.
 
 use std::collections::{HashMap, HashSet};
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -24,50 +22,17 @@ use tandem_store::Backend;
 use tandem_store::testing::TestDatabase;
 use tonic::transport::Channel;
 
-const TANDEM: &str = env!("CARGO_BIN_EXE_tandem");
+use crate::support::start_up;
+
+mod support;
+
 const ORG: &str = "north";
 const PATIENTS: usize = 80;
 
-/// A `tandem up` child process, killed (SIGKILL) when dropped.
-struct Running {
-    child: Child,
-    addr: String,
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn start_up(data_dir: &std::path::Path, env: &[(String, String)]) -> Running {
-    let mut command = Command::new(TANDEM);
-    command
-        .args(["up", "--listen", "127.0.0.1:0", "--data-dir"])
-        .arg(data_dir)
-        .env("TANDEM_LOG", "error")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit());
-    for (key, value) in env {
-        command.env(key, value);
-    }
-    let mut child = command.spawn().expect("start tandem up");
-    let stdout = child.stdout.take().expect("stdout");
-    let mut lines = BufReader::new(stdout).lines();
-    let first = lines.next().expect("a first line").expect("readable stdout");
-    let addr = first
-        .strip_prefix("tandem listening on ")
-        .and_then(|rest| rest.split_whitespace().next())
-        .unwrap_or_else(|| panic!("unexpected first line: {first}"))
-        .to_owned();
-    std::thread::spawn(move || for _ in lines {});
-    Running { child, addr }
-}
-
+/// A request with a bearer token that gives up after 5 s: the server may be
+/// killed while it is in flight.
 fn authed<T>(token: &str, message: T) -> tonic::Request<T> {
-    let mut request = tonic::Request::new(message);
-    request.metadata_mut().insert("authorization", format!("Bearer {token}").parse().expect("ascii token"));
+    let mut request = support::authed(token, message);
     request.set_timeout(Duration::from_secs(5));
     request
 }
@@ -116,6 +81,7 @@ async fn accepted_crisis_check_ins_reach_a_human_across_three_sigkills() {
     let env = vec![
         ("TANDEM_DATABASE_URL".to_owned(), database.url.clone()),
         ("TANDEM_EVENTS".to_owned(), format!("kafka://{}?partitions=4", broker.brokers())),
+        ("TANDEM_LOG".to_owned(), "error".to_owned()),
     ];
     let mut running = start_up(data_dir.path(), &env);
     let first = connect(&running.addr).await;

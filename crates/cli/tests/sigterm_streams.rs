@@ -3,8 +3,7 @@
 //! clients reconnect elsewhere) and exits cleanly, instead of waiting for
 //! them until the orchestrator's SIGKILL. Embedded and PostgreSQL + Kafka.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use tandem_auth::{DevSigningKey, Role};
@@ -20,48 +19,12 @@ use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 
-const TANDEM: &str = env!("CARGO_BIN_EXE_tandem");
+use crate::support::{authed, start_up};
+
+mod support;
+
 /// Only a hang reaches this; nothing here is a speed assertion.
 const BOUND: Duration = Duration::from_secs(60);
-
-/// A `tandem up` child process, killed (SIGKILL) if still running when dropped.
-struct Running {
-    child: Child,
-    addr: String,
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn start_up(data_dir: &std::path::Path, env: &[(String, String)]) -> Running {
-    let mut command = Command::new(TANDEM);
-    command
-        .args(["up", "--listen", "127.0.0.1:0", "--data-dir"])
-        .arg(data_dir)
-        .env_remove("TANDEM_DATABASE_URL")
-        .env("TANDEM_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit());
-    for (key, value) in env {
-        command.env(key, value);
-    }
-    let mut child = command.spawn().expect("start tandem up");
-    let stdout = child.stdout.take().expect("stdout");
-    let mut lines = BufReader::new(stdout).lines();
-    let first = lines.next().expect("a first line").expect("readable stdout");
-    let addr = first
-        .strip_prefix("tandem listening on ")
-        .and_then(|rest| rest.split_whitespace().next())
-        .unwrap_or_else(|| panic!("unexpected first line: {first}"))
-        .to_owned();
-    // Keep draining stdout so the child never blocks on a full pipe.
-    std::thread::spawn(move || for _ in lines {});
-    Running { child, addr }
-}
 
 async fn serving(addr: &str) -> Channel {
     let deadline = Instant::now() + BOUND;
@@ -75,12 +38,6 @@ async fn serving(addr: &str) -> Channel {
         assert!(Instant::now() < deadline, "tandem up at {addr} never said SERVING");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-}
-
-fn authed<T>(token: &str, message: T) -> tonic::Request<T> {
-    let mut request = tonic::Request::new(message);
-    request.metadata_mut().insert("authorization", format!("Bearer {token}").parse().expect("ascii token"));
-    request
 }
 
 async fn sigterm_ends_open_streams_and_exits(backend: Backend) {

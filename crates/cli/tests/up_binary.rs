@@ -1,54 +1,16 @@
 //! The `tandem` binary as a new user runs it: `tandem up` serves, tokens
 //! from `tandem token` work against it, and SIGTERM drains it cleanly.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 
-const TANDEM: &str = env!("CARGO_BIN_EXE_tandem");
+use crate::support::{TANDEM, start_up};
 
-struct Running {
-    child: Child,
-    addr: String,
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn start_up(data_dir: &std::path::Path, extra_env: &[(&str, &str)]) -> Running {
-    let mut command = Command::new(TANDEM);
-    command
-        .args(["up", "--listen", "127.0.0.1:0", "--data-dir"])
-        .arg(data_dir)
-        .env_remove("TANDEM_DATABASE_URL")
-        .env("TANDEM_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit());
-    for (key, value) in extra_env {
-        command.env(key, value);
-    }
-    let mut child = command.spawn().expect("start tandem up");
-    let stdout = child.stdout.take().expect("stdout");
-    let mut lines = BufReader::new(stdout).lines();
-    let first = lines.next().expect("a first line").expect("readable stdout");
-    // "tandem listening on 127.0.0.1:PORT (sqlite files in ...)"
-    let addr = first
-        .strip_prefix("tandem listening on ")
-        .and_then(|rest| rest.split_whitespace().next())
-        .unwrap_or_else(|| panic!("unexpected first line: {first}"))
-        .to_owned();
-    // Keep draining stdout so the child never blocks on a full pipe.
-    std::thread::spawn(move || for _ in lines {});
-    Running { child, addr }
-}
+mod support;
 
 async fn health(addr: &str) -> Result<ServingStatus, tonic::Status> {
     let channel = tonic::transport::Channel::from_shared(format!("http://{addr}"))
