@@ -201,7 +201,8 @@ impl TriageService for TriageApi {
             let mut current = first;
             loop {
                 for escalation in &current {
-                    let key = (escalation.state, escalation.step, escalation.level as i32);
+                    // Every alert (a new step, a re-alert, a hand-back) is a new attempt.
+                    let key = (escalation.state, escalation.attempt, escalation.level as i32);
                     if seen.get(&escalation.id) == Some(&key) {
                         continue;
                     }
