@@ -44,7 +44,8 @@ impl Tandem {
     }
 
     /// As [`Tandem::start`], with extra configuration keys, e.g.
-    /// `("triage.high_ack", "2s")`.
+    /// `("triage.high_ack", "2s")` or `("streams.per_caller", "2")` (a value
+    /// of digits is passed as a number).
     pub async fn start_with(backend: Backend, config: &[(&str, &str)]) -> Self {
         let data_dir = tempfile::tempdir().expect("temporary data dir");
         let (database, broker) = match backend {
@@ -87,11 +88,16 @@ impl Tandem {
         let listener = tokio::net::TcpListener::bind(self.settings.listen).await.expect("bind port 0");
         self.addr = listener.local_addr().expect("local addr");
         let (shutdown, stop) = oneshot::channel::<()>();
-        let served = self.settings.clone();
-        let mut figment = figment::Figment::from(figment::providers::Serialized::defaults(&served));
+        let mut figment = figment::Figment::from(figment::providers::Serialized::defaults(&self.settings));
         for (key, value) in &self.config {
-            figment = figment.merge(figment::providers::Serialized::default(key, value));
+            // Numbers as numbers, as the environment provider reads them.
+            figment = match value.parse::<i64>() {
+                Ok(number) => figment.merge(figment::providers::Serialized::default(key, number)),
+                Err(_) => figment.merge(figment::providers::Serialized::default(key, value)),
+            };
         }
+        // Keys of the shared settings (e.g. `streams.safety_poll`) apply too.
+        let served: Settings = figment.extract().expect("the test's configuration is valid");
         self.task = Some(tokio::spawn(async move {
             tandem_cli::up::serve(&served, &figment, listener, async move {
                 let _ = stop.await;

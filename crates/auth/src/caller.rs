@@ -17,6 +17,20 @@ pub struct Caller {
     pub subject: String,
 }
 
+/// When the token behind a request stops being accepted: its `exp` plus
+/// the verifier's clock-skew leeway. [`crate::AuthInterceptor`] stores it
+/// beside the [`Caller`], so that calls that outlive a request (streams)
+/// can end when their token does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TokenExpiry(pub std::time::SystemTime);
+
+impl TokenExpiry {
+    /// The expiry the interceptor attached to `request`, if any.
+    pub fn from_request<T>(request: &tonic::Request<T>) -> Option<std::time::SystemTime> {
+        request.extensions().get::<TokenExpiry>().map(|expiry| expiry.0)
+    }
+}
+
 impl Caller {
     /// The caller the interceptor attached to `request`.
     ///

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use tonic::metadata::MetadataMap;
 use tonic::service::Interceptor;
 
-use crate::{AuthError, Caller, Verifier};
+use crate::{AuthError, Caller, TokenExpiry, Verifier};
 
 /// Verifies the `authorization: Bearer <jwt>` metadata of each request and stores the
 /// resulting [`Caller`] in the request's extensions; rejects the request otherwise.
@@ -23,15 +23,20 @@ impl AuthInterceptor {
 
     /// The caller named by the bearer token in `metadata`.
     pub fn authenticate(&self, metadata: &MetadataMap) -> Result<Caller, AuthError> {
+        self.authenticate_with_expiry(metadata).map(|(caller, _)| caller)
+    }
+
+    /// The caller named by the bearer token in `metadata`, and until when its token is accepted.
+    pub fn authenticate_with_expiry(&self, metadata: &MetadataMap) -> Result<(Caller, TokenExpiry), AuthError> {
         let token = bearer_token(metadata)?;
-        self.verifier.verify(token)
+        self.verifier.verify_with_expiry(token)
     }
 }
 
 impl Interceptor for AuthInterceptor {
     fn call(&mut self, mut request: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
-        let caller = match self.authenticate(request.metadata()) {
-            Ok(caller) => caller,
+        let (caller, expiry) = match self.authenticate_with_expiry(request.metadata()) {
+            Ok(verified) => verified,
             Err(err) => {
                 // The error never contains the token, so it is safe to log.
                 tracing::debug!(error = %err, "rejected unauthenticated request");
@@ -40,6 +45,7 @@ impl Interceptor for AuthInterceptor {
         };
         tracing::debug!(org = %caller.org, role = %caller.role, "authenticated caller");
         request.extensions_mut().insert(caller);
+        request.extensions_mut().insert(expiry);
         Ok(request)
     }
 }
@@ -119,6 +125,17 @@ mod tests {
             assert_eq!(caller.role, Role::Clinician);
             assert_eq!(caller.subject, "clin-7");
         }
+    }
+
+    #[test]
+    fn the_tokens_expiry_with_leeway_rides_beside_the_caller() {
+        let before = std::time::SystemTime::now();
+        let request = interceptor().call(request_with(Some(&format!("Bearer {}", token())))).unwrap();
+        let until = crate::TokenExpiry::from_request(&request).expect("expiry in extensions");
+        let leeway = Duration::from_secs(crate::DEFAULT_LEEWAY_SECS);
+        // exp is whole seconds: minted within [before - 1 s, now] + 300 s.
+        assert!(until >= before + Duration::from_secs(299) + leeway, "{until:?}");
+        assert!(until <= std::time::SystemTime::now() + Duration::from_secs(300) + leeway, "{until:?}");
     }
 
     #[test]

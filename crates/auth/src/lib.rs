@@ -15,7 +15,7 @@ mod interceptor;
 mod role;
 mod verifier;
 
-pub use caller::Caller;
+pub use caller::{Caller, TokenExpiry};
 pub use dev::{DEV_SIGNING_KEY_FILE, DevSigningKey, mint_token};
 pub use error::{AuthError, AuthzError};
 pub use interceptor::AuthInterceptor;

@@ -14,7 +14,7 @@ use tandem_proto::ids::{OrgId, PatientId};
 
 use crate::{
     AuthError, Caller, DEFAULT_AUDIENCE, DEFAULT_ISSUER, DEFAULT_LEEWAY_SECS, MAX_LEEWAY_SECS, MIN_HS256_SECRET_BYTES,
-    Role,
+    Role, TokenExpiry,
 };
 
 /// Asymmetric algorithms a JWKS key may be pinned to.
@@ -145,6 +145,11 @@ impl Verifier {
 
     /// Verifies `token` (the JWT alone, without `Bearer `) and returns its caller.
     pub fn verify(&self, token: &str) -> Result<Caller, AuthError> {
+        self.verify_with_expiry(token).map(|(caller, _)| caller)
+    }
+
+    /// As [`Verifier::verify`], also saying until when the token is accepted.
+    pub fn verify_with_expiry(&self, token: &str) -> Result<(Caller, TokenExpiry), AuthError> {
         let header = peek_header(token)?;
         let trusted = self.select_key(header.kid.as_deref())?;
         // Pin the algorithm to the key, never to what the token claims: this is what stops
@@ -153,7 +158,13 @@ impl Verifier {
             return Err(AuthError::AlgorithmNotAllowed { expected: trusted.algorithm });
         }
         let data = jsonwebtoken::decode::<Value>(token, &trusted.key, &trusted.validation).map_err(token_error)?;
-        caller_from_claims(&data.claims)
+        let caller = caller_from_claims(&data.claims)?;
+        // `exp` is required and was checked; the leeway is how long after it
+        // the token is still accepted.
+        let exp = data.claims.get("exp").and_then(Value::as_u64).ok_or(AuthError::Claim { claim: "exp" })?;
+        let until =
+            std::time::UNIX_EPOCH + std::time::Duration::from_secs(exp.saturating_add(trusted.validation.leeway));
+        Ok((caller, TokenExpiry(until)))
     }
 
     fn select_key(&self, kid: Option<&str>) -> Result<&TrustedKey, AuthError> {

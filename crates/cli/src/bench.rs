@@ -24,6 +24,9 @@ pub struct AlertBench {
     pub database_url: String,
     /// `TANDEM_EVENTS` (`embedded` or `kafka://...`).
     pub events: String,
+    /// WatchWorklist streams kept open (and read) during the run, as
+    /// clinicians' consoles would: five per supervisor, the per-caller cap.
+    pub watchers: usize,
 }
 
 /// Latencies of one run, in milliseconds.
@@ -87,6 +90,13 @@ pub async fn alerts(config: &AlertBench) -> anyhow::Result<Latencies> {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
+    let mut watching = tokio::task::JoinSet::new();
+    for n in 0..config.watchers {
+        let supervisor = running.token(org, Role::Supervisor, &format!("sup-{}", n / 5))?;
+        let request = tandem_proto::triage::v1::WatchWorklistRequest {};
+        let mut stream = clients.triage.watch_worklist(authed(&supervisor, request)?).await?.into_inner();
+        watching.spawn(async move { while let Ok(Some(_)) = stream.message().await {} });
+    }
     // Warm-up: the first alert is not counted.
     let mut latencies = Vec::with_capacity(config.alerts);
     for (n, patient) in patients.iter().enumerate() {
@@ -119,6 +129,7 @@ pub async fn alerts(config: &AlertBench) -> anyhow::Result<Latencies> {
             latencies.push(latency);
         }
     }
+    watching.abort_all();
     running.stop().await?;
     if latencies.is_empty() {
         bail!("run at least 2 alerts: the first one only warms up");

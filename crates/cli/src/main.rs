@@ -76,6 +76,9 @@ enum BenchWhat {
         /// Event bus: `embedded` or kafka://host:port.
         #[arg(long, default_value = "embedded")]
         events: String,
+        /// WatchWorklist streams kept open during the run (five per supervisor).
+        #[arg(long, default_value_t = 0)]
+        watchers: usize,
     },
     /// Event spine: outbox relay (outbox → bus) and consumer (inbox +
     /// handler) throughput in events per second.
@@ -160,16 +163,21 @@ async fn bench(args: BenchArgs) -> anyhow::Result<()> {
     }
     let telemetry = tandem_telemetry::init(&settings)?;
     let result = match args.what {
-        BenchWhat::Alerts { alerts, database_url, events } => bench_alerts(alerts, database_url, events).await,
+        BenchWhat::Alerts { alerts, database_url, events, watchers } => {
+            bench_alerts(alerts, database_url, events, watchers).await
+        }
         BenchWhat::Events { count, bus } => bench_events(count, &bus).await,
     };
     telemetry.shutdown();
     result
 }
 
-async fn bench_alerts(alerts: usize, database_url: String, events: String) -> anyhow::Result<()> {
-    let config = tandem_cli::bench::AlertBench { alerts, database_url, events };
+async fn bench_alerts(alerts: usize, database_url: String, events: String, watchers: usize) -> anyhow::Result<()> {
+    let config = tandem_cli::bench::AlertBench { alerts, database_url, events, watchers };
     let latencies = tandem_cli::bench::alerts(&config).await?;
+    if watchers > 0 {
+        println!("with {watchers} open WatchWorklist streams");
+    }
     let store = if config.database_url.is_empty() { "sqlite" } else { "postgresql" };
     println!("| store | events | alerts timed | p50 ms | p99 ms | max ms |");
     println!("|---|---|---|---|---|---|");

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use tandem_events::EventBus;
-use tandem_server::{GrpcServer, Settings, Tasks};
+use tandem_server::{GrpcServer, Settings, Streams, Tasks};
 use tokio::net::TcpListener;
 
 /// The four services, opened on their stores.
@@ -32,7 +32,7 @@ impl Services {
         let careplans = tandem_careplans::CarePlans::open(&settings.database_url_for("careplans")?)
             .await
             .context("opening the careplans store")?;
-        let checkins_settings = tandem_server::config::section(figment, "checkins")?;
+        let checkins_settings = tandem_checkins::config::CheckInsSettings::load(figment)?;
         let checkins = tandem_checkins::CheckIns::open(&settings.database_url_for("checkins")?, checkins_settings)
             .await
             .context("opening the checkins store")?;
@@ -52,11 +52,16 @@ impl Services {
         Ok(Self { careplans, checkins, triage, notifications })
     }
 
-    /// Starts every service's relays and consumers on `bus`.
+    /// Starts every service's relays and consumers on `bus`, each
+    /// service's tasks tied to its gRPC health.
     pub fn start(&self, bus: &Arc<dyn EventBus>, tasks: &mut Tasks) {
+        tasks.set_service(tandem_careplans::SERVICE_NAME);
         self.careplans.start(bus.clone(), tasks);
+        tasks.set_service(tandem_checkins::SERVICE_NAME);
         self.checkins.start(bus.clone(), tasks);
+        tasks.set_service(tandem_notifications::SERVICE_NAME);
         self.notifications.start(bus.clone(), tasks);
+        tasks.set_service(tandem_triage::SERVICE_NAME);
         self.triage.start(bus.clone(), tasks);
     }
 
@@ -82,12 +87,17 @@ pub async fn serve(
     let bus = tandem_server::bus::connect(settings).await?;
     let mut tasks = Tasks::new();
     services.start(&bus, &mut tasks);
+    // One set of stream bounds for the process: the per-process cap covers
+    // watches and inbox streams together.
+    let streams = Streams::new(settings.streams.clone());
     let server = GrpcServer::new()
+        .with_health(tasks.health().clone())
         .with_service(services.careplans.grpc_service(verifier.clone()))
         .with_service(services.checkins.grpc_service(verifier.clone()))
-        .with_service(services.triage.grpc_service(verifier.clone()))
-        .with_service(services.notifications.grpc_service(verifier))
-        .drain_delay(settings.shutdown_drain);
+        .with_service(services.triage.grpc_service(verifier.clone(), streams.clone()))
+        .with_service(services.notifications.grpc_service(verifier, streams.clone()))
+        .drain_delay(settings.shutdown_drain)
+        .streams(streams);
     let served = server.serve(listener, shutdown).await;
     // gRPC has drained: stop relays and consumers (what they had not
     // finished stays in the outboxes and the log for the next start).

@@ -26,6 +26,7 @@ mod checkin;
 mod detector;
 mod error;
 mod instrument;
+mod long_text;
 mod responses;
 mod score;
 mod trend;
@@ -43,6 +44,7 @@ pub use instrument::{
     CSSRS_SCREENER_CODE, Coding, Instrument, InstrumentDefinition, ItemDefinition, LOINC_SYSTEM, PHQ9_ITEM9_LOINC,
     ResponseOption, SKIPPED, UnknownInstrument, definition, parse_instrument,
 };
+pub use long_text::{LongTextDetection, MAX_BYTES_READ as LONG_TEXT_MAX_BYTES, detect_long_text};
 pub use responses::{
     ActiveIdeation, CssrsResponses, Frequency, Gad7Responses, Phq9Responses, Responses, parse_answers, parse_responses,
     parse_responses_at,

@@ -23,6 +23,9 @@ pub mod topics {
     pub const NOTIFICATIONS: &str = "tandem.notifications.v1";
     /// Every service topic.
     pub const ALL: [&str; 4] = [CAREPLANS, CHECKINS, TRIAGE, NOTIFICATIONS];
+    /// The topics crisis signals travel on (check-ins, then triage's
+    /// escalations): sent without lingering, and their consumer lag is watched.
+    pub const CRISIS: [&str; 2] = [CHECKINS, TRIAGE];
     /// The suffix of a topic's dead-letter topic.
     pub const DEAD_LETTER_SUFFIX: &str = ".dlq";
 
@@ -65,6 +68,7 @@ pub fn event_type_name(payload: &Payload) -> &'static str {
         Payload::SafetyPlanChanged(_) => "tandem.events.v1.SafetyPlanChanged",
         Payload::CheckInSubmitted(_) => "tandem.events.v1.CheckInSubmitted",
         Payload::MeasureMissed(_) => "tandem.events.v1.MeasureMissed",
+        Payload::RefusedCrisisSignal(_) => "tandem.events.v1.RefusedCrisisSignal",
         Payload::RiskAssessed(_) => "tandem.events.v1.RiskAssessed",
         Payload::EscalationChanged(_) => "tandem.events.v1.EscalationChanged",
         Payload::NotificationDelivered(_) => "tandem.events.v1.NotificationDelivered",
@@ -141,7 +145,7 @@ pub fn is_crisis(envelope: &EventEnvelope) -> bool {
             .assessment
             .as_ref()
             .is_some_and(|a| matches!(RiskLevel::try_from(a.level), Ok(RiskLevel::High | RiskLevel::Imminent))),
-        Some(Payload::EscalationChanged(_) | Payload::NotificationFailed(_)) => true,
+        Some(Payload::EscalationChanged(_) | Payload::NotificationFailed(_) | Payload::RefusedCrisisSignal(_)) => true,
         Some(_) => false,
         // No payload we can read: judge by the declared type.
         None => could_be_crisis(&envelope.event_type),
@@ -158,6 +162,7 @@ pub fn could_be_crisis(event_type: &str) -> bool {
             | "tandem.events.v1.RiskAssessed"
             | "tandem.events.v1.EscalationChanged"
             | "tandem.events.v1.NotificationFailed"
+            | "tandem.events.v1.RefusedCrisisSignal"
     )
 }
 
@@ -223,6 +228,8 @@ mod tests {
         assert!(is_crisis(&risk(RiskLevel::Imminent)));
         assert!(is_crisis(&envelope(Payload::EscalationChanged(EscalationChanged::default()))));
         assert!(is_crisis(&envelope(Payload::NotificationFailed(NotificationFailed::default()))));
+        assert!(is_crisis(&envelope(Payload::RefusedCrisisSignal(Default::default()))));
+        assert!(could_be_crisis("tandem.events.v1.RefusedCrisisSignal"));
         assert!(!is_crisis(&envelope(Payload::PatientEnrolled(PatientEnrolled::default()))));
         let mut unreadable = crisis_check_in.clone();
         unreadable.payload = None;

@@ -76,8 +76,14 @@ pub struct Settings {
     /// How long health says NOT_SERVING before the server stops taking calls.
     #[serde(with = "duration_text")]
     pub shutdown_drain: Duration,
+    /// This process's stable name for Kafka static group membership
+    /// (`group.instance.id = <instance_id>.<group>`); empty = the host name
+    /// (a Kubernetes pod's name). Two live processes must not share it.
+    pub instance_id: String,
     /// Token verification.
     pub auth: AuthSettings,
+    /// Bounds on long-lived streams (WatchWorklist, StreamInbox).
+    pub streams: crate::StreamSettings,
 }
 
 impl Default for Settings {
@@ -88,7 +94,9 @@ impl Default for Settings {
             database_url: String::new(),
             events: "embedded".to_owned(),
             shutdown_drain: Duration::ZERO,
+            instance_id: String::new(),
             auth: AuthSettings::default(),
+            streams: crate::StreamSettings::default(),
         }
     }
 }
@@ -143,7 +151,13 @@ pub const SETTINGS: &[SettingDoc] = &[
         env: "TANDEM_SHUTDOWN_DRAIN",
         key: "shutdown_drain",
         default: "0s",
-        doc: "time between health NOT_SERVING and refusing new calls on SIGTERM",
+        doc: "time between health NOT_SERVING and refusing new calls on SIGTERM; open streams end when it is over",
+    },
+    SettingDoc {
+        env: "TANDEM_INSTANCE_ID",
+        key: "instance_id",
+        default: "",
+        doc: "this process's name for Kafka static group membership; empty = the host (pod) name; unique per live process",
     },
     SettingDoc {
         env: "TANDEM_AUTH__ISSUER",
@@ -174,6 +188,24 @@ pub const SETTINGS: &[SettingDoc] = &[
         key: "auth.leeway_secs",
         default: "30",
         doc: "clock skew tolerated on exp/nbf",
+    },
+    SettingDoc {
+        env: "TANDEM_STREAMS__PER_CALLER",
+        key: "streams.per_caller",
+        default: "5",
+        doc: "open streams of one kind (WatchWorklist, StreamInbox) per caller; more get RESOURCE_EXHAUSTED",
+    },
+    SettingDoc {
+        env: "TANDEM_STREAMS__PER_PROCESS",
+        key: "streams.per_process",
+        default: "1000",
+        doc: "open streams per process, over all callers",
+    },
+    SettingDoc {
+        env: "TANDEM_STREAMS__SAFETY_POLL",
+        key: "streams.safety_poll",
+        default: "30s",
+        doc: "longest a stream waits for a change before re-reading the store anyway",
     },
     SettingDoc { env: "TANDEM_LOG", key: "-", default: "info", doc: "log filter (RUST_LOG syntax)" },
     SettingDoc { env: "TANDEM_LOG_FORMAT", key: "-", default: "plain", doc: "plain or json log lines" },
@@ -276,6 +308,26 @@ where
     figment.extract_inner(key).map_err(|error| ConfigError::Invalid(Box::new(error)))
 }
 
+/// The configuration key of the subject paged when a patient's care-team
+/// chain runs out or is not known. Triage pages it; check-ins reads the same
+/// key to tell a patient truthfully who is being alerted. Services share the
+/// setting through configuration, never by importing each other.
+pub const CRISIS_CONTACT_KEY: &str = "triage.crisis_contact";
+
+/// The crisis contact when none is configured.
+pub const DEFAULT_CRISIS_CONTACT: &str = "on-call";
+
+/// The configured crisis contact ([`CRISIS_CONTACT_KEY`]); empty means the
+/// organisation has none.
+pub fn crisis_contact(figment: &Figment) -> Result<String, ConfigError> {
+    if figment.find_value(CRISIS_CONTACT_KEY).is_err() {
+        return Ok(DEFAULT_CRISIS_CONTACT.to_owned());
+    }
+    let contact: String =
+        figment.extract_inner(CRISIS_CONTACT_KEY).map_err(|error| ConfigError::Invalid(Box::new(error)))?;
+    Ok(contact.trim().to_owned())
+}
+
 /// Durations as humantime text ("30s", "5m") in files and the environment,
 /// for `#[serde(with = "tandem_server::config::duration_text")]`.
 pub mod duration_text {
@@ -344,6 +396,18 @@ mod tests {
             assert_eq!(settings.data_dir, PathBuf::from("/srv/tandem"));
             assert_eq!(settings.shutdown_drain, Duration::from_secs(5));
             assert_eq!(settings.auth.audience, "from-env");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn the_crisis_contact_is_one_setting_for_every_service() {
+        figment::Jail::expect_with(|jail| {
+            let figment = Settings::figment(None).map_err(|error| error.to_string())?;
+            assert_eq!(crisis_contact(&figment).map_err(|error| error.to_string())?, DEFAULT_CRISIS_CONTACT);
+            jail.set_env("TANDEM_TRIAGE__CRISIS_CONTACT", "clinic-duty-phone");
+            let figment = Settings::figment(None).map_err(|error| error.to_string())?;
+            assert_eq!(crisis_contact(&figment).map_err(|error| error.to_string())?, "clinic-duty-phone");
             Ok(())
         });
     }

@@ -4,8 +4,10 @@
 
 pub mod bus;
 pub mod config;
+pub mod health;
 pub mod idempotency;
 pub mod status;
+pub mod streams;
 pub mod tasks;
 
 use std::future::Future;
@@ -14,11 +16,15 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic::service::Routes;
-use tonic_health::ServingStatus;
-use tonic_health::server::HealthReporter;
 
 pub use config::{AuthSettings, Settings};
+pub use health::Health;
+pub use streams::{StreamLease, StreamSettings, Streams};
 pub use tasks::Tasks;
+
+/// How long calls still running when the drain ends may take before the
+/// server stops anyway: shutdown has a bound even with a stuck call.
+pub const CALL_GRACE: Duration = Duration::from_secs(10);
 
 /// Errors of this crate.
 #[derive(Debug, thiserror::Error)]
@@ -37,6 +43,9 @@ pub struct GrpcServer {
     routes: Routes,
     names: Vec<&'static str>,
     drain_delay: Duration,
+    call_grace: Duration,
+    streams: Streams,
+    health: Option<Health>,
 }
 
 impl Default for GrpcServer {
@@ -48,7 +57,22 @@ impl Default for GrpcServer {
 impl GrpcServer {
     /// An empty server.
     pub fn new() -> Self {
-        Self { routes: Routes::default(), names: Vec::new(), drain_delay: Duration::ZERO }
+        Self {
+            routes: Routes::default(),
+            names: Vec::new(),
+            drain_delay: Duration::ZERO,
+            call_grace: CALL_GRACE,
+            streams: Streams::default(),
+            health: None,
+        }
+    }
+
+    /// Serves `health` (the one the background [`Tasks`] report to), so a
+    /// task that dies turns its service NOT_SERVING; without it the server
+    /// has a health of its own that only shutdown changes.
+    pub fn with_health(mut self, health: Health) -> Self {
+        self.health = Some(health);
+        self
     }
 
     /// Adds a service; health checks know it by its fully qualified name.
@@ -75,18 +99,36 @@ impl GrpcServer {
         self
     }
 
+    /// How long calls still running after the drain may take (default
+    /// [`CALL_GRACE`]).
+    pub fn call_grace(mut self, grace: Duration) -> Self {
+        self.call_grace = grace;
+        self
+    }
+
+    /// The streams the services of this server open: they are ended when
+    /// the drain delay has passed, so shutdown never waits on a watch.
+    pub fn streams(mut self, streams: Streams) -> Self {
+        self.streams = streams;
+        self
+    }
+
     /// Serves until `shutdown` completes: then health says NOT_SERVING, the
-    /// drain delay passes, new calls are refused and in-flight calls finish.
+    /// drain delay passes, open streams end (UNAVAILABLE: reconnect), new
+    /// calls are refused and in-flight calls finish, for at most the call
+    /// grace.
     pub async fn serve(
         self,
         listener: TcpListener,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), ServerError> {
-        let (reporter, health) = tonic_health::server::health_reporter();
+        let reporter = self.health.clone().unwrap_or_default();
         for name in &self.names {
-            reporter.set_service_status(*name, ServingStatus::Serving).await;
+            reporter.add_service(name);
         }
-        reporter.set_service_status("", ServingStatus::Serving).await;
+        // Every service answers from the first call on.
+        reporter.publish().await;
+        let health = reporter.service();
 
         let reflection_v1 = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(tandem_proto::FILE_DESCRIPTOR_SET)
@@ -98,29 +140,40 @@ impl GrpcServer {
             .build_v1alpha()?;
 
         let routes = self.routes.add_service(health).add_service(reflection_v1).add_service(reflection_v1alpha);
-        let names = self.names.clone();
         let drain_delay = self.drain_delay;
+        let streams = self.streams.clone();
+        let call_grace = self.call_grace;
+        let (drained, drain_ended) = tokio::sync::oneshot::channel::<()>();
         let draining = async move {
             shutdown.await;
-            mark_not_serving(&reporter, &names).await;
+            reporter.stopping().await;
             tracing::info!(delay_ms = drain_delay.as_millis() as u64, "shutting down: health is NOT_SERVING, draining");
             tokio::time::sleep(drain_delay).await;
+            // Watches never end by themselves: end them, or the server
+            // would wait for them until the orchestrator's SIGKILL.
+            streams.end_all();
+            let _ = drained.send(());
         };
-        tonic::transport::Server::builder()
+        let serving = tonic::transport::Server::builder()
             .trace_fn(tandem_telemetry::grpc_server_span)
             .add_routes(routes)
-            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), draining)
-            .await?;
+            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), draining);
+        let grace = async move {
+            if drain_ended.await.is_err() {
+                // Stopped without a shutdown: nothing to bound.
+                std::future::pending::<()>().await;
+            }
+            tokio::time::sleep(call_grace).await;
+        };
+        tokio::select! {
+            served = serving => served?,
+            () = grace => {
+                tracing::warn!(grace_ms = call_grace.as_millis() as u64, "calls still running after the drain and the grace period; stopping without them");
+            }
+        }
         tracing::info!("grpc server stopped");
         Ok(())
     }
-}
-
-async fn mark_not_serving(reporter: &HealthReporter, names: &[&'static str]) {
-    for name in names {
-        reporter.set_service_status(*name, ServingStatus::NotServing).await;
-    }
-    reporter.set_service_status("", ServingStatus::NotServing).await;
 }
 
 /// Completes on SIGTERM or SIGINT (Ctrl-C).

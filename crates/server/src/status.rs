@@ -1,5 +1,6 @@
 //! Building the statuses callers see.
 
+use prost::{Message, Name};
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, FieldViolation, StatusExt};
 
@@ -47,6 +48,28 @@ impl Violations {
     }
 }
 
+/// `status` with `detail` added to its `google.rpc.Status` details, next to
+/// those it has (a BadRequest, an ErrorInfo), and a new message.
+pub fn with_detail<M: Name>(status: &Status, message: impl Into<String>, detail: &M) -> Status {
+    let mut rpc = tonic_types::Status::decode(status.details()).unwrap_or_default();
+    rpc.code = status.code() as i32;
+    let message = message.into();
+    rpc.message.clone_from(&message);
+    match prost_types::Any::from_msg(detail) {
+        Ok(any) => rpc.details.push(any),
+        // Encoding into a Vec cannot run out of space.
+        Err(error) => tracing::error!(%error, "cannot encode an error detail"),
+    }
+    Status::with_details_and_metadata(status.code(), message, rpc.encode_to_vec().into(), status.metadata().clone())
+}
+
+/// The detail of type `M` in a status's `google.rpc.Status` details, if any:
+/// what a client does to read, e.g., the safety response of a refused check-in.
+pub fn detail<M: Name + Default>(status: &Status) -> Option<M> {
+    let rpc = tonic_types::Status::decode(status.details()).ok()?;
+    rpc.details.iter().find(|any| any.type_url == M::type_url()).and_then(|any| any.to_msg().ok())
+}
+
 /// InvalidArgument for a single bad field.
 pub fn invalid_field(field: impl Into<String>, description: impl Into<String>) -> Status {
     let mut violations = Violations::new();
@@ -78,4 +101,23 @@ pub fn patient_id(
     id: Option<&tandem_proto::common::v1::PatientId>,
 ) -> Result<tandem_proto::ids::PatientId, Status> {
     required_id(field, id, "the patient's id")
+}
+
+#[cfg(test)]
+mod tests {
+    use tandem_proto::checkins::v1::SafetyResponse;
+
+    use super::*;
+
+    #[test]
+    fn a_custom_detail_sits_beside_the_bad_request() {
+        let status = invalid_field("journal", "at most 20,000 characters");
+        let safety = SafetyResponse { triggers: vec!["crisis-language".into()], ..Default::default() };
+        let with = with_detail(&status, "invalid request; help is available now", &safety);
+        assert_eq!(with.code(), Code::InvalidArgument);
+        assert_eq!(with.message(), "invalid request; help is available now");
+        assert_eq!(with.get_details_bad_request().map(|b| b.field_violations.len()), Some(1));
+        assert_eq!(detail::<SafetyResponse>(&with), Some(safety));
+        assert_eq!(detail::<SafetyResponse>(&status), None);
+    }
 }

@@ -6,8 +6,9 @@
 //! service lives in its own schema, set as the connection's `search_path`;
 //! on SQLite each service has its own file.
 
+pub mod changes;
 pub mod paging;
-#[cfg(feature = "testing")]
+#[cfg(any(test, feature = "testing"))]
 pub mod testing;
 
 use std::str::FromStr;
@@ -17,6 +18,7 @@ use sqlx::any::{AnyPoolOptions, install_default_drivers};
 use sqlx::migrate::Migrator;
 use sqlx::{AnyPool, Executor};
 
+pub use changes::{ChangeFeed, Changes};
 pub use sqlx;
 
 /// Errors of this crate.
@@ -97,6 +99,31 @@ pub struct Store {
     pool: AnyPool,
     backend: Backend,
     schema: String,
+    // How the pool was made, for a separate pool on the same database.
+    url: String,
+    pool_options: AnyPoolOptions,
+}
+
+/// When a SQLite commit is on disk (`PRAGMA synchronous`, in WAL mode).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Synchronous {
+    /// The write-ahead log is synced on every commit: a commit survives an
+    /// OS crash or a power loss. A patient told "your care team was alerted"
+    /// must never lose the check-in that said so, so this is the default.
+    #[default]
+    Full,
+    /// The log is synced only at checkpoints: a commit survives a process
+    /// crash, but an OS crash or power loss can lose the last commits.
+    Normal,
+}
+
+impl Synchronous {
+    fn pragma(self) -> &'static str {
+        match self {
+            Synchronous::Full => "FULL",
+            Synchronous::Normal => "NORMAL",
+        }
+    }
 }
 
 /// How to open a [`Store`].
@@ -108,12 +135,15 @@ pub struct StoreOptions {
     pub schema: String,
     /// Pool size.
     pub max_connections: u32,
+    /// When a SQLite commit is durable; PostgreSQL commits are durable as
+    /// the server is configured (`synchronous_commit`, on by default).
+    pub synchronous: Synchronous,
 }
 
 impl StoreOptions {
-    /// Options with the default pool size.
+    /// Options with the default pool size, durable commits.
     pub fn new(url: impl Into<String>, schema: impl Into<String>) -> Self {
-        Self { url: url.into(), schema: schema.into(), max_connections: 8 }
+        Self { url: url.into(), schema: schema.into(), max_connections: 8, synchronous: Synchronous::Full }
     }
 }
 
@@ -140,33 +170,51 @@ impl Store {
             _ => options.url.clone(),
         };
         let session_schema = schema.clone();
-        let pool = AnyPoolOptions::new()
+        let synchronous = options.synchronous.pragma();
+        let pool_options = AnyPoolOptions::new()
             .max_connections(options.max_connections)
             .acquire_timeout(Duration::from_secs(10))
             .after_connect(move |conn, _meta| {
                 let statement = match backend {
                     // WAL lets readers run beside the writer; the busy timeout
-                    // makes a second writer wait instead of failing at once.
-                    Backend::Sqlite => {
-                        "PRAGMA journal_mode = WAL; PRAGMA busy_timeout = 10000; PRAGMA foreign_keys = ON; PRAGMA synchronous = NORMAL;".to_owned()
-                    }
+                    // makes a second writer wait instead of failing at once;
+                    // synchronous says when a commit is on disk.
+                    Backend::Sqlite => format!(
+                        "PRAGMA journal_mode = WAL; PRAGMA busy_timeout = 10000; PRAGMA foreign_keys = ON; PRAGMA synchronous = {synchronous};"
+                    ),
                     Backend::Postgres => format!("SET search_path TO \"{session_schema}\""),
                 };
                 Box::pin(async move {
                     conn.execute(sqlx::AssertSqlSafe(statement)).await?;
                     Ok(())
                 })
-            })
-            .connect(&url)
-            .await
-            .map_err(|source| StoreError::Connect { backend, source })?;
+            });
+        let pool =
+            pool_options.clone().connect(&url).await.map_err(|source| StoreError::Connect { backend, source })?;
         let migrator = match backend {
             Backend::Sqlite => migrations.sqlite,
             Backend::Postgres => migrations.postgres,
         };
         migrator.run(&pool).await.map_err(|source| StoreError::Migrate { schema: schema.clone(), source })?;
         tracing::debug!(%backend, schema = %schema, "store ready");
-        Ok(Self { pool, backend, schema })
+        Ok(Self { pool, backend, schema, url, pool_options })
+    }
+
+    /// Another pool of `max_connections` on the same database and schema
+    /// (already migrated), so that one kind of work cannot take the
+    /// connections another needs: a service gives its gRPC API and streams
+    /// such a pool, and keeps this one for its event consumers, relay and
+    /// schedulers.
+    pub async fn separate_pool(&self, max_connections: u32) -> Result<Store, StoreError> {
+        let backend = self.backend;
+        let pool = self
+            .pool_options
+            .clone()
+            .max_connections(max_connections.max(1))
+            .connect(&self.url)
+            .await
+            .map_err(|source| StoreError::Connect { backend, source })?;
+        Ok(Self { pool, ..self.clone() })
     }
 
     /// The pool.
@@ -238,4 +286,75 @@ pub fn from_unix_micros(micros: i64) -> std::time::SystemTime {
 /// Whether an error is a unique-constraint violation (on either backend).
 pub fn is_unique_violation(error: &sqlx::Error) -> bool {
     error.as_database_error().is_some_and(|db| db.is_unique_violation())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::testing::TestDatabase;
+
+    static NONE: Migrator = Migrator::DEFAULT;
+    static NO_MIGRATIONS: Migrations = Migrations { sqlite: &NONE, postgres: &NONE };
+
+    /// Work on a separate pool (the API, its streams) can hold every one of
+    /// its connections and the store's own pool (event consumers) still
+    /// gets one.
+    async fn a_separate_pool_cannot_take_the_stores_connections(backend: Backend) {
+        let database = TestDatabase::create(backend).await;
+        let options = StoreOptions { max_connections: 2, ..StoreOptions::new(database.url.clone(), "pools") };
+        let store = Store::open(options, &NO_MIGRATIONS).await.expect("open");
+        let api = store.separate_pool(2).await.expect("separate pool");
+        assert_eq!((api.backend(), api.schema()), (store.backend(), store.schema()));
+        let held = [api.pool().acquire().await.unwrap(), api.pool().acquire().await.unwrap()];
+        let busy = tokio::time::timeout(Duration::from_millis(200), api.pool().acquire()).await;
+        assert!(busy.is_err(), "the separate pool is full");
+        let mut consumer = tokio::time::timeout(Duration::from_secs(30), store.pool().acquire())
+            .await
+            .expect("the store's pool is not affected by the separate one")
+            .unwrap();
+        let one: i64 = sqlx::query_scalar("SELECT 1").fetch_one(&mut *consumer).await.unwrap();
+        assert_eq!(one, 1);
+        drop((held, consumer));
+        api.close().await;
+        store.close().await;
+        database.drop_database().await;
+    }
+
+    #[tokio::test]
+    async fn a_separate_pool_cannot_take_the_stores_connections_sqlite() {
+        a_separate_pool_cannot_take_the_stores_connections(Backend::Sqlite).await;
+    }
+
+    #[tokio::test]
+    async fn a_separate_pool_cannot_take_the_stores_connections_postgres() {
+        a_separate_pool_cannot_take_the_stores_connections(Backend::Postgres).await;
+    }
+
+    async fn synchronous_of(options: StoreOptions) -> i64 {
+        let store = Store::open(options, &NO_MIGRATIONS).await.unwrap();
+        let mut conn = store.pool().acquire().await.unwrap();
+        let level: i64 = sqlx::query_scalar("PRAGMA synchronous").fetch_one(&mut *conn).await.unwrap();
+        drop(conn);
+        // A separate pool commits the same way.
+        let api = store.separate_pool(1).await.unwrap();
+        let mut conn = api.pool().acquire().await.unwrap();
+        let separate: i64 = sqlx::query_scalar("PRAGMA synchronous").fetch_one(&mut *conn).await.unwrap();
+        assert_eq!(separate, level);
+        drop(conn);
+        api.close().await;
+        store.close().await;
+        level
+    }
+
+    #[tokio::test]
+    async fn sqlite_commits_are_durable_unless_asked_otherwise() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = |name: &str| format!("sqlite://{}/{name}.db", dir.path().display());
+        // PRAGMA synchronous: 1 = NORMAL, 2 = FULL.
+        assert_eq!(synchronous_of(StoreOptions::new(url("full"), "full")).await, 2);
+        let normal = StoreOptions { synchronous: Synchronous::Normal, ..StoreOptions::new(url("normal"), "normal") };
+        assert_eq!(synchronous_of(normal).await, 1);
+    }
 }

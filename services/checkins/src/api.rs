@@ -6,26 +6,87 @@ use std::time::SystemTime;
 
 use tandem_auth::{Caller, Role};
 use tandem_clinical::{Responses, ValidationErrors};
+use tandem_proto::careplans::v1::CareTeamRole;
 use tandem_proto::checkins::v1 as pb;
 use tandem_proto::checkins::v1::check_in_service_server::CheckInService;
 use tandem_proto::common::v1 as common;
-use tandem_proto::ids::{CarePlanId, CheckInId, OrgId, PatientId};
+use tandem_proto::events::v1 as events;
+use tandem_proto::ids::{CarePlanId, CheckInId, EventId, OrgId, PatientId};
 use tandem_server::status::{Violations, internal, invalid_field, patient_id};
 use tandem_store::paging::{Cursor, page_size};
 use tandem_store::unix_micros;
 use tonic::{Request, Response, Status};
+use tonic_types::StatusExt;
 
 use crate::config::CheckInsSettings;
-use crate::repo::{NewCheckIn, Repo, RepoError, StoredCheckIn};
+pub use crate::refused::CRISIS_LANGUAGE_TRIGGER;
+use crate::refused::{CRISIS_LANGUAGE_LEVEL, Refusal};
+use crate::repo::{FirstStep, NewCheckIn, NewRefusedSignal, Repo, RepoError, StoredCheckIn};
 use crate::submit::Submitter;
 
 const MAX_KEY_LEN: usize = 128;
-/// The trigger id of the crisis-language detector.
-pub const CRISIS_LANGUAGE_TRIGGER: &str = "crisis-language";
-/// Passive ideation in the journal ("wish I were dead") shows the safety
-/// response, as PHQ-9 item 9, which asks about exactly that, does.
-const CRISIS_LANGUAGE_LEVEL: tandem_clinical::TextRiskLevel = tandem_clinical::TextRiskLevel::Moderate;
 const MAX_HOMEWORK: usize = 50;
+/// Most invalid field paths recorded with a refused submission's signal.
+const MAX_INVALID_FIELDS: usize = 50;
+
+/// Who a crisis alert goes to, as this service knows it when it replies.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Alerted {
+    target: pb::AlertTarget,
+    role: CareTeamRole,
+    name: String,
+    /// One fixed sentence for the patient; never generated.
+    notice: String,
+}
+
+impl Alerted {
+    /// The first member of the care team is paged (triage raises a new
+    /// escalation at step 1 of the chain).
+    fn care_team(step: FirstStep) -> Self {
+        let who = match step.role {
+            CareTeamRole::Primary => "your primary clinician",
+            CareTeamRole::Backup => "your backup clinician",
+            CareTeamRole::OnCall => "the on-call clinician",
+            CareTeamRole::Unspecified => "a member of your care team",
+        };
+        let name = step.display_name.trim().to_owned();
+        let notice = if name.is_empty() {
+            format!("Your care team is being alerted now: {who}.")
+        } else {
+            format!("Your care team is being alerted now: {name}, {who}.")
+        };
+        Self { target: pb::AlertTarget::CareTeam, role: step.role, name, notice }
+    }
+
+    /// No care team is known: triage pages the org's crisis contact.
+    fn crisis_contact() -> Self {
+        Self {
+            target: pb::AlertTarget::CrisisContact,
+            role: CareTeamRole::Unspecified,
+            name: String::new(),
+            notice: "Your clinic's crisis contact is being alerted now.".to_owned(),
+        }
+    }
+
+    /// Nobody is alerted, for the reason `notice` gives the patient.
+    fn nobody(notice: &str) -> Self {
+        Self {
+            target: pb::AlertTarget::Nobody,
+            role: CareTeamRole::Unspecified,
+            name: String::new(),
+            notice: notice.to_owned(),
+        }
+    }
+}
+
+const NOBODY_TO_ALERT: &str = "Nobody at your clinic could be alerted right now. \
+    Please contact one of the crisis services listed here now.";
+const NOT_CONFIRMED: &str = "We could not confirm that anyone at your clinic was alerted. \
+    Please contact one of the crisis services listed here now.";
+const NOT_RECORDED: &str = "Your check-in could not be saved, so nobody at your clinic has been alerted. \
+    Please contact one of the crisis services listed here now, and try again.";
+const NO_PATIENT: &str = "This check-in did not say which patient it is for, so nobody at your clinic \
+    could be alerted. Please contact one of the crisis services listed here now.";
 
 /// The check-ins gRPC service.
 #[derive(Debug, Clone)]
@@ -165,38 +226,73 @@ impl CheckInApi {
     }
 
     /// The reply to a request whose idempotency key was used before: the
-    /// first reply when the request is the same, else a conflict (carrying
-    /// the crisis resources when the new request holds a crisis signal).
+    /// first reply when the request is the same, else a conflict (escalating
+    /// and answering the crisis signal the new request holds, if any).
     async fn replay(
         &self,
         caller: &Caller,
         message: &pb::SubmitCheckInRequest,
         existing: &StoredCheckIn,
-        patient: &PatientId,
+        subject: (&OrgId, &PatientId),
         fingerprint: &str,
     ) -> Result<pb::SubmitCheckInResponse, Status> {
+        let (_, patient) = subject;
         if tandem_server::idempotency::same_request(existing.request_hash.as_deref(), fingerprint) {
             return self.reply(existing, patient).await;
         }
         tracing::warn!(patient_id = %patient, "idempotency key reused with a different check-in; refused as a conflict");
-        Err(self.with_resources_if_crisis(caller, message, tandem_server::idempotency::key_conflict()))
+        let conflict = tandem_server::idempotency::key_conflict();
+        Err(self.refused(caller, Some(subject), message, conflict, Refusal::KeyReused).await)
     }
 
     async fn reply(&self, stored: &StoredCheckIn, patient: &PatientId) -> Result<pb::SubmitCheckInResponse, Status> {
         let safety_response = if stored.crisis_triggers.is_empty() {
             None
         } else {
-            Some(self.safety_response(&stored.org, patient, &stored.crisis_triggers).await)
+            let alerted = self.alerted(patient).await;
+            Some(self.safety_response(&stored.org, Some(patient), &stored.crisis_triggers, alerted).await)
         };
         Ok(pb::SubmitCheckInResponse { check_in: Some(stored.check_in.clone()), safety_response })
     }
 
+    /// Who triage alerts for a crisis signal of the patient that was just
+    /// recorded, from what this service knows now: the first member of the
+    /// care team as careplans announced it; without a care team the org's
+    /// crisis contact, if one is configured; else nobody.
+    async fn alerted(&self, patient: &PatientId) -> Alerted {
+        match self.repo.first_step(patient).await {
+            Ok(Some(step)) => Alerted::care_team(step),
+            Ok(None) if self.settings.has_crisis_contact() => Alerted::crisis_contact(),
+            Ok(None) => {
+                tracing::error!(
+                    patient_id = %patient,
+                    alert = "crisis_nobody_to_alert",
+                    "crisis signal for a patient with no known care team and no crisis contact configured; the patient was told nobody is alerted"
+                );
+                Alerted::nobody(NOBODY_TO_ALERT)
+            }
+            Err(error) => {
+                tracing::error!(%error, patient_id = %patient, "cannot read the care team for a safety response");
+                Alerted::nobody(NOT_CONFIRMED)
+            }
+        }
+    }
+
     /// The immediate safety response: the org's crisis resources, the
-    /// patient's own safety plan, word that the care team is being alerted.
-    /// Never generated text. A failure to read the safety plan still shows
-    /// the resources.
-    async fn safety_response(&self, org: &OrgId, patient: &PatientId, triggers: &[String]) -> pb::SafetyResponse {
-        let safety_plan_text = match self.repo.safety_plan(patient).await {
+    /// patient's own safety plan, and who is being alerted. Never generated
+    /// text. A failure to read the safety plan still shows the resources.
+    async fn safety_response(
+        &self,
+        org: &OrgId,
+        patient: Option<&PatientId>,
+        triggers: &[String],
+        alerted: Alerted,
+    ) -> pb::SafetyResponse {
+        let plan = match patient {
+            Some(patient) => self.repo.safety_plan(patient).await,
+            None => Ok(None),
+        };
+        let safety_plan_text = match plan {
             Ok(plan) => plan.map(|plan| tandem_proto::render::safety_plan_text(&plan)).unwrap_or_default(),
             Err(error) => {
                 tracing::error!(%error, "cannot read the safety plan for a safety response; showing resources only");
@@ -206,53 +302,100 @@ impl CheckInApi {
         pb::SafetyResponse {
             resources: self.settings.resources_for(org.as_str()),
             safety_plan_text,
-            // The check-in's event commits with the check-in itself, and
-            // triage escalates every crisis trigger to the care team.
-            care_team_alerted: true,
+            care_team_alerted: alerted.target == pb::AlertTarget::CareTeam,
             ai_generated: false,
             triggers: triggers.to_vec(),
+            alert_target: alerted.target as i32,
+            alerted_role: alerted.role as i32,
+            alerted_name: alerted.name,
+            notice: alerted.notice,
         }
     }
 
-    /// InvalidArgument for a bad submission. When the answers carry a crisis
-    /// signal even though they do not parse, the message also gives the
-    /// crisis resources: a typo must not hide a patient in danger.
-    fn rejected(&self, caller: &Caller, request: &pb::SubmitCheckInRequest, violations: Violations) -> Status {
-        self.with_resources_if_crisis(caller, request, violations.into_status())
-    }
-
-    /// `status`, with the crisis resources added when the refused request
-    /// carries a crisis signal.
-    fn with_resources_if_crisis(&self, caller: &Caller, request: &pb::SubmitCheckInRequest, status: Status) -> Status {
-        let mut signals: Vec<&'static str> = request
-            .instruments
-            .iter()
-            .flat_map(|i| tandem_clinical::crisis_triggers_in_unparsed(&i.instrument, &i.answers))
-            .map(|trigger| trigger.id())
-            .collect();
-        if !request.journal.is_empty() && tandem_clinical::detect(&request.journal).level >= CRISIS_LANGUAGE_LEVEL {
-            signals.push(CRISIS_LANGUAGE_TRIGGER);
-        }
+    /// `status` for a refused submission. When the request carries a crisis
+    /// signal, a typo, a journal over the limit or a reused key must not
+    /// hide a patient in danger: the signal (never the request) is recorded
+    /// and escalated, and the status carries the safety response as a
+    /// detail and the resources in its message. `subject` is the org and
+    /// patient the request is for, when known.
+    async fn refused(
+        &self,
+        caller: &Caller,
+        subject: Option<(&OrgId, &PatientId)>,
+        request: &pb::SubmitCheckInRequest,
+        status: Status,
+        refusal: Refusal,
+    ) -> Status {
+        let signals = crate::refused::crisis_signals(request);
         if signals.is_empty() {
             return status;
         }
-        tracing::warn!(triggers = ?signals, "rejected check-in carried a crisis signal; resources returned with the error");
-        let resources = self
-            .settings
-            .resources_for(caller.org.as_str())
-            .iter()
-            .map(|r| format!("{}: {}", r.name, r.contact))
-            .collect::<Vec<_>>()
-            .join("; ");
-        Status::with_details(
-            status.code(),
-            format!(
-                "{} — if you are thinking about harming yourself, help is available now: {resources}",
-                status.message()
-            ),
-            status.details().to_vec().into(),
-        )
+        let triggers = crate::refused::trigger_ids(&signals);
+        let Some((org, patient)) = subject else {
+            tracing::warn!(triggers = ?triggers, "a check-in refused without a valid patient id carried a crisis signal; resources returned, nobody can be alerted");
+            let safety = self.safety_response(&caller.org, None, &triggers, Alerted::nobody(NO_PATIENT)).await;
+            return with_safety(&status, &safety);
+        };
+        let mut invalid_fields: Vec<String> = status
+            .get_details_bad_request()
+            .map(|bad| bad.field_violations.into_iter().map(|violation| violation.field).collect())
+            .unwrap_or_default();
+        invalid_fields.truncate(MAX_INVALID_FIELDS);
+        let key = &request.idempotency_key;
+        let key_valid = !key.trim().is_empty() && key.chars().count() <= MAX_KEY_LEN;
+        let new = NewRefusedSignal {
+            org: org.clone(),
+            patient: *patient,
+            idempotency_key: key_valid.then(|| key.clone()),
+            request_hash: tandem_server::idempotency::fingerprint(request),
+            signal: events::RefusedCrisisSignal {
+                signal_id: EventId::new().to_string(),
+                refusal: refusal.as_str().to_owned(),
+                received_at: Some(SystemTime::now().into()),
+                signals,
+                invalid_fields,
+            },
+        };
+        let alerted = match self.submitter.record_refused(&self.repo, &new).await {
+            Ok(first) => {
+                tracing::warn!(
+                    patient_id = %patient,
+                    triggers = ?triggers,
+                    refusal = refusal.as_str(),
+                    retry = !first,
+                    "refused check-in carried a crisis signal; the signal is escalated and the resources returned"
+                );
+                self.alerted(patient).await
+            }
+            Err(error) => {
+                tracing::error!(
+                    %error,
+                    patient_id = %patient,
+                    alert = "refused_crisis_signal_not_recorded",
+                    "a refused check-in's crisis signal could not be recorded; the patient was told nobody is alerted"
+                );
+                Alerted::nobody(NOT_RECORDED)
+            }
+        };
+        let safety = self.safety_response(org, Some(patient), &triggers, alerted).await;
+        with_safety(&status, &safety)
     }
+}
+
+/// `status` with the safety response as a detail and its resources in the
+/// message, first when nobody could be alerted.
+fn with_safety(status: &Status, safety: &pb::SafetyResponse) -> Status {
+    let resources =
+        safety.resources.iter().map(|r| format!("{}: {}", r.name, r.contact)).collect::<Vec<_>>().join("; ");
+    let help = format!("if you are thinking about harming yourself, help is available now: {resources}");
+    let message = if safety.alert_target() == pb::AlertTarget::CareTeam
+        || safety.alert_target() == pb::AlertTarget::CrisisContact
+    {
+        format!("{} — {help}. {}", status.message(), safety.notice)
+    } else {
+        format!("{help}. {} — {}", safety.notice, status.message())
+    };
+    tandem_server::status::with_detail(status, message, safety)
 }
 
 fn score_to_pb(score: &tandem_clinical::Score) -> pb::ScoredInstrument {
@@ -277,12 +420,28 @@ impl CheckInService for CheckInApi {
     ) -> Result<Response<pb::SubmitCheckInResponse>, Status> {
         let caller = Caller::from_request(&request)?.clone();
         let message = request.into_inner();
-        let patient = patient_id("patient_id", message.patient_id.as_ref())?;
+        let patient = match patient_id("patient_id", message.patient_id.as_ref()) {
+            Ok(patient) => patient,
+            Err(status) => {
+                // A patient checking in for themself is known by their token.
+                let own = match caller.role {
+                    Role::Patient => caller.subject.parse::<PatientId>().ok(),
+                    _ => None,
+                };
+                let subject = own.as_ref().map(|patient| (&caller.org, patient));
+                return Err(self.refused(&caller, subject, &message, status, Refusal::InvalidArgument).await);
+            }
+        };
         let org = self.submittable(&caller, &patient).await?;
         let now = tandem_store::from_unix_micros(unix_micros(SystemTime::now()));
         let parsed = match parse_submission(&message, now) {
             Ok(parsed) => parsed,
-            Err(violations) => return Err(self.rejected(&caller, &message, violations)),
+            Err(violations) => {
+                let status = violations.into_status();
+                return Err(self
+                    .refused(&caller, Some((&org, &patient)), &message, status, Refusal::InvalidArgument)
+                    .await);
+            }
         };
         let fingerprint = tandem_server::idempotency::fingerprint(&pb::SubmitCheckInRequest {
             idempotency_key: String::new(),
@@ -291,7 +450,7 @@ impl CheckInService for CheckInApi {
         if let Some(existing) =
             self.repo.by_idempotency_key(&patient.to_string(), &message.idempotency_key).await.map_err(repo_status)?
         {
-            return self.replay(&caller, &message, &existing, &patient, &fingerprint).await.map(Response::new);
+            return self.replay(&caller, &message, &existing, (&org, &patient), &fingerprint).await.map(Response::new);
         }
         let scores: Vec<tandem_clinical::Score> = parsed.responses.iter().map(tandem_clinical::score).collect();
         let mut crisis_triggers: Vec<String> = Vec::new();
@@ -324,11 +483,27 @@ impl CheckInService for CheckInApi {
             request_hash: fingerprint.clone(),
             crisis_triggers,
         };
-        let stored =
-            self.submitter.submit(&self.repo, &patient, &new, &message.instruments).await.map_err(repo_status)?;
+        let stored = match self.submitter.submit(&self.repo, &patient, &new, &message.instruments).await {
+            Ok(stored) => stored,
+            Err(error) if new.crisis_triggers.is_empty() => return Err(repo_status(error)),
+            Err(error) => {
+                // Not stored, so not escalated: say so, and show the resources.
+                tracing::error!(
+                    %error,
+                    patient_id = %patient,
+                    alert = "crisis_check_in_not_recorded",
+                    "a crisis check-in could not be stored; the patient was told nobody is alerted"
+                );
+                let status = Status::unavailable("the check-in could not be saved; try again in a moment");
+                let safety = self
+                    .safety_response(&org, Some(&patient), &new.crisis_triggers, Alerted::nobody(NOT_RECORDED))
+                    .await;
+                return Err(with_safety(&status, &safety));
+            }
+        };
         if stored.check_in.id != new.check_in.id {
             // A concurrent request with the same key won the race.
-            return self.replay(&caller, &message, &stored, &patient, &fingerprint).await.map(Response::new);
+            return self.replay(&caller, &message, &stored, (&org, &patient), &fingerprint).await.map(Response::new);
         }
         if !stored.crisis_triggers.is_empty() {
             tracing::warn!(patient_id = %patient, triggers = ?stored.crisis_triggers, "crisis trigger fired at check-in");

@@ -23,6 +23,12 @@ pub struct CheckInsSettings {
     pub crisis_resources: Vec<Resource>,
     /// Crisis resources per organisation slug, replacing the default list.
     pub org_crisis_resources: BTreeMap<String, Vec<Resource>>,
+    /// The crisis contact triage pages when a patient's care team is not
+    /// known; empty when there is none. Not a key of this section: it is the
+    /// shared setting `triage.crisis_contact`
+    /// ([`tandem_server::config::crisis_contact`]), filled in at start-up.
+    #[serde(skip)]
+    pub crisis_contact: String,
 }
 
 impl Default for CheckInsSettings {
@@ -38,11 +44,27 @@ impl Default for CheckInsSettings {
                 },
             ],
             org_crisis_resources: BTreeMap::new(),
+            crisis_contact: tandem_server::config::DEFAULT_CRISIS_CONTACT.to_owned(),
         }
     }
 }
 
 impl CheckInsSettings {
+    /// The settings of the `checkins` section, with the shared crisis contact.
+    pub fn load(figment: &figment::Figment) -> Result<Self, tandem_server::config::ConfigError> {
+        let mut settings: Self = tandem_server::config::section(figment, "checkins")?;
+        settings.crisis_contact = tandem_server::config::crisis_contact(figment)?;
+        Ok(settings)
+    }
+
+    /// Whether an organisation has a crisis contact to page when a
+    /// patient's care team is not known. An org's own contact, set through
+    /// triage's rules, is not seen here: without a configured default the
+    /// reply may say nobody is alerted when that contact is, never the reverse.
+    pub fn has_crisis_contact(&self) -> bool {
+        !self.crisis_contact.trim().is_empty()
+    }
+
     /// The crisis resources shown to a patient of `org`.
     pub fn resources_for(&self, org: &str) -> Vec<CrisisResource> {
         let list = self.org_crisis_resources.get(org).filter(|list| !list.is_empty()).unwrap_or(&self.crisis_resources);
@@ -65,5 +87,19 @@ mod tests {
             .insert("uk-clinic".into(), vec![Resource { name: "Samaritans".into(), contact: "Call 116 123".into() }]);
         assert_eq!(settings.resources_for("uk-clinic")[0].name, "Samaritans");
         assert!(settings.resources_for("other").iter().any(|r| r.contact.contains("988")));
+    }
+
+    #[test]
+    fn the_crisis_contact_comes_from_the_shared_setting_not_this_section() {
+        use figment::providers::Serialized;
+        let figment = figment::Figment::from(Serialized::default("checkins.crisis_resources", Vec::<Resource>::new()));
+        let settings = CheckInsSettings::load(&figment).unwrap();
+        assert_eq!(settings.crisis_contact, "on-call");
+        assert!(settings.has_crisis_contact());
+        let figment = figment
+            .merge(Serialized::default("triage.crisis_contact", ""))
+            .merge(Serialized::default("checkins.crisis_contact", "ignored"));
+        let settings = CheckInsSettings::load(&figment).unwrap();
+        assert!(!settings.has_crisis_contact(), "{settings:?}");
     }
 }

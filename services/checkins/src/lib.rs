@@ -1,14 +1,17 @@
 //! The checkins service: patient check-ins and the immediate safety response.
 //!
-//! `api.rs` is the gRPC surface, `due.rs` what is due when, `repo.rs` the
-//! SQL (check-ins and the projections of careplans events), `submit.rs` the
-//! transaction that stores a check-in with its event.
+//! `api.rs` is the gRPC surface, `due.rs` what is due when, `refused.rs`
+//! the crisis signals of refused submissions, `repo.rs` the SQL (check-ins,
+//! refused crisis signals and the projections of careplans events),
+//! `submit.rs` the transactions that store a check-in or a refused signal
+//! with its event.
 
 pub mod api;
 pub mod config;
 pub mod due;
 pub mod handlers;
 pub mod missed;
+pub mod refused;
 pub mod repo;
 pub mod submit;
 

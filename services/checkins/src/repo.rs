@@ -7,6 +7,7 @@ use prost::Message;
 use sqlx::{Any, Row, Transaction};
 use tandem_proto::careplans::v1 as plans;
 use tandem_proto::checkins::v1 as pb;
+use tandem_proto::events::v1 as events;
 use tandem_proto::ids::{CheckInId, OrgId, PatientId};
 use tandem_store::paging::Cursor;
 use tandem_store::{Store, StoreError, from_unix_micros, is_unique_violation, unix_micros};
@@ -62,6 +63,30 @@ pub struct NewCheckIn {
     pub request_hash: String,
     /// Crisis triggers that fired.
     pub crisis_triggers: Vec<String>,
+}
+
+/// A crisis signal from a refused submission, about to be stored.
+#[derive(Debug, Clone)]
+pub struct NewRefusedSignal {
+    /// The organisation.
+    pub org: OrgId,
+    /// The patient.
+    pub patient: PatientId,
+    /// The idempotency key of the refused request, when it had a valid one.
+    pub idempotency_key: Option<String>,
+    /// The refused request's fingerprint, with its key.
+    pub request_hash: String,
+    /// The signal, as announced.
+    pub signal: events::RefusedCrisisSignal,
+}
+
+/// The care-team member a new escalation pages first.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FirstStep {
+    /// Their role in the chain (unspecified for teams stored before roles were kept).
+    pub role: plans::CareTeamRole,
+    /// Their display name (empty when unknown).
+    pub display_name: String,
 }
 
 fn corrupt(what: &str) -> RepoError {
@@ -145,6 +170,86 @@ impl Repo {
             .await?;
         }
         Ok(None)
+    }
+
+    /// Stores a refused submission's crisis signal inside `tx`. Returns
+    /// false, storing nothing, when the same refused request (same key, same
+    /// body) was recorded before: a client's retry raises no second signal.
+    pub async fn insert_refused_signal(
+        &self,
+        tx: &mut Transaction<'static, Any>,
+        new: &NewRefusedSignal,
+    ) -> Result<bool, RepoError> {
+        let received_at = new.signal.received_at.and_then(|t| SystemTime::try_from(t).ok()).unwrap_or(UNIX_EPOCH);
+        let triggers: Vec<&str> = new.signal.signals.iter().map(|signal| signal.trigger.as_str()).collect();
+        // A unique violation would abort a PostgreSQL transaction, so look
+        // first; the unique constraint still settles a race.
+        if let Some(key) = &new.idempotency_key {
+            let seen = sqlx::query(
+                "SELECT 1 AS one FROM refused_crisis_signals WHERE patient_id = $1 AND idempotency_key = $2 AND request_hash = $3",
+            )
+            .bind(new.patient.to_string())
+            .bind(key.clone())
+            .bind(new.request_hash.clone())
+            .fetch_optional(&mut **tx)
+            .await?;
+            if seen.is_some() {
+                return Ok(false);
+            }
+        }
+        let inserted = sqlx::query(
+            "INSERT INTO refused_crisis_signals (id, org_id, patient_id, received_at, refusal, triggers, idempotency_key, request_hash, body) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+        )
+        .bind(new.signal.signal_id.clone())
+        .bind(new.org.to_string())
+        .bind(new.patient.to_string())
+        .bind(unix_micros(received_at))
+        .bind(new.signal.refusal.clone())
+        .bind(triggers.join(","))
+        .bind(new.idempotency_key.clone())
+        .bind(new.request_hash.clone())
+        .bind(new.signal.encode_to_vec())
+        .execute(&mut **tx)
+        .await;
+        match inserted {
+            Ok(_) => Ok(true),
+            // The same refused request, recorded by a concurrent call.
+            Err(error) if is_unique_violation(&error) => Ok(false),
+            Err(error) => Err(error.into()),
+        }
+    }
+
+    /// The crisis signals of a patient's refused submissions, oldest first.
+    pub async fn refused_signals(&self, patient: &PatientId) -> Result<Vec<events::RefusedCrisisSignal>, RepoError> {
+        let rows =
+            sqlx::query("SELECT body FROM refused_crisis_signals WHERE patient_id = $1 ORDER BY received_at, id")
+                .bind(patient.to_string())
+                .fetch_all(self.store.pool())
+                .await?;
+        rows.iter()
+            .map(|row| {
+                let body: Vec<u8> = row.try_get("body")?;
+                events::RefusedCrisisSignal::decode(body.as_slice()).map_err(|_| corrupt("refused_crisis_signals.body"))
+            })
+            .collect()
+    }
+
+    /// The member of the patient's care team a new escalation pages first,
+    /// as careplans announced the team; `None` when no team is known.
+    pub async fn first_step(&self, patient: &PatientId) -> Result<Option<FirstStep>, RepoError> {
+        let row = sqlx::query(
+            "SELECT role, display_name FROM care_team_members WHERE patient_id = $1 ORDER BY position, clinician_id LIMIT 1",
+        )
+        .bind(patient.to_string())
+        .fetch_optional(self.store.pool())
+        .await?;
+        let Some(row) = row else { return Ok(None) };
+        let role: String = row.try_get("role")?;
+        Ok(Some(FirstStep {
+            role: plans::CareTeamRole::from_str_name(&role).unwrap_or(plans::CareTeamRole::Unspecified),
+            display_name: row.try_get("display_name")?,
+        }))
     }
 
     /// The check-in an idempotency key created.
@@ -336,12 +441,17 @@ pub mod projection {
             .bind(patient.clone())
             .execute(&mut **tx)
             .await?;
-        for member in &team.members {
-            sqlx::query("INSERT INTO care_team_members (patient_id, clinician_id) VALUES ($1, $2)")
-                .bind(patient.clone())
-                .bind(member.clinician_id.clone())
-                .execute(&mut **tx)
-                .await?;
+        for (position, member) in team.members.iter().enumerate() {
+            sqlx::query(
+                "INSERT INTO care_team_members (patient_id, clinician_id, position, role, display_name) VALUES ($1, $2, $3, $4, $5)",
+            )
+            .bind(patient.clone())
+            .bind(member.clinician_id.clone())
+            .bind(i64::try_from(position).unwrap_or(i64::MAX))
+            .bind(member.role().as_str_name().to_owned())
+            .bind(member.display_name.clone())
+            .execute(&mut **tx)
+            .await?;
         }
         Ok(())
     }

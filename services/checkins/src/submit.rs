@@ -1,5 +1,7 @@
 //! Storing a check-in: the check-in and its `CheckInSubmitted` event commit
-//! in one transaction, so triage hears of every check-in that was accepted.
+//! in one transaction, so triage hears of every check-in that was accepted;
+//! and a refused submission's crisis signal with its `RefusedCrisisSignal`
+//! event, so triage hears of that too.
 
 use tandem_events::{Outbox, topics};
 use tandem_proto::checkins::v1 as pb;
@@ -7,7 +9,7 @@ use tandem_proto::events::v1 as events;
 use tandem_proto::events::v1::event_envelope::Payload;
 use tandem_proto::ids::PatientId;
 
-use crate::repo::{NewCheckIn, Repo, RepoError, StoredCheckIn};
+use crate::repo::{NewCheckIn, NewRefusedSignal, Repo, RepoError, StoredCheckIn};
 
 /// Stores check-ins with their events.
 #[derive(Debug, Clone)]
@@ -50,5 +52,21 @@ impl Submitter {
             crisis_triggers: new.crisis_triggers.clone(),
             request_hash: Some(new.request_hash.clone()),
         })
+    }
+
+    /// Stores a refused submission's crisis signal and its event in one
+    /// transaction. Returns false, storing nothing, when the same refused
+    /// request was recorded before (its escalation is already on its way).
+    pub async fn record_refused(&self, repo: &Repo, new: &NewRefusedSignal) -> Result<bool, RepoError> {
+        let mut tx = repo.store().begin_write().await?;
+        if !repo.insert_refused_signal(&mut tx, new).await? {
+            tx.rollback().await?;
+            return Ok(false);
+        }
+        let payload = Payload::RefusedCrisisSignal(new.signal.clone());
+        let event = self.outbox.envelope(&new.org, &new.patient, payload);
+        self.outbox.enqueue(&mut tx, topics::CHECKINS, &event).await?;
+        self.outbox.commit(tx).await?;
+        Ok(true)
     }
 }

@@ -18,26 +18,25 @@ use tandem_auth::{Caller, Role};
 use tandem_events::Outbox;
 use tandem_proto::notifications::v1 as pb;
 use tandem_proto::notifications::v1::notification_service_server::NotificationService;
+use tandem_server::Streams;
 use tandem_server::status::{internal, invalid_field};
-use tandem_store::{from_unix_micros, unix_micros};
-use tokio::sync::{Notify, broadcast, mpsc};
+use tandem_store::{Changes, from_unix_micros, unix_micros};
+use tokio::sync::{Notify, mpsc};
 use tokio_stream::Stream;
-use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 use crate::channels::{Channels, not_configured};
 use crate::config::NotificationsSettings;
 use crate::endpoint::{Channel, parse_registration};
-use crate::inbox::InboxHub;
+use crate::inbox::{InboxHub, inbox_key};
 use crate::message::{self, Purpose};
 use crate::repo::{InboxItem, NewDelivery, Repo, RepoError, StoredEndpoint};
 use crate::signing;
 
 /// Endpoints one subject may have; enough for every device and channel.
 const MAX_ENDPOINTS_PER_SUBJECT: usize = 20;
-/// How often a stream looks at the store without an announcement (rows
-/// written by another replica).
-const STREAM_POLL: Duration = Duration::from_secs(5);
+/// The kind of stream StreamInbox opens, for the per-caller cap.
+const STREAM_INBOX: &str = "StreamInbox";
 /// Inbox rows read at a time (the repository's page).
 const INBOX_PAGE: usize = crate::repo::INBOX_PAGE as usize;
 
@@ -50,6 +49,7 @@ pub struct Api {
     settings: Arc<NotificationsSettings>,
     wake: Arc<Notify>,
     inbox: InboxHub,
+    streams: Streams,
 }
 
 fn no_access() -> Status {
@@ -124,7 +124,7 @@ fn endpoint_id(field: &str, text: &str) -> Result<String, Status> {
 }
 
 impl Api {
-    /// The service over its parts.
+    /// The service over its parts; `streams` bounds its inbox streams.
     pub fn new(
         repo: Repo,
         outbox: Outbox,
@@ -132,8 +132,9 @@ impl Api {
         settings: Arc<NotificationsSettings>,
         wake: Arc<Notify>,
         inbox: InboxHub,
+        streams: Streams,
     ) -> Self {
-        Self { repo, outbox, channels, settings, wake, inbox }
+        Self { repo, outbox, channels, settings, wake, inbox, streams }
     }
 
     async fn owned_endpoint(&self, caller: &Caller, id: &str) -> Result<StoredEndpoint, Status> {
@@ -300,27 +301,32 @@ impl NotificationService for Api {
         request: Request<pb::StreamInboxRequest>,
     ) -> Result<Response<Self::StreamInboxStream>, Status> {
         let caller = Caller::from_request(&request)?.clone();
+        let lease = self.streams.open(STREAM_INBOX, &request)?;
         let org = caller.org.to_string();
         let subject = caller.subject.clone();
         // Listen before reading, so a row committed in between is announced.
         let changes = self.inbox.subscribe();
         let head = self.repo.inbox_head(&org, &subject).await.map_err(repo_status)?;
-        let (sender, receiver) = mpsc::channel(64);
-        tokio::spawn(stream_inbox(self.repo.clone(), org, subject, head, changes, sender));
-        Ok(Response::new(Box::pin(ReceiverStream::new(receiver))))
+        let repo = self.repo.clone();
+        let poll = self.streams.safety_poll();
+        let stream = lease.spawn(move |sender| stream_inbox(repo, org, subject, head, changes, poll, sender));
+        Ok(Response::new(Box::pin(stream)))
     }
 }
 
 /// Feeds one StreamInbox call: first what no stream has shown, then new rows
-/// as they are announced (or found by the poll), until the caller hangs up.
+/// as they are announced (or found by the safety poll), until the caller
+/// hangs up or the stream is ended (shutdown, token expiry).
 async fn stream_inbox(
     repo: Repo,
     org: String,
     subject: String,
     head: i64,
-    mut changes: broadcast::Receiver<crate::inbox::InboxChanged>,
+    mut changes: Changes,
+    poll: Duration,
     sender: mpsc::Sender<Result<pb::StreamInboxResponse, Status>>,
 ) {
+    let key = inbox_key(&org, &subject);
     let mut cursor = head;
     loop {
         let items = match repo.inbox_items(&org, &subject, cursor, Some(cursor)).await {
@@ -343,19 +349,10 @@ async fn stream_inbox(
             // A long backlog: keep going without waiting.
             continue;
         }
-        // Wait for an announcement about this inbox, the poll, or a hang-up.
-        loop {
-            tokio::select! {
-                () = sender.closed() => return,
-                () = tokio::time::sleep(STREAM_POLL) => break,
-                change = changes.recv() => match change {
-                    Ok((changed_org, changed_subject)) if changed_org == org && changed_subject == subject => break,
-                    Ok(_) => {}
-                    // Missed announcements: read the store again.
-                    Err(broadcast::error::RecvError::Lagged(_)) => break,
-                    Err(broadcast::error::RecvError::Closed) => return,
-                },
-            }
+        // Wait for an announcement about this inbox, or the safety poll.
+        tokio::select! {
+            () = changes.wait_for(&key) => {}
+            () = tokio::time::sleep(poll) => {}
         }
     }
 }

@@ -31,8 +31,8 @@ use sqlx::migrate::Migrator;
 use tandem_auth::{AuthInterceptor, Verifier};
 use tandem_events::{Consumer, EventBus, Outbox, Relay, topics};
 use tandem_proto::notifications::v1::notification_service_server::NotificationServiceServer;
-use tandem_server::Tasks;
-use tandem_store::{Migrations, Store, StoreError, StoreOptions};
+use tandem_server::{Streams, Tasks};
+use tandem_store::{Backend, Migrations, Store, StoreError, StoreOptions};
 use tokio::sync::Notify;
 use tonic::service::interceptor::InterceptedService;
 
@@ -44,6 +44,9 @@ pub const SERVICE_NAME: &str = "tandem.notifications.v1.NotificationService";
 pub const SCHEMA: &str = "notifications";
 /// The consumer group of this service.
 pub const CONSUMER_GROUP: &str = "notifications";
+/// Connections of the gRPC API's own pool: endpoint calls and inbox streams
+/// wait on these, never on the ones the consumer and the worker use.
+pub const API_CONNECTIONS: u32 = 8;
 
 static SQLITE: Migrator = sqlx::migrate!("./migrations/sqlite");
 static POSTGRES: Migrator = sqlx::migrate!("./migrations/postgres");
@@ -69,11 +72,14 @@ pub enum StartError {
 #[derive(Debug, Clone)]
 pub struct Notifications {
     store: Store,
+    api_store: Store,
     outbox: Outbox,
     settings: Arc<NotificationsSettings>,
     channels: Arc<channels::Channels>,
     wake: Arc<Notify>,
     inbox: inbox::InboxHub,
+    // Bounds the streams of `api()`; the server's are passed to `grpc_service`.
+    streams: Streams,
 }
 
 impl Notifications {
@@ -84,13 +90,17 @@ impl Notifications {
         let store = Store::open(StoreOptions::new(database_url, SCHEMA), &MIGRATIONS).await?;
         tandem_events::install(&store).await?;
         let outbox = Outbox::new(store.clone(), "notifications");
+        let api_store = store.separate_pool(API_CONNECTIONS).await?;
+        let inbox = inbox::InboxHub::new(&store);
         Ok(Self {
             store,
+            api_store,
             outbox,
             settings: Arc::new(settings),
             channels,
             wake: Arc::new(Notify::new()),
-            inbox: inbox::InboxHub::new(),
+            inbox,
+            streams: Streams::default(),
         })
     }
 
@@ -110,6 +120,10 @@ impl Notifications {
         tasks.spawn("notifications delivery worker", self.worker().run(tasks.stopped()));
         if self.settings.reminders.enabled {
             tasks.spawn("notifications reminder scheduler", self.scheduler().run(tasks.stopped()));
+        }
+        if self.store.backend() == Backend::Postgres {
+            // Inbox rows written by other replicas wake this one's streams.
+            tasks.spawn("notifications inbox listener", self.inbox.feed().clone().listen(tasks.stopped()));
         }
     }
 
@@ -135,12 +149,12 @@ impl Notifications {
         reminders::Scheduler::new(self.repo(), self.settings.clone(), self.wake.clone())
     }
 
-    /// The repository.
+    /// The repository (on the pool of the consumer, worker and relay).
     pub fn repo(&self) -> repo::Repo {
         repo::Repo::new(self.store.clone())
     }
 
-    /// The service's store.
+    /// The service's store (the pool of its consumer, worker and relay).
     pub fn store(&self) -> &Store {
         &self.store
     }
@@ -153,26 +167,35 @@ impl Notifications {
     /// The gRPC service without authentication, for tests that place a
     /// [`tandem_auth::Caller`] in the request themselves.
     pub fn api(&self) -> api::Api {
+        self.api_with(self.streams.clone())
+    }
+
+    /// The gRPC service on the API's own pool, its streams bounded by `streams`.
+    fn api_with(&self, streams: Streams) -> api::Api {
         api::Api::new(
-            self.repo(),
+            repo::Repo::new(self.api_store.clone()),
             self.outbox.clone(),
             self.channels.clone(),
             self.settings.clone(),
             self.wake.clone(),
             self.inbox.clone(),
+            streams,
         )
     }
 
-    /// The authenticated gRPC service.
+    /// The authenticated gRPC service; `streams` bounds its inbox streams
+    /// and ends them on shutdown (pass the server's).
     pub fn grpc_service(
         &self,
         verifier: Arc<Verifier>,
+        streams: Streams,
     ) -> InterceptedService<NotificationServiceServer<api::Api>, AuthInterceptor> {
-        NotificationServiceServer::with_interceptor(self.api(), AuthInterceptor::new(verifier))
+        NotificationServiceServer::with_interceptor(self.api_with(streams), AuthInterceptor::new(verifier))
     }
 
     /// Stops using the database.
     pub async fn close(&self) {
+        self.api_store.close().await;
         self.store.close().await;
     }
 }

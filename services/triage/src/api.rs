@@ -11,7 +11,9 @@ use tandem_proto::common::v1 as common;
 use tandem_proto::ids::{EscalationId, OrgId, PatientId};
 use tandem_proto::triage::v1 as pb;
 use tandem_proto::triage::v1::triage_service_server::TriageService;
+use tandem_server::Streams;
 use tandem_server::status::{Violations, internal, invalid_field, patient_id, required_id};
+use tandem_store::Changes;
 use tandem_store::paging::page_size;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
@@ -20,11 +22,20 @@ use crate::engine::{Engine, TransitionError, now_micros};
 use crate::repo::{Escalation, RepoError, State, tx};
 
 const MAX_NOTE: usize = 2_000;
+/// The kind of stream WatchWorklist opens, for the per-caller cap.
+const WATCH_WORKLIST: &str = "WatchWorklist";
+/// A watch re-reads the worklist this long after the change that woke it:
+/// a burst of changes (a wave of crisis check-ins) costs each watch one read
+/// per interval, not one per change, and the alert the change set off (the
+/// notifications hop, the webhook) has the database and the CPU to itself
+/// meanwhile. Watchers see a change a quarter of a second later.
+const SETTLE: Duration = Duration::from_millis(250);
 
 /// The triage gRPC service.
 #[derive(Debug, Clone)]
 pub struct TriageApi {
     engine: Engine,
+    streams: Streams,
 }
 
 fn repo_status(error: RepoError) -> Status {
@@ -57,9 +68,9 @@ fn next_token(offset: i64, limit: u32, fetched: usize) -> String {
 }
 
 impl TriageApi {
-    /// The service over the engine.
-    pub fn new(engine: Engine) -> Self {
-        Self { engine }
+    /// The service over the engine; `streams` bounds its watches.
+    pub fn new(engine: Engine, streams: Streams) -> Self {
+        Self { engine, streams }
     }
 
     /// Whether the caller may see escalations of `patient` in `org`.
@@ -129,6 +140,62 @@ impl TriageApi {
         Ok(mine)
     }
 
+    /// Feeds one WatchWorklist call: each escalation when it first appears
+    /// and whenever its state, step or level changes, and once more when it
+    /// leaves the worklist. Re-reads the worklist only when a change in the
+    /// caller's org is announced, or after the safety poll.
+    async fn feed_worklist(
+        self,
+        caller: Caller,
+        first: Vec<Escalation>,
+        mut changes: Changes,
+        sender: tokio::sync::mpsc::Sender<Result<pb::WatchWorklistResponse, Status>>,
+    ) {
+        // What the watcher last saw of each escalation: a new attempt is a
+        // re-alert (a raised level, a hand-back) the watcher is sent too.
+        let mut seen: HashMap<EscalationId, (State, u32, i32, u32)> = HashMap::new();
+        let mut current = first;
+        loop {
+            for escalation in &current {
+                let key = (escalation.state, escalation.step, escalation.level as i32, escalation.attempt);
+                if seen.get(&escalation.id) == Some(&key) {
+                    continue;
+                }
+                seen.insert(escalation.id, key);
+                let Ok(item) = self.with_timeline(escalation).await else { continue };
+                if sender.send(Ok(pb::WatchWorklistResponse { escalation: Some(item) })).await.is_err() {
+                    return;
+                }
+            }
+            // Items that left the worklist (resolved) are sent once more.
+            let gone: Vec<EscalationId> =
+                seen.keys().filter(|id| !current.iter().any(|e| &e.id == *id)).copied().collect();
+            for id in gone {
+                seen.remove(&id);
+                if let Ok(Some(escalation)) = self.engine.repo().escalation(&id).await
+                    && let Ok(item) = self.with_timeline(&escalation).await
+                    && sender.send(Ok(pb::WatchWorklistResponse { escalation: Some(item) })).await.is_err()
+                {
+                    return;
+                }
+            }
+            tokio::select! {
+                () = changes.wait_for(caller.org.as_str()) => {}
+                () = tokio::time::sleep(self.streams.safety_poll()) => {}
+            }
+            tokio::time::sleep(SETTLE).await;
+            // The read below covers whatever was announced meanwhile.
+            changes.skip_queued();
+            match self.worklist(&caller).await {
+                Ok(next) => current = next,
+                Err(status) => {
+                    let _ = sender.send(Err(status)).await;
+                    return;
+                }
+            }
+        }
+    }
+
     fn check_person(caller: &Caller) -> Result<(), Status> {
         match caller.role {
             Role::Clinician | Role::Supervisor | Role::Admin => Ok(()),
@@ -191,56 +258,14 @@ impl TriageService for TriageApi {
         request: Request<pb::WatchWorklistRequest>,
     ) -> Result<Response<Self::WatchWorklistStream>, Status> {
         let caller = Caller::from_request(&request)?.clone();
+        let lease = self.streams.open(WATCH_WORKLIST, &request)?;
+        // Listen before the first read, so a change committed in between
+        // wakes the watch.
+        let changes = self.engine.subscribe();
         let first = self.worklist(&caller).await?;
         let api = self.clone();
-        let mut changes = self.engine.subscribe();
-        let (sender, receiver) = tokio::sync::mpsc::channel(64);
-        tokio::spawn(async move {
-            // What the watcher last saw of each escalation.
-            let mut seen: HashMap<EscalationId, (State, u32, i32)> = HashMap::new();
-            let mut current = first;
-            loop {
-                for escalation in &current {
-                    // Every alert (a new step, a re-alert, a hand-back) is a new attempt.
-                    let key = (escalation.state, escalation.attempt, escalation.level as i32);
-                    if seen.get(&escalation.id) == Some(&key) {
-                        continue;
-                    }
-                    seen.insert(escalation.id, key);
-                    let Ok(item) = api.with_timeline(escalation).await else { continue };
-                    if sender.send(Ok(pb::WatchWorklistResponse { escalation: Some(item) })).await.is_err() {
-                        return;
-                    }
-                }
-                // Items that left the worklist (resolved) are sent once more.
-                let gone: Vec<EscalationId> =
-                    seen.keys().filter(|id| !current.iter().any(|e| &e.id == *id)).copied().collect();
-                for id in gone {
-                    seen.remove(&id);
-                    if let Ok(Some(escalation)) = api.engine.repo().escalation(&id).await
-                        && let Ok(item) = api.with_timeline(&escalation).await
-                        && sender.send(Ok(pb::WatchWorklistResponse { escalation: Some(item) })).await.is_err()
-                    {
-                        return;
-                    }
-                }
-                // Changes in this process wake the watch at once; a slow tick
-                // picks up what other replicas changed.
-                tokio::select! {
-                    _ = changes.recv() => {}
-                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-                    _ = sender.closed() => return,
-                }
-                match api.worklist(&caller).await {
-                    Ok(next) => current = next,
-                    Err(status) => {
-                        let _ = sender.send(Err(status)).await;
-                        return;
-                    }
-                }
-            }
-        });
-        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(receiver))))
+        let stream = lease.spawn(move |sender| api.feed_worklist(caller, first, changes, sender));
+        Ok(Response::new(Box::pin(stream)))
     }
 
     #[tracing::instrument(name = "triage.get_escalation", skip_all)]

@@ -23,7 +23,8 @@ pub struct TriageSettings {
     pub deterioration_points: u32,
     /// Missed measures in a row that count as disengagement.
     pub disengagement_missed: u32,
-    /// The subject alerted when the care-team chain runs out.
+    /// The subject alerted when the care-team chain runs out
+    /// (`tandem_server::config::CRISIS_CONTACT_KEY`, which check-ins reads too).
     pub crisis_contact: String,
 }
 
@@ -36,7 +37,7 @@ impl Default for TriageSettings {
             // Reliable deterioration on PHQ-9: a rise of 5 or more (DESIGN.md).
             deterioration_points: 5,
             disengagement_missed: 3,
-            crisis_contact: "on-call".to_owned(),
+            crisis_contact: tandem_server::config::DEFAULT_CRISIS_CONTACT.to_owned(),
         }
     }
 }

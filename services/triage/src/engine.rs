@@ -12,8 +12,8 @@ use tandem_proto::events::v1 as events;
 use tandem_proto::events::v1::event_envelope::Payload;
 use tandem_proto::ids::{EscalationId, OrgId, PatientId};
 use tandem_proto::triage::v1 as pb;
-use tandem_store::from_unix_micros;
-use tokio::sync::{Notify, broadcast};
+use tandem_store::{ChangeFeed, Changes, from_unix_micros};
+use tokio::sync::Notify;
 
 use crate::clock::{Clock, SystemClock};
 use crate::config::{TriageSettings, fill};
@@ -57,7 +57,7 @@ pub struct Engine {
     settings: Arc<TriageSettings>,
     clock: Arc<dyn Clock>,
     wake: Arc<Notify>,
-    changes: broadcast::Sender<()>,
+    changes: ChangeFeed,
 }
 
 impl Engine {
@@ -68,13 +68,19 @@ impl Engine {
 
     /// An engine deciding by `clock`.
     pub fn with_clock(repo: Repo, outbox: Outbox, settings: Arc<TriageSettings>, clock: Arc<dyn Clock>) -> Self {
-        let (changes, _) = broadcast::channel(1024);
+        let changes = ChangeFeed::new(repo.store(), "worklist");
         Self { repo, outbox, settings, clock, wake: Arc::new(Notify::new()), changes }
     }
 
     /// Now by the engine's clock (unix micros).
     pub fn now(&self) -> i64 {
         self.clock.now()
+    }
+
+    /// The same engine reading and writing through `repo` (e.g. on the
+    /// API's own pool), sharing its wake-ups and change announcements.
+    pub fn with_repo(&self, repo: Repo) -> Self {
+        Self { repo, ..self.clone() }
     }
 
     /// The repository.
@@ -92,9 +98,15 @@ impl Engine {
         self.wake.clone()
     }
 
-    /// A signal on every committed change, for worklist watchers.
-    pub fn subscribe(&self) -> broadcast::Receiver<()> {
+    /// Announcements of orgs whose worklist changed, for worklist watchers
+    /// (keyed by org id; from other replicas too, once listening).
+    pub fn subscribe(&self) -> Changes {
         self.changes.subscribe()
+    }
+
+    /// The worklist change feed (to run its cross-process listener).
+    pub fn changes(&self) -> &ChangeFeed {
+        &self.changes
     }
 
     /// Tells the relay, the scheduler and watchers about committed changes.
@@ -104,8 +116,15 @@ impl Engine {
         if !changed.is_empty() {
             tracing::debug!(changed = changed.len(), "escalations changed");
         }
-        // Watchers reload on any change; no watcher is not an error.
-        let _ = self.changes.send(());
+        for (org, _) in changed {
+            self.changes.changed(org.as_str());
+        }
+    }
+
+    /// Wakes the watchers of `org`'s worklist (after a commit that may have
+    /// changed what they see, such as a care team).
+    pub fn org_changed(&self, org: &OrgId) {
+        self.changes.changed(org.as_str());
     }
 
     /// The rules that apply to the patient: the org's (or the defaults) with
@@ -198,6 +217,8 @@ impl Engine {
         });
         let event = self.outbox.envelope(&escalation.org, &escalation.patient, payload);
         self.outbox.enqueue(tx, topics::TRIAGE, &event).await?;
+        // Watchers in other replicas wake when this commits.
+        self.changes.announce(tx, escalation.org.as_str()).await?;
         Ok(())
     }
 

@@ -49,6 +49,20 @@ impl TriageHandler {
     ) -> Result<(), HandlerError> {
         let rules = self.engine.rules_for(tx, org, Some(patient)).await?;
         let fired = rules::assess(&input, &rules);
+        self.escalate(tx, org, patient, check_in_id, fired, at).await
+    }
+
+    /// Stores an assessment of the rules that fired, announces it, and
+    /// escalates when its level calls for it.
+    async fn escalate(
+        &self,
+        tx: &mut Transaction<'_, Any>,
+        org: &OrgId,
+        patient: &PatientId,
+        check_in_id: Option<tandem_proto::common::v1::CheckInId>,
+        fired: Vec<pb::RuleFiring>,
+        at: i64,
+    ) -> Result<(), HandlerError> {
         let level = rules::overall(&fired);
         let assessment = pb::RiskAssessment {
             assessment_id: tandem_proto::ids::EventId::new().to_string(),
@@ -138,6 +152,12 @@ impl Handler for TriageHandler {
                     }
                 }
             }
+            Some(Payload::RefusedCrisisSignal(refused)) => {
+                // A submission check-ins refused carried a crisis signal:
+                // escalate the signal as the check-in would have been.
+                let org = org_of(event)?;
+                self.escalate(tx, &org, &patient, None, rules::refused_signal_firings(refused), at).await?;
+            }
             Some(Payload::MeasureMissed(_)) => {
                 let org = org_of(event)?;
                 let missed = tx::missed(tx, &patient).await? + 1;
@@ -171,9 +191,16 @@ impl Handler for TriageHandler {
         Ok(())
     }
 
-    fn after_commit(&self, _event: &EventEnvelope) {
+    fn after_commit(&self, event: &EventEnvelope) {
         // Wake the relay for the events this handler enqueued, the deadline
-        // scheduler for a new escalation, and worklist watchers.
+        // scheduler for a new escalation, and the org's worklist watchers
+        // (an escalation or a care team may have changed what they see).
         self.engine.after_commit(&[]);
+        // A delivery receipt only adds to a timeline and an enrolment shows
+        // nothing yet: neither changes what a watcher is sent.
+        let unseen = matches!(event.payload, Some(Payload::NotificationDelivered(_) | Payload::PatientEnrolled(_)));
+        if !unseen && let Ok(org) = org_of(event) {
+            self.engine.org_changed(&org);
+        }
     }
 }

@@ -20,14 +20,17 @@ use sqlx::migrate::Migrator;
 use tandem_auth::{AuthInterceptor, Verifier};
 use tandem_events::{Consumer, EventBus, Outbox, Relay, topics};
 use tandem_proto::triage::v1::triage_service_server::TriageServiceServer;
-use tandem_server::Tasks;
-use tandem_store::{Migrations, Store, StoreError, StoreOptions};
+use tandem_server::{Streams, Tasks};
+use tandem_store::{Backend, Migrations, Store, StoreError, StoreOptions};
 use tonic::service::interceptor::InterceptedService;
 
 /// The gRPC service name, for health checks.
 pub const SERVICE_NAME: &str = "tandem.triage.v1.TriageService";
 /// The PostgreSQL schema this service owns.
 pub const SCHEMA: &str = "triage";
+/// Connections of the gRPC API's own pool: worklist reads and watches wait
+/// on these, never on the ones the consumer and the deadline scheduler use.
+pub const API_CONNECTIONS: u32 = 8;
 
 static SQLITE: Migrator = sqlx::migrate!("./migrations/sqlite");
 static POSTGRES: Migrator = sqlx::migrate!("./migrations/postgres");
@@ -50,6 +53,7 @@ pub enum StartError {
 #[derive(Debug, Clone)]
 pub struct Triage {
     store: Store,
+    api_store: Store,
     engine: engine::Engine,
 }
 
@@ -60,7 +64,8 @@ impl Triage {
         tandem_events::install(&store).await?;
         let outbox = Outbox::new(store.clone(), "triage");
         let engine = engine::Engine::new(repo::Repo::new(store.clone()), outbox, Arc::new(settings));
-        Ok(Self { store, engine })
+        let api_store = store.separate_pool(API_CONNECTIONS).await?;
+        Ok(Self { store, api_store, engine })
     }
 
     /// The escalation engine.
@@ -81,23 +86,35 @@ impl Triage {
         );
         tasks.spawn("triage consumer", consumer.run(tasks.stopped()));
         tasks.spawn("triage deadlines", scheduler::run(self.engine.clone(), tasks.stopped()));
+        if self.store.backend() == Backend::Postgres {
+            // Worklist changes made by other replicas wake this one's watchers.
+            tasks.spawn("triage worklist listener", self.engine.changes().clone().listen(tasks.stopped()));
+        }
     }
 
-    /// The service's store.
+    /// The service's store (the pool of its consumer, relay and scheduler).
     pub fn store(&self) -> &Store {
         &self.store
     }
 
-    /// The authenticated gRPC service.
+    /// The gRPC API over its own pool, its streams bounded by `streams`.
+    pub fn api(&self, streams: Streams) -> api::TriageApi {
+        api::TriageApi::new(self.engine.with_repo(repo::Repo::new(self.api_store.clone())), streams)
+    }
+
+    /// The authenticated gRPC service; `streams` bounds its watches and ends
+    /// them on shutdown (pass the server's).
     pub fn grpc_service(
         &self,
         verifier: Arc<Verifier>,
+        streams: Streams,
     ) -> InterceptedService<TriageServiceServer<api::TriageApi>, AuthInterceptor> {
-        TriageServiceServer::with_interceptor(api::TriageApi::new(self.engine.clone()), AuthInterceptor::new(verifier))
+        TriageServiceServer::with_interceptor(self.api(streams), AuthInterceptor::new(verifier))
     }
 
     /// Stops using the database.
     pub async fn close(&self) {
+        self.api_store.close().await;
         self.store.close().await;
     }
 }

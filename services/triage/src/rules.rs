@@ -4,6 +4,7 @@
 
 use tandem_clinical::{CrisisTrigger, CssrsRisk, Instrument, Responses, TextRiskLevel};
 use tandem_proto::checkins::v1::InstrumentResponse;
+use tandem_proto::events::v1::RefusedCrisisSignal;
 use tandem_proto::triage::v1::{RiskLevel, RuleFiring, TriageRules};
 
 /// What one assessment looks at.
@@ -39,14 +40,7 @@ pub fn assess(input: &Input<'_>, rules: &TriageRules) -> Vec<RuleFiring> {
         };
         let score = tandem_clinical::score(&parsed);
         for trigger in &score.crisis_triggers {
-            let level = match trigger {
-                // C-SSRS: a plan with intent, or behaviour in the past 3
-                // months, is the most urgent screener result (Posner et al. 2011).
-                CrisisTrigger::CssrsHighRisk { plan_with_intent: true, .. }
-                | CrisisTrigger::CssrsHighRisk { behaviour_past_3_months: true, .. } => RiskLevel::Imminent,
-                _ => RiskLevel::High,
-            };
-            fired.push(firing(trigger.id(), level, trigger.evidence()));
+            fired.push(firing(trigger.id(), trigger_level(trigger), trigger.evidence()));
         }
         if score.cssrs_risk == Some(CssrsRisk::Moderate) {
             fired.push(firing(
@@ -105,6 +99,29 @@ pub fn assess(input: &Input<'_>, rules: &TriageRules) -> Vec<RuleFiring> {
     fired
 }
 
+/// The level of a crisis trigger.
+fn trigger_level(trigger: &CrisisTrigger) -> RiskLevel {
+    match trigger {
+        // C-SSRS: a plan with intent, or behaviour in the past 3
+        // months, is the most urgent screener result (Posner et al. 2011).
+        CrisisTrigger::CssrsHighRisk { plan_with_intent: true, .. }
+        | CrisisTrigger::CssrsHighRisk { behaviour_past_3_months: true, .. } => RiskLevel::Imminent,
+        _ => RiskLevel::High,
+    }
+}
+
+/// The level of what the crisis-language detector found; `None` for nothing.
+fn text_level(level: TextRiskLevel) -> Option<RiskLevel> {
+    match level {
+        TextRiskLevel::None => None,
+        TextRiskLevel::Low => Some(RiskLevel::Low),
+        // Passive ideation in words weighs like PHQ-9 item 9, which asks about
+        // exactly that and is a crisis trigger (DESIGN.md).
+        TextRiskLevel::Moderate | TextRiskLevel::High => Some(RiskLevel::High),
+        TextRiskLevel::Imminent => Some(RiskLevel::Imminent),
+    }
+}
+
 /// Firings of the crisis-language detector on journal text. It only ever
 /// adds findings: it never lowers a structured trigger.
 fn detector_firings(journal: &str) -> Vec<RuleFiring> {
@@ -112,15 +129,73 @@ fn detector_firings(journal: &str) -> Vec<RuleFiring> {
         return Vec::new();
     }
     let detection = tandem_clinical::detect(journal);
-    let level = match detection.level {
-        TextRiskLevel::None => return Vec::new(),
-        TextRiskLevel::Low => RiskLevel::Low,
-        // Passive ideation in words weighs like PHQ-9 item 9, which asks about
-        // exactly that and is a crisis trigger (DESIGN.md).
-        TextRiskLevel::Moderate | TextRiskLevel::High => RiskLevel::High,
-        TextRiskLevel::Imminent => RiskLevel::Imminent,
-    };
+    let Some(level) = text_level(detection.level) else { return Vec::new() };
     vec![firing(CRISIS_LANGUAGE_TRIGGER, level, detection.evidence().join("; "))]
+}
+
+/// The rules that fire for a crisis signal check-ins found in a submission
+/// it refused: the same triggers at the same levels as for an accepted
+/// check-in, read from the signal alone (the refused input never reaches
+/// triage). A signal that cannot be read fires at High: triage never drops
+/// a crisis signal.
+pub fn refused_signal_firings(refused: &RefusedCrisisSignal) -> Vec<RuleFiring> {
+    let why = format!("in a check-in refused as {}", refused.refusal);
+    let mut fired = Vec::new();
+    for signal in &refused.signals {
+        if signal.trigger == CRISIS_LANGUAGE_TRIGGER {
+            let detected = signal.text_level.parse::<TextRiskLevel>().ok().and_then(text_level);
+            let findings = signal
+                .findings
+                .iter()
+                .map(|f| {
+                    format!(
+                        "{} {} (rule {}) at bytes {}-{}",
+                        f.level,
+                        f.category.replace('_', " "),
+                        f.rule,
+                        f.start,
+                        f.end
+                    )
+                })
+                .collect::<Vec<_>>()
+                .join("; ");
+            let read = if signal.text_bytes_read < signal.text_bytes {
+                format!(", first {} of {} bytes read", signal.text_bytes_read, signal.text_bytes)
+            } else {
+                String::new()
+            };
+            let evidence =
+                format!("crisis language {} in the {} {why}{read}: {findings}", signal.text_level, signal.field);
+            fired.push(firing(CRISIS_LANGUAGE_TRIGGER, detected.unwrap_or(RiskLevel::High), evidence));
+            continue;
+        }
+        // The answers of the items that fired, at their places; every other
+        // item reads as 0, which fires nothing.
+        let size = signal.items.iter().map(|item| item.item as usize).max().unwrap_or(0);
+        let mut answers = vec![0; size];
+        for item in &signal.items {
+            if let Some(answer) = (item.item as usize).checked_sub(1).and_then(|at| answers.get_mut(at)) {
+                *answer = item.answer;
+            }
+        }
+        let triggers = tandem_clinical::crisis_triggers_in_unparsed(&signal.instrument, &answers);
+        let matching: Vec<_> = triggers.iter().filter(|trigger| trigger.id() == signal.trigger).collect();
+        if matching.is_empty() {
+            fired.push(firing(
+                &signal.trigger,
+                RiskLevel::High,
+                format!("crisis trigger {} in {} {why}", signal.trigger, signal.field),
+            ));
+        }
+        for trigger in matching {
+            fired.push(firing(
+                trigger.id(),
+                trigger_level(trigger),
+                format!("{} ({} {why})", trigger.evidence(), signal.field),
+            ));
+        }
+    }
+    fired
 }
 
 /// The trigger id of the crisis-language detector, as checkins reports it.
@@ -227,6 +302,57 @@ mod tests {
         let fired =
             assess(&Input { instruments: &instruments, journal: "feeling fine today", ..Default::default() }, &rules());
         assert_eq!(overall(&fired), RiskLevel::High);
+    }
+
+    #[test]
+    fn a_refused_signal_fires_as_the_accepted_check_in_would() {
+        use tandem_proto::events::v1::{CrisisSignal, ItemAnswer, TextFinding};
+        let signal = |trigger: &str, instrument: &str, items: &[(u32, i32)]| CrisisSignal {
+            trigger: trigger.into(),
+            field: "instruments[0]".into(),
+            instrument: instrument.into(),
+            items: items.iter().map(|&(item, answer)| ItemAnswer { item, answer }).collect(),
+            ..Default::default()
+        };
+        let refused = |signals: Vec<CrisisSignal>| RefusedCrisisSignal {
+            refusal: "invalid_argument".into(),
+            signals,
+            ..Default::default()
+        };
+        let phq9 = refused_signal_firings(&refused(vec![signal("phq9-item9", "44249-1", &[(9, 2)])]));
+        assert_eq!(overall(&phq9), RiskLevel::High);
+        assert!(phq9[0].evidence.contains("item 9") && phq9[0].evidence.contains("refused"), "{phq9:?}");
+        let plan = refused_signal_firings(&refused(vec![signal("cssrs-high-risk", "cssrs-screener", &[(5, 1)])]));
+        assert_eq!(overall(&plan), RiskLevel::Imminent, "{plan:?}");
+        let intent = refused_signal_firings(&refused(vec![signal("cssrs-high-risk", "cssrs-screener", &[(4, 1)])]));
+        assert_eq!(overall(&intent), RiskLevel::High);
+        // A trigger this version cannot re-read still fires.
+        let unknown = refused_signal_firings(&refused(vec![signal("some-future-rule", "x", &[])]));
+        assert_eq!(overall(&unknown), RiskLevel::High);
+        let text = CrisisSignal {
+            trigger: CRISIS_LANGUAGE_TRIGGER.into(),
+            field: "journal".into(),
+            text_level: "imminent".into(),
+            findings: vec![TextFinding {
+                category: "suicidal_ideation".into(),
+                level: "high".into(),
+                rule: "kill-self".into(),
+                start: 40_000,
+                end: 40_011,
+            }],
+            text_bytes_read: 32_000,
+            text_bytes: 90_000,
+            ..Default::default()
+        };
+        let fired = refused_signal_firings(&refused(vec![text.clone()]));
+        assert_eq!(overall(&fired), RiskLevel::Imminent);
+        assert!(fired[0].evidence.contains("bytes 40000-40011"), "{}", fired[0].evidence);
+        assert!(fired[0].evidence.contains("first 32000 of 90000 bytes read"), "{}", fired[0].evidence);
+        let moderate =
+            refused_signal_firings(&refused(vec![CrisisSignal { text_level: "moderate".into(), ..text.clone() }]));
+        assert_eq!(overall(&moderate), RiskLevel::High, "passive ideation weighs like item 9");
+        let garbled = refused_signal_firings(&refused(vec![CrisisSignal { text_level: "??".into(), ..text }]));
+        assert_eq!(overall(&garbled), RiskLevel::High, "an unreadable level still fires");
     }
 
     #[test]
