@@ -18,6 +18,7 @@ use tandem_proto::notifications::v1::notification_service_client::NotificationSe
 use tandem_proto::triage::v1 as triage;
 use tandem_proto::triage::v1::triage_service_client::TriageServiceClient;
 use tandem_tests::{StoreBackend, Tandem, authed};
+use tokio_stream::StreamExt;
 
 const ORG: &str = "north";
 /// Words the crisis-language detector must read as risk above moderate.
@@ -283,6 +284,16 @@ async fn the_care_team_arriving_takes_the_alert_back_from_the_crisis_contact(bac
     let paged = alert_on(&receiver, "/on-call", 0).await;
     let id = paged.json["data"]["escalation_id"].as_str().unwrap().to_owned();
 
+    // A supervisor watches the worklist.
+    let supervisor = tandem.token(ORG, Role::Supervisor, "sup-1");
+    let mut watch = c
+        .triage
+        .clone()
+        .watch_worklist(authed(&supervisor, triage::WatchWorklistRequest {}))
+        .await
+        .expect("watch the worklist")
+        .into_inner();
+
     // The care team arrives: the primary is paged at once, with a fresh
     // deadline, and the crisis contact is told it went back.
     set_team(&mut c, &ehr, &patient).await;
@@ -310,6 +321,21 @@ async fn the_care_team_arriving_takes_the_alert_back_from_the_crisis_contact(bac
     assert_eq!(alerts_on(&receiver, "/on-call"), 1, "the crisis contact was paged once");
     assert_eq!(alerts_on(&receiver, "/dr-primary"), 1);
     assert_eq!(alerts_on(&receiver, "/dr-backup"), 0);
+    // The watch shows who holds it now.
+    let shown = tokio::time::timeout(WAIT, async {
+        while let Some(item) = watch.next().await {
+            let e = item.expect("a worklist item").escalation.unwrap();
+            if e.current_recipient == "dr-primary" {
+                return e;
+            }
+        }
+        panic!("the watch ended")
+    })
+    .await
+    .expect("the watch shows the hand-back");
+    assert_eq!(shown.attempt, Some(1));
+    // An open watch would hold the server's shutdown; end it.
+    drop(watch);
 
     // The primary takes it.
     c.triage
