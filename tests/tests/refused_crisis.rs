@@ -77,7 +77,11 @@ async fn patient(tandem: &Tandem, mrn: &str, with_team: bool) -> common::Patient
     id
 }
 
-async fn submit(tandem: &Tandem, token: &str, request: pb::SubmitCheckInRequest) -> Result<pb::SubmitCheckInResponse, Status> {
+async fn submit(
+    tandem: &Tandem,
+    token: &str,
+    request: pb::SubmitCheckInRequest,
+) -> Result<pb::SubmitCheckInResponse, Status> {
     let mut client = CheckInServiceClient::new(tandem.channel().await);
     client.submit_check_in(authed(token, request)).await.map(tonic::Response::into_inner)
 }
@@ -91,7 +95,8 @@ async fn escalation_of(tandem: &Tandem, patient: &common::PatientId) -> triage::
             let mut client = client.clone();
             let supervisor = supervisor.clone();
             async move {
-                let list = client.list_worklist(authed(&supervisor, triage::ListWorklistRequest::default())).await.ok()?;
+                let list =
+                    client.list_worklist(authed(&supervisor, triage::ListWorklistRequest::default())).await.ok()?;
                 list.into_inner().escalations.into_iter().find(|e| e.patient_id.as_ref() == Some(patient))
             }
         })
@@ -166,7 +171,10 @@ async fn every_refused_crisis_is_escalated_with_a_structured_safety_response(bac
     let cases = vec![
         Case {
             name: "a malformed PHQ-9 with item 9 answered",
-            request: pb::SubmitCheckInRequest { instruments: vec![phq9(&[0, 0, 0, 0, 0, 0, 0, 9, 2])], ..Default::default() },
+            request: pb::SubmitCheckInRequest {
+                instruments: vec![phq9(&[0, 0, 0, 0, 0, 0, 0, 9, 2])],
+                ..Default::default()
+            },
             code: Code::InvalidArgument,
             field: Some("instruments[0].answers[7]"),
             trigger: "phq9-item9",
@@ -208,7 +216,10 @@ async fn every_refused_crisis_is_escalated_with_a_structured_safety_response(bac
         },
         Case {
             name: "a reused idempotency key whose new body has item 9 answered",
-            request: pb::SubmitCheckInRequest { instruments: vec![phq9(&[1, 1, 0, 0, 0, 0, 0, 0, 3])], ..Default::default() },
+            request: pb::SubmitCheckInRequest {
+                instruments: vec![phq9(&[1, 1, 0, 0, 0, 0, 0, 0, 3])],
+                ..Default::default()
+            },
             code: Code::FailedPrecondition,
             field: None,
             trigger: "phq9-item9",
@@ -216,7 +227,10 @@ async fn every_refused_crisis_is_escalated_with_a_structured_safety_response(bac
         },
         Case {
             name: "no patient id, from the patient's own token",
-            request: pb::SubmitCheckInRequest { instruments: vec![phq9(&[0, 0, 0, 0, 0, 0, 0, 0, 2])], ..Default::default() },
+            request: pb::SubmitCheckInRequest {
+                instruments: vec![phq9(&[0, 0, 0, 0, 0, 0, 0, 0, 2])],
+                ..Default::default()
+            },
             code: Code::InvalidArgument,
             field: Some("patient_id"),
             trigger: "phq9-item9",
@@ -267,8 +281,18 @@ async fn every_refused_crisis_is_escalated_with_a_structured_safety_response(bac
         assert!(escalation.level as i32 >= case.level as i32, "{}: {escalation:?}", case.name);
         assert_eq!(first_paged(&escalation), "dr-primary", "{}", case.name);
         let raised = escalation.timeline.iter().find(|t| t.kind == "raised").expect("a raised entry");
-        assert!(raised.detail.contains(case.trigger) && raised.detail.contains("refused"), "{}: {}", case.name, raised.detail);
-        assert!(!raised.detail.contains("kill myself"), "{}: the journal's words stay out: {}", case.name, raised.detail);
+        assert!(
+            raised.detail.contains(case.trigger) && raised.detail.contains("refused"),
+            "{}: {}",
+            case.name,
+            raised.detail
+        );
+        assert!(
+            !raised.detail.contains("kill myself"),
+            "{}: the journal's words stay out: {}",
+            case.name,
+            raised.detail
+        );
 
         // The refused submission itself was not stored.
         let mut client = CheckInServiceClient::new(tandem.channel().await);
@@ -347,7 +371,11 @@ async fn when_nobody_can_be_reached_the_reply_says_so_resources_first(backend: S
     assert_eq!(status.code(), Code::InvalidArgument);
     let safety = safety_of(&status);
     assert_eq!(safety.alert_target(), pb::AlertTarget::Nobody);
-    assert!(status.message().starts_with("if you are thinking about harming yourself, help is available now: 988"), "{}", status.message());
+    assert!(
+        status.message().starts_with("if you are thinking about harming yourself, help is available now: 988"),
+        "{}",
+        status.message()
+    );
 
     // Triage still raises the escalation, with nobody to page: the truth
     // the reply told, on every supervisor's worklist.
