@@ -112,11 +112,32 @@ async fn escalation_of(tandem: &Tandem, patient: &common::PatientId) -> triage::
         .unwrap()
 }
 
-/// Who the escalation paged first. Nobody here has a verified endpoint, so
-/// the chain climbs at once: its current step says little about the first.
-fn first_paged(escalation: &triage::Escalation) -> &str {
-    let notify = escalation.timeline.iter().find(|t| t.kind == "notify");
-    notify.map(|t| t.actor.as_str()).unwrap_or_else(|| panic!("no notify entry in {escalation:?}"))
+/// Waits until the patient's escalation has paged `who` (a `notify` entry in
+/// its timeline). The current recipient alone is racy: an alert that reaches
+/// nobody (no endpoint registered) moves on to the next step at once, and a
+/// care team that arrives after the raise takes the alert back.
+async fn wait_paged(tandem: &Tandem, patient: &common::PatientId, who: &str) {
+    let supervisor = tandem.token("north", Role::Supervisor, "sup-1");
+    let client = TriageServiceClient::new(tandem.channel().await);
+    tandem
+        .eventually(&format!("{who} paged"), || {
+            let mut client = client.clone();
+            let supervisor = supervisor.clone();
+            async move {
+                let list =
+                    client.list_worklist(authed(&supervisor, triage::ListWorklistRequest::default())).await.ok()?;
+                let found =
+                    list.into_inner().escalations.into_iter().find(|e| e.patient_id.as_ref() == Some(patient))?;
+                let full = client
+                    .get_escalation(authed(&supervisor, triage::GetEscalationRequest { escalation_id: found.id }))
+                    .await
+                    .ok()?
+                    .into_inner()
+                    .escalation?;
+                full.timeline.iter().any(|t| t.kind == "notify" && t.actor == who).then_some(())
+            }
+        })
+        .await;
 }
 
 /// The safety response a refused check-in carries as an error detail.
@@ -279,7 +300,7 @@ async fn every_refused_crisis_is_escalated_with_a_structured_safety_response(bac
         // Triage escalates the signal as it would the check-in, to the primary.
         let escalation = escalation_of(&tandem, &patient).await;
         assert!(escalation.level as i32 >= case.level as i32, "{}: {escalation:?}", case.name);
-        assert_eq!(first_paged(&escalation), "dr-primary", "{}", case.name);
+        wait_paged(&tandem, &patient, "dr-primary").await;
         let raised = escalation.timeline.iter().find(|t| t.kind == "raised").expect("a raised entry");
         assert!(
             raised.detail.contains(case.trigger) && raised.detail.contains("refused"),
@@ -326,7 +347,7 @@ async fn the_reply_says_who_is_alerted(backend: StoreBackend) {
     let reply = submit(&tandem, &token, crisis(&with_team)).await.unwrap();
     let safety = reply.safety_response.expect("a safety response");
     assert_care_team_is_alerted("care team known", &safety);
-    assert_eq!(first_paged(&escalation_of(&tandem, &with_team).await), "dr-primary");
+    wait_paged(&tandem, &with_team, "dr-primary").await;
 
     // (b) No care team, but the org has a crisis contact: it is paged, and
     // the reply does not claim the care team is.
@@ -337,7 +358,7 @@ async fn the_reply_says_who_is_alerted(backend: StoreBackend) {
     assert_eq!(safety.alert_target(), pb::AlertTarget::CrisisContact, "{safety:?}");
     assert!(!safety.care_team_alerted, "no care team was alerted");
     assert!(safety.notice.contains("crisis contact"), "{}", safety.notice);
-    assert_eq!(first_paged(&escalation_of(&tandem, &without_team).await), "on-call");
+    wait_paged(&tandem, &without_team, "on-call").await;
     tandem.stop().await;
 }
 on_both!(the_reply_says_who_is_alerted_, the_reply_says_who_is_alerted);
@@ -380,7 +401,7 @@ async fn when_nobody_can_be_reached_the_reply_says_so_resources_first(backend: S
     // Triage still raises the escalation, with nobody to page: the truth
     // the reply told, on every supervisor's worklist.
     let escalation = escalation_of(&tandem, &alone).await;
-    assert_eq!(first_paged(&escalation), "", "{escalation:?}");
+    assert_eq!(escalation.current_recipient, "", "{escalation:?}");
     tandem.stop().await;
 }
 on_both!(when_nobody_can_be_reached_, when_nobody_can_be_reached_the_reply_says_so_resources_first);

@@ -52,11 +52,16 @@ impl Services {
         Ok(Self { careplans, checkins, triage, notifications })
     }
 
-    /// Starts every service's relays and consumers on `bus`.
+    /// Starts every service's relays and consumers on `bus`, each
+    /// service's tasks tied to its gRPC health.
     pub fn start(&self, bus: &Arc<dyn EventBus>, tasks: &mut Tasks) {
+        tasks.set_service(tandem_careplans::SERVICE_NAME);
         self.careplans.start(bus.clone(), tasks);
+        tasks.set_service(tandem_checkins::SERVICE_NAME);
         self.checkins.start(bus.clone(), tasks);
+        tasks.set_service(tandem_notifications::SERVICE_NAME);
         self.notifications.start(bus.clone(), tasks);
+        tasks.set_service(tandem_triage::SERVICE_NAME);
         self.triage.start(bus.clone(), tasks);
     }
 
@@ -86,6 +91,7 @@ pub async fn serve(
     // watches and inbox streams together.
     let streams = Streams::new(settings.streams.clone());
     let server = GrpcServer::new()
+        .with_health(tasks.health().clone())
         .with_service(services.careplans.grpc_service(verifier.clone()))
         .with_service(services.checkins.grpc_service(verifier.clone()))
         .with_service(services.triage.grpc_service(verifier.clone(), streams.clone()))

@@ -40,12 +40,12 @@ fn plain_lines_give_one_json_line_each_with_spans() {
         .as_array()
         .unwrap()
         .iter()
-        .find(|f| f["category"] == "suicidal_ideation")
+        .find(|f| f["category"] == "active_thoughts")
         .expect("an ideation finding");
     assert_eq!((ideation["start"].as_u64(), ideation["end"].as_u64()), (Some(10), Some(21)));
     assert_eq!(ideation["matched"], "kill myself");
     assert_eq!(ideation["level"], "high");
-    assert_eq!(ideation["rule"], "si-active");
+    assert_eq!(ideation["rule"], "active-end-life");
     assert_eq!(out[1]["line"], 4);
     assert_eq!(out[1]["level"], "none");
     assert_eq!(out[1]["findings"], Value::Array(vec![]));
@@ -94,12 +94,12 @@ fn an_edited_vocabulary_can_be_backtested_without_rebuilding() {
             .expect("the built-in vocabulary");
     let edited = dir.path().join("edited.toml");
     let added = concat!(
-        "\n[[entry]]\nid = \"si-test-phrase\"\ncategory = \"suicidal_ideation\"\nlevel = \"moderate\"\n",
-        "patterns = [\"want to vanish\"]\nexamples = [\"i want to vanish\", \"an example that cannot fire\"]\n",
+        "\n[[entry]]\nid = \"si-test-phrase\"\ncategory = \"wish_dead\"\nlevel = \"moderate\"\n",
+        "patterns = [\"want to be a cloud\"]\nexamples = [\"i want to be a cloud\", \"an example that cannot fire\"]\n",
     );
     let insert_at = builtin.find("\n[[entry]]").expect("an entry");
     std::fs::write(&edited, format!("{}{added}{}", &builtin[..insert_at], &builtin[insert_at..])).unwrap();
-    let text = "some days i want to vanish\n";
+    let text = "some days i want to be a cloud\n";
     assert_eq!(lines(&run(&[], text))[0]["level"], "none");
     let backtest = run(&["--vocabulary", edited.to_str().unwrap()], text);
     let out = lines(&backtest);

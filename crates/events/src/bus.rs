@@ -171,10 +171,45 @@ pub trait Subscription: Send {
 
     /// Commits stored offsets and leaves the group.
     async fn close(self: Box<Self>) -> Result<()>;
+
+    /// A handle that reads where the group stands while this member polls.
+    fn probe(&self) -> Arc<dyn GroupProbe>;
+}
+
+/// Where a consumer group stands on one partition of a member's topics.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PartitionLag {
+    /// The topic.
+    pub topic: String,
+    /// The partition.
+    pub partition: i32,
+    /// The group's next offset to read (its last commit; the partition's
+    /// start before the group's first commit).
+    pub committed: i64,
+    /// The offset the partition's next record will get.
+    pub end: i64,
+    /// Whether the probing member holds the partition now.
+    pub held: bool,
+}
+
+impl PartitionLag {
+    /// Records the group has not consumed yet.
+    pub fn lag(&self) -> i64 {
+        (self.end - self.committed).max(0)
+    }
+}
+
+/// Reads a member's group position without disturbing its polling.
+#[async_trait]
+pub trait GroupProbe: Send + Sync {
+    /// Every partition of the member's topics: the group's committed
+    /// offset, the partition's end, and whether this member holds it.
+    async fn partitions(&self) -> Result<Vec<PartitionLag>>;
 }
 
 /// Which bus to run, parsed from `TANDEM_EVENTS`.
 #[derive(Debug, Clone, PartialEq)]
+#[allow(clippy::large_enum_variant)] // parsed once at start-up
 pub enum BusConfig {
     /// `embedded` (a log in `<data_dir>/events.db`) or `embedded:/path/to/events.db`.
     Embedded {

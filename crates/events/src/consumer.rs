@@ -8,9 +8,24 @@
 //! back-off up to `max_attempts`; then the record goes to `<topic>.dlq` with
 //! the error in a header, the inbox remembers it as dead-lettered, and the
 //! consumer moves on.
+//!
+//! Two exceptions keep the crisis path whole:
+//! - attempts made while the store does not answer at all (a database
+//!   outage) do not count: nothing is dead-lettered because the database
+//!   was away;
+//! - a crisis event ([`crate::is_crisis`]) is never dead-lettered for a
+//!   transient error: it is retried with back-off until it is handled, and
+//!   once it has failed `max_attempts` times an alarm is raised (ERROR log
+//!   `alarm=crisis_event_retrying`, health NOT_SERVING) until it is. Only a
+//!   crisis event that can never be processed (undecodable, or refused by
+//!   its handler as permanent) is dead-lettered, and that raises the crisis
+//!   dead-letter alarm ([`DeadLetterAlarm`]).
+//!
+//! A watchdog beside the polling loop (see [`WatchOptions`]) raises an
+//! alarm when the group stops consuming.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
@@ -26,6 +41,8 @@ use crate::bus::{Delivered, EventBus, Record, Subscription, TopicSpec};
 use crate::dead_letter::{self, DeadLetter, DeadLetterAlarm, LogAlarm};
 use crate::envelope::{self, headers, topics};
 use crate::error::{Error, Result};
+use crate::health::{self, HealthReport, NoHealthReport};
+use crate::watch::{self, WatchOptions};
 
 /// Why a handler failed. Its text goes to logs and the dead-letter header:
 /// write ids and reasons, never patient text.
@@ -97,6 +114,8 @@ pub struct ConsumerOptions {
     pub max_backoff: Duration,
     /// Partitions of dead-letter topics the consumer creates.
     pub dead_letter_partitions: i32,
+    /// When the watchdog raises its alarms.
+    pub watch: WatchOptions,
 }
 
 impl Default for ConsumerOptions {
@@ -107,6 +126,7 @@ impl Default for ConsumerOptions {
             min_backoff: Duration::from_millis(200),
             max_backoff: Duration::from_secs(10),
             dead_letter_partitions: 1,
+            watch: WatchOptions::default(),
         }
     }
 }
@@ -119,6 +139,10 @@ pub struct ConsumerStats {
     failed_attempts: AtomicU64,
     dead_lettered: AtomicU64,
     crisis_dead_lettered: AtomicU64,
+    crisis_retrying: AtomicU64,
+    pub(crate) held_partitions: AtomicU64,
+    pub(crate) lag: AtomicI64,
+    pub(crate) alarms: AtomicU64,
 }
 
 impl ConsumerStats {
@@ -146,6 +170,27 @@ impl ConsumerStats {
     pub fn crisis_dead_lettered(&self) -> u64 {
         self.crisis_dead_lettered.load(Ordering::Relaxed)
     }
+
+    /// Crisis events waiting on a transient failure past `max_attempts` now
+    /// (0 or 1: a consumer handles one record at a time).
+    pub fn crisis_retrying(&self) -> u64 {
+        self.crisis_retrying.load(Ordering::Relaxed)
+    }
+
+    /// Partitions this member held at the watchdog's last reading.
+    pub fn held_partitions(&self) -> u64 {
+        self.held_partitions.load(Ordering::Relaxed)
+    }
+
+    /// Events of its topics the group had not consumed at the last reading.
+    pub fn lag(&self) -> i64 {
+        self.lag.load(Ordering::Relaxed)
+    }
+
+    /// Group alarms the watchdog raised.
+    pub fn alarms(&self) -> u64 {
+        self.alarms.load(Ordering::Relaxed)
+    }
 }
 
 /// A member of a consumer group that applies events to a service's store.
@@ -157,6 +202,7 @@ pub struct Consumer {
     store: Store,
     handler: Arc<dyn Handler>,
     alarm: Arc<dyn DeadLetterAlarm>,
+    health: Option<Arc<dyn HealthReport>>,
     options: ConsumerOptions,
     stats: Arc<ConsumerStats>,
 }
@@ -193,6 +239,7 @@ impl Consumer {
             store,
             handler,
             alarm: Arc::new(LogAlarm),
+            health: None,
             options: ConsumerOptions::default(),
             stats: Arc::default(),
         }
@@ -204,9 +251,18 @@ impl Consumer {
         self
     }
 
-    /// Replaces the crisis dead-letter alarm.
+    /// Replaces the crisis dead-letter alarm: the hook a service wires to
+    /// page the crisis contact when a crisis event is dead-lettered.
     pub fn with_alarm(mut self, alarm: Arc<dyn DeadLetterAlarm>) -> Self {
         self.alarm = alarm;
+        self
+    }
+
+    /// Where the consumer reports its health (its watchdog's alarms, a
+    /// crisis event waiting on retries). Without it, the report of the task
+    /// it runs in ([`crate::with_health_report`]) is used, if any.
+    pub fn with_health(mut self, health: Arc<dyn HealthReport>) -> Self {
+        self.health = Some(health);
         self
     }
 
@@ -217,7 +273,10 @@ impl Consumer {
 
     /// Joins the group and handles records until `shutdown` resolves; then
     /// commits what was handled and leaves the group.
-    pub async fn run(self, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<()> {
+    pub async fn run(mut self, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<()> {
+        let health =
+            self.health.clone().or_else(health::current_health_report).unwrap_or_else(|| Arc::new(NoHealthReport));
+        self.health = Some(health.clone());
         let mut stop = Stop::new(shutdown);
         let dead_letter_topics: Vec<TopicSpec> = self
             .topics
@@ -226,6 +285,13 @@ impl Consumer {
             .collect();
         self.bus.ensure_topics(&dead_letter_topics).await?;
         let mut subscription = self.bus.subscribe(&self.group, &self.topics).await?;
+        let _watchdog = AbortOnDrop(tokio::spawn(watch::watch(
+            subscription.probe(),
+            self.group.clone(),
+            self.options.watch.clone(),
+            health,
+            self.stats.clone(),
+        )));
         let mut poll_backoff = self.backoff();
         'poll: loop {
             let batch = tokio::select! {
@@ -313,8 +379,13 @@ impl Consumer {
                 return self.dead_letter(record, None, &error.to_string(), 0, stop).await;
             }
         };
+        let crisis = envelope::is_crisis(&event);
+        let mut waiting = CrisisWait::new(self, record, &event);
         let mut backoff = self.backoff();
         let mut attempt: u32 = 0;
+        // Attempts that failed while the store answered: only these count
+        // toward `max_attempts` (a database outage dead-letters nothing).
+        let mut counted: u32 = 0;
         loop {
             attempt += 1;
             // Shutdown abandons a handler mid-transaction: it rolls back,
@@ -326,25 +397,45 @@ impl Consumer {
             let error = match attempt_result {
                 Ok(true) => {
                     self.stats.handled.fetch_add(1, Ordering::Relaxed);
+                    waiting.handled(attempt);
                     return Outcome::Handled;
                 }
                 Ok(false) => {
                     tracing::debug!(event_id = %event.event_id, "redelivered event skipped by the inbox");
                     self.stats.duplicates.fetch_add(1, Ordering::Relaxed);
+                    waiting.handled(attempt);
                     return Outcome::Duplicate;
                 }
                 Err(error) => error,
             };
             self.stats.failed_attempts.fetch_add(1, Ordering::Relaxed);
+            let store_answers = error.is_permanent() || self.store_answers().await;
+            if store_answers {
+                counted += 1;
+            }
             tracing::warn!(
                 event_id = %event.event_id,
                 event_type = %event.event_type,
                 attempt,
+                counted,
                 max_attempts = self.options.max_attempts,
+                store_answers,
+                crisis,
                 error = %error,
                 "event handler failed"
             );
-            if error.is_permanent() || attempt >= self.options.max_attempts {
+            if error.is_permanent() {
+                // No retry can fix it: not even a crisis event waits on it.
+                waiting.handled(attempt);
+                return self.dead_letter(record, Some(&event), &error.to_string(), attempt, stop).await;
+            }
+            if crisis {
+                // Never dead-lettered for a transient error: retried until
+                // handled, with an alarm while it waits.
+                if attempt >= self.options.max_attempts {
+                    waiting.alarm(attempt, &error.to_string());
+                }
+            } else if counted >= self.options.max_attempts {
                 return self.dead_letter(record, Some(&event), &error.to_string(), attempt, stop).await;
             }
             let delay = backoff.next().unwrap_or(self.options.max_backoff);
@@ -353,6 +444,14 @@ impl Consumer {
                 () = tokio::time::sleep(delay) => {}
             }
         }
+    }
+
+    /// Whether the store answers a trivial query: tells a database outage
+    /// (which must not use up an event's attempts) from a handler failing
+    /// on this event.
+    async fn store_answers(&self) -> bool {
+        let ping = sqlx::query("SELECT 1").execute(self.store.pool());
+        matches!(tokio::time::timeout(Duration::from_secs(5), ping).await, Ok(Ok(_)))
     }
 
     /// One attempt: inbox row and handler in one transaction. `Ok(false)`
@@ -406,7 +505,12 @@ impl Consumer {
             .or_else(|| record.header(headers::EVENT_TYPE).map(str::to_owned));
         let crisis = match event {
             Some(event) => envelope::is_crisis(event),
-            None => event_type.as_deref().is_some_and(envelope::could_be_crisis),
+            // Unreadable: trust a declared type; without one, anything on a
+            // crisis topic may be a crisis (a false alarm beats a lost signal).
+            None => match event_type.as_deref().filter(|name| !name.is_empty()) {
+                Some(name) => envelope::could_be_crisis(name),
+                None => topics::CRISIS.contains(&record.topic.as_str()),
+            },
         };
         // Headers are not the place for an essay; the full text is in the log.
         let error_text: String = error.chars().take(1000).collect();
@@ -454,6 +558,7 @@ impl Consumer {
         let letter = DeadLetter {
             event_id,
             event_type,
+            patient_key: record.key.clone(),
             topic: record.topic.clone(),
             partition: record.partition,
             offset: record.offset,
@@ -476,6 +581,20 @@ impl Consumer {
         );
         if crisis {
             self.stats.crisis_dead_lettered.fetch_add(1, Ordering::Relaxed);
+            watch::count_alarm(&self.group, "crisis_dead_letter");
+            tracing::error!(
+                alarm = "crisis_dead_letter",
+                patient = letter.patient_key.as_deref().unwrap_or("unknown"),
+                event_id = letter.event_id.as_deref().unwrap_or("unknown"),
+                event_type = letter.event_type.as_deref().unwrap_or("unknown"),
+                topic = %letter.topic,
+                partition = letter.partition,
+                offset = letter.offset,
+                group = %letter.group,
+                attempts,
+                error = %letter.error,
+                "a crisis event can never be processed and was dead-lettered; a person must act on it now"
+            );
             self.alarm.crisis_dead_lettered(&letter).await;
         }
         Outcome::DeadLettered
@@ -486,6 +605,102 @@ impl Consumer {
         self.record_in_inbox(&mut tx, event_id, topic, "dead_lettered").await?;
         tx.commit().await?;
         Ok(())
+    }
+}
+
+/// Aborts a background task when dropped, however its owner ends.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// The alarm of a crisis event waiting on retries: raised (and repeated
+/// every ten attempts) while it waits, cleared when it is done, however
+/// processing ends.
+struct CrisisWait<'a> {
+    consumer: &'a Consumer,
+    event_id: &'a str,
+    event_type: &'a str,
+    patient: &'a str,
+    raised: bool,
+    component: String,
+}
+
+impl<'a> CrisisWait<'a> {
+    fn new(consumer: &'a Consumer, record: &'a Delivered, event: &'a EventEnvelope) -> Self {
+        Self {
+            consumer,
+            event_id: &event.event_id,
+            event_type: &event.event_type,
+            patient: record.key.as_deref().unwrap_or("unknown"),
+            raised: false,
+            component: format!("consumer {} crisis event", consumer.group),
+        }
+    }
+
+    fn health(&self) -> Option<&Arc<dyn HealthReport>> {
+        self.consumer.health.as_ref()
+    }
+
+    fn alarm(&mut self, attempt: u32, error: &str) {
+        let first = !self.raised;
+        if first {
+            self.raised = true;
+            self.consumer.stats.crisis_retrying.fetch_add(1, Ordering::Relaxed);
+            watch::count_alarm(&self.consumer.group, "crisis_event_retrying");
+        }
+        if let Some(health) = self.health() {
+            health.failing(
+                &self.component,
+                &format!("crisis event {} ({}) is waiting on retries: {error}", self.event_id, self.event_type),
+            );
+        }
+        if first || attempt.is_multiple_of(10) {
+            tracing::error!(
+                alarm = "crisis_event_retrying",
+                patient = self.patient,
+                event_id = self.event_id,
+                event_type = self.event_type,
+                group = %self.consumer.group,
+                attempt,
+                error,
+                "a crisis event keeps failing on a transient error; it is retried until it is handled, never dead-lettered"
+            );
+        }
+    }
+
+    fn handled(&mut self, attempt: u32) {
+        if !self.raised {
+            return;
+        }
+        self.raised = false;
+        self.consumer.stats.crisis_retrying.fetch_sub(1, Ordering::Relaxed);
+        if let Some(health) = self.health() {
+            health.recovered(&self.component);
+        }
+        tracing::info!(
+            alarm = "crisis_event_retrying",
+            patient = self.patient,
+            event_id = self.event_id,
+            attempt,
+            "the waiting crisis event is done; alarm cleared"
+        );
+    }
+}
+
+impl Drop for CrisisWait<'_> {
+    fn drop(&mut self) {
+        // Shutdown mid-wait: the event comes again to the next owner; this
+        // process no longer waits on it.
+        if self.raised {
+            self.consumer.stats.crisis_retrying.fetch_sub(1, Ordering::Relaxed);
+            if let Some(health) = self.health() {
+                health.recovered(&self.component);
+            }
+        }
     }
 }
 

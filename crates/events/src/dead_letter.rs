@@ -16,6 +16,9 @@ pub struct DeadLetter {
     pub event_id: Option<String>,
     /// The event type, if known.
     pub event_type: Option<String>,
+    /// The record's key: the patient's id (present even when the payload
+    /// cannot be read).
+    pub patient_key: Option<String>,
     /// The topic it came from.
     pub topic: String,
     /// Its partition there.
@@ -32,16 +35,22 @@ pub struct DeadLetter {
     pub crisis: bool,
 }
 
-/// Called when a crisis event is dead-lettered. The default logs at ERROR;
-/// later wiring pages the on-call contact.
+/// The hook on the crisis dead-letter path: called after a crisis event
+/// (or an unreadable record that may be one) went to the dead-letter topic
+/// and the consumer logged `alarm=crisis_dead_letter` at ERROR with the
+/// patient key. A service wires its own with
+/// [`crate::Consumer::with_alarm`] to page the organisation's crisis
+/// contact for `letter.patient_key`; it runs on the consumer's task before
+/// the consumer moves on, so it should hand the page off (e.g. write it to
+/// an outbox) rather than wait on delivery.
 #[async_trait]
 pub trait DeadLetterAlarm: Send + Sync + std::fmt::Debug {
     /// A crisis event could not be handled and went to the dead-letter topic.
     async fn crisis_dead_lettered(&self, letter: &DeadLetter);
 }
 
-/// The default alarm: an ERROR log line with the stable field
-/// `alert = "crisis_dead_letter"` for log-based alerting.
+/// The default hook: pages nobody, and says so at ERROR
+/// (`alarm = "crisis_dead_letter_unpaged"`) for log-based alerting.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct LogAlarm;
 
@@ -49,16 +58,12 @@ pub struct LogAlarm;
 impl DeadLetterAlarm for LogAlarm {
     async fn crisis_dead_lettered(&self, letter: &DeadLetter) {
         tracing::error!(
-            alert = "crisis_dead_letter",
+            alarm = "crisis_dead_letter_unpaged",
+            patient = letter.patient_key.as_deref().unwrap_or("unknown"),
             event_id = letter.event_id.as_deref().unwrap_or("unknown"),
-            event_type = letter.event_type.as_deref().unwrap_or("unknown"),
             topic = %letter.topic,
-            partition = letter.partition,
-            offset = letter.offset,
             group = %letter.group,
-            attempts = letter.attempts,
-            error = %letter.error,
-            "a crisis event could not be handled and was dead-lettered; a person must act on it now"
+            "no crisis-contact hook is wired for this consumer: nobody was paged for this dead-lettered crisis event"
         );
     }
 }

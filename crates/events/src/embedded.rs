@@ -28,7 +28,7 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 use sqlx::{Row, SqlitePool};
 use tokio::sync::watch;
 
-use crate::bus::{BusKind, Delivered, EventBus, Record, Subscription, TopicSpec};
+use crate::bus::{BusKind, Delivered, EventBus, GroupProbe, PartitionLag, Record, Subscription, TopicSpec};
 use crate::error::{Error, Result};
 use crate::partitioner::partition_for_key;
 
@@ -313,6 +313,7 @@ impl EventBus for EmbeddedBus {
         Ok(Box::new(EmbeddedSubscription {
             bus: self.clone(),
             group: group.to_owned(),
+            topics: topics.to_vec(),
             member,
             positions: BTreeMap::new(),
             wake: self.inner.changed.subscribe(),
@@ -331,6 +332,7 @@ impl EventBus for EmbeddedBus {
 struct EmbeddedSubscription {
     bus: EmbeddedBus,
     group: String,
+    topics: Vec<String>,
     member: u64,
     // The partitions this member holds and where it reads next.
     positions: BTreeMap<TopicPartition, i64>,
@@ -573,6 +575,15 @@ impl Subscription for EmbeddedSubscription {
         Ok(())
     }
 
+    fn probe(&self) -> Arc<dyn GroupProbe> {
+        Arc::new(EmbeddedProbe {
+            bus: Arc::downgrade(&self.bus.inner),
+            group: self.group.clone(),
+            topics: self.topics.clone(),
+            member: self.member,
+        })
+    }
+
     async fn close(mut self: Box<Self>) -> Result<()> {
         let to_commit: Vec<(TopicPartition, i64)> = {
             let mut groups = lock(&self.bus.inner.groups);
@@ -582,6 +593,58 @@ impl Subscription for EmbeddedSubscription {
         let committed = self.commit(to_commit).await;
         self.leave();
         committed
+    }
+}
+
+/// Reads a member's partitions and its group's offsets from the log.
+struct EmbeddedProbe {
+    bus: Weak<Inner>,
+    group: String,
+    topics: Vec<String>,
+    member: u64,
+}
+
+#[async_trait]
+impl GroupProbe for EmbeddedProbe {
+    async fn partitions(&self) -> Result<Vec<PartitionLag>> {
+        let inner = self.bus.upgrade().ok_or(Error::Closed)?;
+        let mut partitions = Vec::new();
+        for topic in &self.topics {
+            let count = lock(&inner.topics).get(topic).copied().unwrap_or_default();
+            let ends: HashMap<i32, i64> =
+                sqlx::query("SELECT partition_no, MAX(log_offset) + 1 FROM log WHERE topic = $1 GROUP BY partition_no")
+                    .bind(topic)
+                    .fetch_all(&inner.pool)
+                    .await?
+                    .into_iter()
+                    .map(|row| (row.get::<i32, _>(0), row.get::<i64, _>(1)))
+                    .collect();
+            let committed: HashMap<i32, i64> =
+                sqlx::query("SELECT partition_no, next_offset FROM group_offsets WHERE group_id = $1 AND topic = $2")
+                    .bind(&self.group)
+                    .bind(topic)
+                    .fetch_all(&inner.pool)
+                    .await?
+                    .into_iter()
+                    .map(|row| (row.get::<i32, _>(0), row.get::<i64, _>(1)))
+                    .collect();
+            let groups = lock(&inner.groups);
+            let group = groups.get(&self.group);
+            for partition in 0..count {
+                let tp = (topic.clone(), partition);
+                // Stored offsets are newer than the file's until the next commit.
+                let stored = group.and_then(|group| group.stored.get(&tp).copied());
+                let committed = stored.or_else(|| committed.get(&partition).copied()).unwrap_or(0);
+                partitions.push(PartitionLag {
+                    topic: topic.clone(),
+                    partition,
+                    committed,
+                    end: ends.get(&partition).copied().unwrap_or(0).max(committed),
+                    held: group.is_some_and(|group| group.owners.get(&tp) == Some(&self.member)),
+                });
+            }
+        }
+        Ok(partitions)
     }
 }
 

@@ -23,6 +23,9 @@ pub mod topics {
     pub const NOTIFICATIONS: &str = "tandem.notifications.v1";
     /// Every service topic.
     pub const ALL: [&str; 4] = [CAREPLANS, CHECKINS, TRIAGE, NOTIFICATIONS];
+    /// The topics crisis signals travel on (check-ins, then triage's
+    /// escalations): sent without lingering, and their consumer lag is watched.
+    pub const CRISIS: [&str; 2] = [CHECKINS, TRIAGE];
     /// The suffix of a topic's dead-letter topic.
     pub const DEAD_LETTER_SUFFIX: &str = ".dlq";
 

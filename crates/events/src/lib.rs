@@ -39,13 +39,17 @@ mod dead_letter;
 pub mod embedded;
 mod envelope;
 mod error;
+pub mod health;
 pub mod kafka;
 mod outbox;
 mod partitioner;
 #[cfg(feature = "testing")]
 pub mod testing;
+mod watch;
 
-pub use bus::{BusConfig, BusKind, Delivered, EventBus, Record, Subscription, TopicSpec, connect};
+pub use bus::{
+    BusConfig, BusKind, Delivered, EventBus, GroupProbe, PartitionLag, Record, Subscription, TopicSpec, connect,
+};
 pub use consumer::{Consumer, ConsumerOptions, ConsumerStats, Handler, HandlerError};
 pub use dead_letter::{
     CRISIS_DEAD_LETTERS_METRIC, DEAD_LETTERS_METRIC, DeadLetter, DeadLetterAlarm, LogAlarm, crisis_dead_letters_total,
@@ -57,6 +61,8 @@ pub use envelope::{
     validate,
 };
 pub use error::{Error, Result};
+pub use health::{HealthReport, NoHealthReport, current_health_report, with_health_report};
 pub use kafka::{KafkaBus, KafkaConfig};
 pub use outbox::{Outbox, Relay, RelayOptions, RelayStats, install};
 pub use partitioner::{murmur2, partition_for_key};
+pub use watch::{CONSUMER_ALARMS_METRIC, CONSUMER_LAG_METRIC, PARTITIONS_HELD_METRIC, WatchOptions};

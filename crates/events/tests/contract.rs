@@ -13,7 +13,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use tandem_events::testing::TestBus;
 use tandem_events::{
-    Consumer, Delivered, EventBus, Outbox, Record, Subscription, TopicSpec, headers, partition_for_key, topics,
+    Consumer, ConsumerOptions, Delivered, EventBus, Outbox, Record, Subscription, TopicSpec, headers,
+    partition_for_key, topics,
 };
 use tandem_proto::events::v1::PatientEnrolled;
 use tandem_proto::events::v1::event_envelope::Payload;
@@ -409,7 +410,11 @@ async fn poison_events_land_in_the_dead_letter_topic(test: TestBus) {
     assert!(bus.publish(std::slice::from_ref(&garbage)).await[0].is_ok());
 
     let handler = RecordingHandler::named("c");
-    handler.poison.lock().unwrap().extend([quiet_poison.clone(), crisis_poison.clone()]);
+    // The quiet event keeps failing (transiently): dead-lettered after its
+    // attempts. A crisis event is dead-lettered only when it can never be
+    // handled: here its handler refuses it for good.
+    handler.poison.lock().unwrap().insert(quiet_poison.clone());
+    handler.refuse.lock().unwrap().insert(crisis_poison.clone());
     let alarm = Arc::new(RecordingAlarm::default());
     let before = tandem_events::dead_letters_total();
     let consumer = Consumer::new(bus.clone(), "triage", &[TOPIC], consumer_side.store.clone(), handler.clone())
@@ -433,6 +438,7 @@ async fn poison_events_land_in_the_dead_letter_topic(test: TestBus) {
     assert_eq!(stats.dead_lettered(), 3);
     assert_eq!(stats.crisis_dead_lettered(), 2);
     assert_eq!(handler.calls_for(&quiet_poison), 3, "retried up to max_attempts");
+    assert_eq!(handler.calls_for(&crisis_poison), 1, "a permanent refusal is not retried");
     assert!(tandem_events::dead_letters_total() >= before + 3);
     let handled: HashSet<String> =
         effects(&consumer_side.store).await.into_iter().map(|effect| effect.event_id).collect();
@@ -448,7 +454,7 @@ async fn poison_events_land_in_the_dead_letter_topic(test: TestBus) {
     assert_eq!(quiet_letter.header(headers::DLQ_TOPIC), Some(TOPIC));
     assert_eq!(quiet_letter.header(headers::DLQ_ATTEMPTS), Some("3"));
     assert_eq!(tandem_events::decode(&quiet_letter.value).unwrap(), written[0]);
-    assert!(by_id.contains_key(&crisis_poison));
+    assert!(by_id[&crisis_poison].header(headers::DLQ_ERROR).unwrap().contains("can never be handled"));
     let garbage_letter = by_id[garbage.header(headers::EVENT_ID).unwrap()];
     assert_eq!(garbage_letter.value, garbage.value);
     assert!(garbage_letter.header(headers::DLQ_ERROR).unwrap().contains("not a tandem.events.v1.EventEnvelope"));
@@ -458,6 +464,9 @@ async fn poison_events_land_in_the_dead_letter_topic(test: TestBus) {
     let expected: HashSet<Option<String>> =
         [Some(crisis_poison.clone()), garbage.header(headers::EVENT_ID).map(str::to_owned)].into_iter().collect();
     assert_eq!(alarmed, expected, "crisis dead letters raise the alarm, others do not");
+    let patients: HashSet<Option<String>> =
+        alarm.letters.lock().unwrap().iter().map(|letter| letter.patient_key.clone()).collect();
+    assert!(patients.contains(&Some(crisis.to_string())), "the alarm names the patient: {patients:?}");
     producer.finish().await;
     consumer_side.finish().await;
 }
@@ -504,6 +513,107 @@ async fn trace_context_flows_from_producer_to_handler(test: TestBus) {
     assert_eq!(seen.len(), 1, "{seen:?}");
     assert!(seen[0].contains(&trace_id), "the handler runs in the producer's trace: {}", seen[0]);
     assert_ne!(seen[0], event.traceparent, "the handler has a span of its own");
+    producer.finish().await;
+    consumer_side.finish().await;
+}
+
+contract_test!(a_crisis_event_failing_transiently_waits_with_an_alarm_and_is_never_dead_lettered);
+async fn a_crisis_event_failing_transiently_waits_with_an_alarm_and_is_never_dead_lettered(test: TestBus) {
+    let bus = test.bus.clone();
+    topic(&bus).await;
+    let producer = Service::sqlite().await;
+    let consumer_side = Service::sqlite().await;
+    let outbox = Outbox::new(producer.store.clone(), "checkins");
+    let patient = PatientId::new();
+    let written = enqueue_all(&outbox, TOPIC, &[(patient, crisis_check_in()), (patient, numbered(1))], 2).await;
+    let crisis_event = written[0].event_id.clone();
+
+    let handler = RecordingHandler::named("c");
+    handler.poison.lock().unwrap().insert(crisis_event.clone());
+    let health = Arc::new(RecordingHealth::default());
+    let consumer = Consumer::new(bus.clone(), "triage", &[TOPIC], consumer_side.store.clone(), handler.clone())
+        .with_options(consumer_options())
+        .with_health(health.clone());
+    let stats = consumer.stats();
+    let relay = start_relay(&outbox, bus.clone());
+    let consumer = start_consumer(consumer);
+    // Well past max_attempts (3), where any other event is dead-lettered.
+    wait_until("the crisis event failed 6 times", LIMIT, || async { handler.calls_for(&crisis_event) >= 6 }).await;
+    wait_until("the alarm is raised", LIMIT, || async { health.failing_with(&crisis_event) }).await;
+    assert_eq!(stats.crisis_retrying(), 1);
+    assert_eq!(stats.dead_lettered(), 0, "a crisis event is never dead-lettered for a transient error");
+    assert_eq!(effect_count(&consumer_side.store).await, 0, "the patient's later event waits behind it, in order");
+
+    // The failure passes: the event is handled, then the one behind it.
+    handler.poison.lock().unwrap().clear();
+    wait_until("both events are handled", LIMIT, || async { effect_count(&consumer_side.store).await == 2 }).await;
+    wait_until("the alarm clears", LIMIT, || async { health.healthy() }).await;
+    consumer.stop().await.unwrap();
+    relay.stop().await.unwrap();
+    assert_eq!(stats.crisis_retrying(), 0);
+    assert_eq!(stats.dead_lettered(), 0);
+    let handled: Vec<String> = effects(&consumer_side.store).await.into_iter().map(|effect| effect.event_id).collect();
+    assert_eq!(handled, [crisis_event, written[1].event_id.clone()]);
+    producer.finish().await;
+    consumer_side.finish().await;
+}
+
+contract_test!(a_member_holding_no_partitions_while_events_wait_raises_an_alarm);
+async fn a_member_holding_no_partitions_while_events_wait_raises_an_alarm(test: TestBus) {
+    // One partition: a second member of the group holds nothing. The first
+    // hangs in its handler, so the events behind stop moving.
+    let bus = test.bus.clone();
+    let topic = topics::CAREPLANS;
+    bus.ensure_topics(&[TopicSpec::new(topic, 1)]).await.expect("create the topic");
+    let producer = Service::sqlite().await;
+    let consumer_side = Service::sqlite().await;
+    let outbox = Outbox::new(producer.store.clone(), "careplans");
+    let patient = PatientId::new();
+    enqueue_all(&outbox, topic, &[(patient, numbered(1)), (patient, numbered(2)), (patient, numbered(3))], 3).await;
+    let relay = start_relay(&outbox, bus.clone());
+
+    let options = ConsumerOptions {
+        watch: tandem_events::WatchOptions {
+            every: Duration::from_millis(100),
+            stall_after: Duration::from_secs(1),
+            max_crisis_lag: 1000,
+        },
+        ..consumer_options()
+    };
+    let stuck = RecordingHandler::named("stuck");
+    *stuck.hang_on_call.lock().unwrap() = Some(1);
+    let holder_health = Arc::new(RecordingHealth::default());
+    let holder = start_consumer(
+        Consumer::new(bus.clone(), "careplans-readers", &[topic], consumer_side.store.clone(), stuck.clone())
+            .with_options(options.clone())
+            .with_health(holder_health.clone()),
+    );
+    tokio::time::timeout(LIMIT, stuck.hanging.notified()).await.expect("the first member takes the partition");
+
+    let idle_health = Arc::new(RecordingHealth::default());
+    let idle = Consumer::new(
+        bus.clone(),
+        "careplans-readers",
+        &[topic],
+        consumer_side.store.clone(),
+        RecordingHandler::named("idle"),
+    )
+    .with_options(options)
+    .with_health(idle_health.clone());
+    let idle_stats = idle.stats();
+    let idle = start_consumer(idle);
+    wait_until("the member without partitions raises the alarm", LIMIT, || async {
+        idle_health.failing_with("holds no partitions")
+    })
+    .await;
+    assert_eq!(idle_stats.held_partitions(), 0);
+    assert!(idle_stats.lag() >= 3, "the three events wait: lag {}", idle_stats.lag());
+    assert!(idle_stats.alarms() >= 1);
+    assert!(!holder_health.failing_with("holds no partitions"), "the member holding the partition is not the one");
+
+    holder.abort().await;
+    idle.abort().await;
+    relay.stop().await.unwrap();
     producer.finish().await;
     consumer_side.finish().await;
 }

@@ -339,3 +339,119 @@ store_test!(a_relay_waiting_on_an_absent_broker_still_shuts_down, &MIGRATIONS, "
     let relay = Relay::new(&outbox, test.bus.clone()).with_options(relay_options());
     assert_eq!(relay.drain_once().await.unwrap(), 1);
 });
+
+/// A real outage of the consuming service's database, ended by `end`.
+enum Outage {
+    /// SQLite: another connection holds the write lock, so every write
+    /// transaction fails with "database is locked" after the busy timeout.
+    Locked(sqlx::SqliteConnection),
+    /// PostgreSQL: the database refuses connections and every open one is
+    /// terminated ("database ... is not currently accepting connections").
+    Refusing { admin: sqlx::PgConnection, database: String },
+}
+
+impl Outage {
+    async fn begin(service: &Service) -> Self {
+        use sqlx::Connection;
+        match service.store.backend() {
+            Backend::Sqlite => {
+                let mut lock = sqlx::SqliteConnection::connect(service.url()).await.unwrap();
+                sqlx::raw_sql("BEGIN EXCLUSIVE").execute(&mut lock).await.unwrap();
+                Self::Locked(lock)
+            }
+            Backend::Postgres => {
+                let admin_url = tandem_store::testing::postgres_admin_url();
+                let mut admin = sqlx::PgConnection::connect(&admin_url).await.unwrap();
+                let database = service.url().rsplit('/').next().unwrap().split('?').next().unwrap().to_owned();
+                sqlx::raw_sql(sqlx::AssertSqlSafe(format!("ALTER DATABASE \"{database}\" ALLOW_CONNECTIONS false")))
+                    .execute(&mut admin)
+                    .await
+                    .unwrap();
+                sqlx::query("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()")
+                    .bind(&database)
+                    .execute(&mut admin)
+                    .await
+                    .unwrap();
+                Self::Refusing { admin, database }
+            }
+        }
+    }
+
+    async fn end(self) {
+        match self {
+            Self::Locked(mut lock) => {
+                sqlx::raw_sql("COMMIT").execute(&mut lock).await.unwrap();
+            }
+            Self::Refusing { mut admin, database } => {
+                sqlx::raw_sql(sqlx::AssertSqlSafe(format!("ALTER DATABASE \"{database}\" ALLOW_CONNECTIONS true")))
+                    .execute(&mut admin)
+                    .await
+                    .unwrap();
+            }
+        }
+    }
+}
+
+mod a_database_outage_during_a_crisis_event_ends_in_its_handling_not_a_dead_letter {
+    use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn sqlite() {
+        body(Backend::Sqlite).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn postgres() {
+        body(Backend::Postgres).await;
+    }
+
+    async fn body(backend: Backend) {
+        let test = TestBus::embedded().await;
+        test.bus.ensure_topics(&[TopicSpec::new(topics::CHECKINS, 2)]).await.unwrap();
+        let service = Service::on(backend).await;
+        let outbox = Outbox::new(service.store.clone(), "checkins");
+        let patient = PatientId::new();
+        let crisis = outbox.envelope(&org(), &patient, crisis_check_in());
+        let after = outbox.envelope(&org(), &patient, numbered(1));
+        let handler = RecordingHandler::named("triage");
+        let health = Arc::new(RecordingHealth::default());
+        // One attempt: any other event failing while the store answers
+        // would be dead-lettered at once.
+        let options = tandem_events::ConsumerOptions { max_attempts: 1, ..consumer_options() };
+        let consumer =
+            Consumer::new(test.bus.clone(), "triage", &[topics::CHECKINS], service.store.clone(), handler.clone())
+                .with_options(options)
+                .with_health(health.clone());
+        let stats = consumer.stats();
+
+        let outage = Outage::begin(&service).await;
+        let consumer = start_consumer(consumer);
+        let records = [
+            Record::from_envelope(topics::CHECKINS, &crisis).unwrap(),
+            Record::from_envelope(topics::CHECKINS, &after).unwrap(),
+        ];
+        assert!(test.bus.publish(&records).await.iter().all(Result::is_ok));
+        wait_until("the crisis event waits with an alarm", LIMIT, || async {
+            stats.crisis_retrying() == 1 && health.failing_with(&crisis.event_id)
+        })
+        .await;
+        assert!(stats.failed_attempts() >= 1);
+        assert_eq!(stats.dead_lettered(), 0);
+        assert_eq!(handler.calls_for(&after.event_id), 0, "the later event waits behind it");
+
+        outage.end().await;
+        wait_until("both events are handled", LIMIT, || async { stats.handled() == 2 }).await;
+        wait_until("the alarm clears", LIMIT, || async { health.healthy() }).await;
+        consumer.stop().await.unwrap();
+        assert_eq!(stats.dead_lettered(), 0, "nothing was dead-lettered");
+        assert_eq!(stats.crisis_retrying(), 0);
+        let handled: Vec<String> = effects(&service.store).await.into_iter().map(|effect| effect.event_id).collect();
+        assert_eq!(handled, [crisis.event_id.clone(), after.event_id.clone()]);
+        let outcomes: Vec<String> = sqlx::query_scalar("SELECT outcome FROM inbox ORDER BY handled_at")
+            .fetch_all(service.store.pool())
+            .await
+            .unwrap();
+        assert_eq!(outcomes, ["handled", "handled"]);
+        service.finish().await;
+    }
+}

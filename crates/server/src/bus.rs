@@ -27,11 +27,28 @@ pub enum BusError {
     },
 }
 
+/// The name of this process for Kafka static membership: the configured
+/// instance id, else the host name (a Kubernetes pod's name, stable across
+/// restarts of its container).
+pub fn instance_id(settings: &Settings) -> Option<String> {
+    if !settings.instance_id.trim().is_empty() {
+        return Some(settings.instance_id.trim().to_owned());
+    }
+    let from_env = std::env::var("HOSTNAME").ok();
+    let from_kernel = || std::fs::read_to_string("/proc/sys/kernel/hostname").ok();
+    from_env.or_else(from_kernel).map(|name| name.trim().to_owned()).filter(|name| !name.is_empty())
+}
+
 /// Opens the configured event bus (an embedded log in the data dir, or
 /// Kafka) and creates the service topics that do not exist yet.
 pub async fn connect(settings: &Settings) -> Result<Arc<dyn EventBus>, BusError> {
     let value = settings.events.clone();
-    let config: BusConfig = value.parse().map_err(|source| BusError::Config { value: value.clone(), source })?;
+    let mut config: BusConfig = value.parse().map_err(|source| BusError::Config { value: value.clone(), source })?;
+    if let BusConfig::Kafka(kafka) = &mut config
+        && kafka.instance_id.is_none()
+    {
+        kafka.instance_id = instance_id(settings);
+    }
     if matches!(config, BusConfig::Embedded { path: None }) {
         // The embedded log lives in the data dir; make sure it exists.
         std::fs::create_dir_all(&settings.data_dir).map_err(|error| BusError::Open {

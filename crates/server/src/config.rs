@@ -76,6 +76,10 @@ pub struct Settings {
     /// How long health says NOT_SERVING before the server stops taking calls.
     #[serde(with = "duration_text")]
     pub shutdown_drain: Duration,
+    /// This process's stable name for Kafka static group membership
+    /// (`group.instance.id = <instance_id>.<group>`); empty = the host name
+    /// (a Kubernetes pod's name). Two live processes must not share it.
+    pub instance_id: String,
     /// Token verification.
     pub auth: AuthSettings,
     /// Bounds on long-lived streams (WatchWorklist, StreamInbox).
@@ -90,6 +94,7 @@ impl Default for Settings {
             database_url: String::new(),
             events: "embedded".to_owned(),
             shutdown_drain: Duration::ZERO,
+            instance_id: String::new(),
             auth: AuthSettings::default(),
             streams: crate::StreamSettings::default(),
         }
@@ -147,6 +152,12 @@ pub const SETTINGS: &[SettingDoc] = &[
         key: "shutdown_drain",
         default: "0s",
         doc: "time between health NOT_SERVING and refusing new calls on SIGTERM; open streams end when it is over",
+    },
+    SettingDoc {
+        env: "TANDEM_INSTANCE_ID",
+        key: "instance_id",
+        default: "",
+        doc: "this process's name for Kafka static group membership; empty = the host (pod) name; unique per live process",
     },
     SettingDoc {
         env: "TANDEM_AUTH__ISSUER",

@@ -4,6 +4,7 @@
 
 pub mod bus;
 pub mod config;
+pub mod health;
 pub mod idempotency;
 pub mod status;
 pub mod streams;
@@ -15,10 +16,9 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic::service::Routes;
-use tonic_health::ServingStatus;
-use tonic_health::server::HealthReporter;
 
 pub use config::{AuthSettings, Settings};
+pub use health::Health;
 pub use streams::{StreamLease, StreamSettings, Streams};
 pub use tasks::Tasks;
 
@@ -45,6 +45,7 @@ pub struct GrpcServer {
     drain_delay: Duration,
     call_grace: Duration,
     streams: Streams,
+    health: Option<Health>,
 }
 
 impl Default for GrpcServer {
@@ -62,7 +63,16 @@ impl GrpcServer {
             drain_delay: Duration::ZERO,
             call_grace: CALL_GRACE,
             streams: Streams::default(),
+            health: None,
         }
+    }
+
+    /// Serves `health` (the one the background [`Tasks`] report to), so a
+    /// task that dies turns its service NOT_SERVING; without it the server
+    /// has a health of its own that only shutdown changes.
+    pub fn with_health(mut self, health: Health) -> Self {
+        self.health = Some(health);
+        self
     }
 
     /// Adds a service; health checks know it by its fully qualified name.
@@ -112,11 +122,13 @@ impl GrpcServer {
         listener: TcpListener,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), ServerError> {
-        let (reporter, health) = tonic_health::server::health_reporter();
+        let reporter = self.health.clone().unwrap_or_default();
         for name in &self.names {
-            reporter.set_service_status(*name, ServingStatus::Serving).await;
+            reporter.add_service(name);
         }
-        reporter.set_service_status("", ServingStatus::Serving).await;
+        // Every service answers from the first call on.
+        reporter.publish().await;
+        let health = reporter.service();
 
         let reflection_v1 = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(tandem_proto::FILE_DESCRIPTOR_SET)
@@ -128,14 +140,13 @@ impl GrpcServer {
             .build_v1alpha()?;
 
         let routes = self.routes.add_service(health).add_service(reflection_v1).add_service(reflection_v1alpha);
-        let names = self.names.clone();
         let drain_delay = self.drain_delay;
         let streams = self.streams.clone();
         let call_grace = self.call_grace;
         let (drained, drain_ended) = tokio::sync::oneshot::channel::<()>();
         let draining = async move {
             shutdown.await;
-            mark_not_serving(&reporter, &names).await;
+            reporter.stopping().await;
             tracing::info!(delay_ms = drain_delay.as_millis() as u64, "shutting down: health is NOT_SERVING, draining");
             tokio::time::sleep(drain_delay).await;
             // Watches never end by themselves: end them, or the server
@@ -163,13 +174,6 @@ impl GrpcServer {
         tracing::info!("grpc server stopped");
         Ok(())
     }
-}
-
-async fn mark_not_serving(reporter: &HealthReporter, names: &[&'static str]) {
-    for name in names {
-        reporter.set_service_status(*name, ServingStatus::NotServing).await;
-    }
-    reporter.set_service_status("", ServingStatus::NotServing).await;
 }
 
 /// Completes on SIGTERM or SIGINT (Ctrl-C).

@@ -20,10 +20,12 @@ async fn main() -> anyhow::Result<()> {
     let service = tandem_careplans::CarePlans::open(&settings.database_url_for("careplans")?).await?;
     let bus = tandem_server::bus::connect(&settings).await?;
     let mut tasks = tandem_server::Tasks::new();
+    tasks.set_service(tandem_careplans::SERVICE_NAME);
     service.start(bus.clone(), &mut tasks);
     let listener = tokio::net::TcpListener::bind(settings.listen).await?;
     tracing::info!(addr = %listener.local_addr()?, "careplans serving");
     tandem_server::GrpcServer::new()
+        .with_health(tasks.health().clone())
         .with_service(service.grpc_service(verifier))
         .drain_delay(settings.shutdown_drain)
         .serve(listener, tandem_server::shutdown_signal())

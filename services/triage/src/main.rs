@@ -22,11 +22,13 @@ async fn main() -> anyhow::Result<()> {
     let service = tandem_triage::Triage::open(&settings.database_url_for("triage")?, triage_settings).await?;
     let bus = tandem_server::bus::connect(&settings).await?;
     let mut tasks = tandem_server::Tasks::new();
+    tasks.set_service(tandem_triage::SERVICE_NAME);
     service.start(bus.clone(), &mut tasks);
     let listener = tokio::net::TcpListener::bind(settings.listen).await?;
     tracing::info!(addr = %listener.local_addr()?, "triage serving");
     let streams = tandem_server::Streams::new(settings.streams.clone());
     tandem_server::GrpcServer::new()
+        .with_health(tasks.health().clone())
         .with_service(service.grpc_service(verifier, streams.clone()))
         .drain_delay(settings.shutdown_drain)
         .streams(streams)

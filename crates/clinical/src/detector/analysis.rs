@@ -1,13 +1,14 @@
 //! The rules that turn vocabulary matches into findings: most specific match wins, then
 //! idioms, negation, someone else's words and other people's risk suppress a match,
-//! echoes reinstate it, a resolved past lowers it, and intent, plan or means raise it.
+//! echoes reinstate it, a resolved past lowers it, and timeframes, plans, means and
+//! preparation near another finding raise it.
 //! The data each rule reads is in the vocabulary file, documented there.
 
 use std::ops::Range;
 
 use super::pattern;
 use super::text::{Boundary, QuoteSpan, Token, Tokenized, tokenize};
-use super::vocabulary::{About, CLAUSE_WORD, Entry, FIRST_PERSON, List, RESTART_WORD, Vocabulary};
+use super::vocabulary::{About, CLAUSE_WORD, Entry, FIRST_PERSON, FIRST_PERSON_VERB, List, RESTART_WORD, Vocabulary};
 
 /// A match in one list of the vocabulary, with its index in that list.
 type Hit = pattern::Hit<usize>;
@@ -28,7 +29,10 @@ struct Doc<'a> {
     tokens: Vec<Token>,
     quotes: Vec<QuoteSpan>,
     clause: Vec<usize>,
+    /// The writer named: a pronoun, a first-person verb, a first-person clitic.
     first_person: Vec<bool>,
+    /// The writer named by a pronoun ("i", "yo"): what starts a new statement.
+    pronoun: Vec<bool>,
     /// A clause starts here that the writer speaks in ("..., and I ..."): ends a "she said".
     restart: Vec<bool>,
     /// For the last token of an other-person subject ("she", "my friend"), its first token.
@@ -45,6 +49,13 @@ struct Doc<'a> {
     past_resolving: Vec<bool>,
     resolution: Vec<bool>,
     relapse: Vec<bool>,
+}
+
+/// A Spanish verb with the first-person clitic attached ("matarme", "cortándome"): the writer
+/// speaks of themselves, as "myself" says in English.
+fn spanish_first_person(token: &Token) -> bool {
+    let word = token.norm.as_str();
+    word.len() > 5 && (word.ends_with("rme") || word.ends_with("ndome") || word.ends_with("rmela"))
 }
 
 fn overlaps(a: &Hit, b: &Hit) -> bool {
@@ -71,7 +82,14 @@ impl<'a> Doc<'a> {
             }
             clause.push(current);
         }
-        let first_person: Vec<bool> = (0..count).map(|index| has(index, FIRST_PERSON)).collect();
+        let pronoun: Vec<bool> = (0..count).map(|index| has(index, FIRST_PERSON)).collect();
+        let first_person: Vec<bool> = (0..count)
+            .map(|index| {
+                has(index, FIRST_PERSON)
+                    || has(index, FIRST_PERSON_VERB)
+                    || tokens.get(index).is_some_and(spanish_first_person)
+            })
+            .collect();
         let mut restart = vec![false; count];
         for (index, token) in tokens.iter().enumerate() {
             // Only a comma-like boundary or a coordinator ("and", "but") starts a new statement;
@@ -137,6 +155,7 @@ impl<'a> Doc<'a> {
             quotes,
             clause,
             first_person,
+            pronoun,
             restart,
             other_person_end,
             negation,
@@ -181,7 +200,8 @@ impl<'a> Doc<'a> {
             let Some(cue) = self.negation.get(index).copied().flatten() else {
                 continue;
             };
-            let new_statement = !cue.raising && (index + 1..first).any(|k| self.is_first_person(k));
+            let new_statement =
+                !cue.raising && (index + 1..=first).any(|k| self.pronoun.get(k).copied().unwrap_or(false));
             if !new_statement {
                 return Some(self.bytes(cue.first, index));
             }
@@ -314,9 +334,15 @@ impl<'a> Doc<'a> {
         if flag(&self.past_resolving, sentence) {
             return true;
         }
-        let resolution_after = flag(&self.resolution, sentence) || flag(&self.resolution, sentence + 1);
+        // The resolution may come a sentence later than the past ("... he was kind about it.
+        // it's all in the past").
+        let resolution_after = (sentence..=sentence + 2).any(|at| flag(&self.resolution, at));
         if flag(&self.past, sentence) {
             return resolution_after || previous.is_some_and(|at| flag(&self.resolution, at));
+        }
+        if flag(&self.past, sentence + 1) && flag(&self.resolution, sentence + 1) {
+            // "I wanted to die every day. That was so long ago, a different person."
+            return true;
         }
         previous.is_some_and(|at| flag(&self.past, at)) && resolution_after
     }
@@ -346,15 +372,18 @@ fn most_specific(mut hits: Vec<Hit>, entries: &[Entry]) -> Vec<Hit> {
     kept
 }
 
-/// The level a modifier reaches beside a finding of `category` at `level`.
+/// The level a combining finding of `modifier` reaches beside a finding of `category` at
+/// `level`.
 fn combined(modifier: Category, category: Category, level: TextRiskLevel) -> TextRiskLevel {
     // C-SSRS: ideation with a plan or intent is the highest screener risk (Posner et al. 2011);
-    // self-harm with means is urgent but is not suicidal intent, so it stops at high.
+    // self-injury with means is urgent but is not suicidal intent, so it stops at high; a
+    // timeframe alone lifts passive ideation one level, active ideation to imminent.
+    if category.is_self_injury() || modifier.is_self_injury() {
+        return TextRiskLevel::High;
+    }
     match modifier {
-        Category::Plan | Category::Means if category == Category::SelfHarm => TextRiskLevel::High,
-        Category::Plan | Category::Means => TextRiskLevel::Imminent,
-        _ if category != Category::SelfHarm && level >= TextRiskLevel::High => TextRiskLevel::Imminent,
-        _ => TextRiskLevel::High,
+        Category::Intent if level < TextRiskLevel::High => TextRiskLevel::High,
+        _ => TextRiskLevel::Imminent,
     }
 }
 
@@ -415,17 +444,44 @@ pub(crate) fn analyze(vocabulary: &Vocabulary, text: &str) -> Detection {
             finding.qualifier = Qualifier::ResolvedPast;
         }
     }
-    // Context for modifiers: current findings that stand on their own at moderate or above.
+    // Pairing: a finding whose entry pairs with a role raises itself and every finding of
+    // that role within its window ("thinking about" beside "the rope").
+    let mut raised: Vec<(usize, TextRiskLevel)> = Vec::new();
+    for (index, finding) in live.iter().enumerate() {
+        if finding.entry.pairs_with.is_empty() || finding.qualifier == Qualifier::ResolvedPast {
+            continue;
+        }
+        let sentence = doc.sentence(finding.hit.first);
+        for (other_index, other) in live.iter().enumerate() {
+            let pairs = other_index != index
+                && other.qualifier != Qualifier::ResolvedPast
+                && other.entry.role.as_ref().is_some_and(|role| finding.entry.pairs_with.contains(role))
+                && doc.sentence(other.hit.first).abs_diff(sentence) <= finding.entry.window;
+            if pairs {
+                raised.push((index, finding.entry.paired_level));
+                raised.push((other_index, finding.entry.paired_level));
+            }
+        }
+    }
+    for (index, level) in raised {
+        if let Some(finding) = live.get_mut(index).filter(|finding| finding.level < level) {
+            finding.level = level;
+            finding.qualifier = Qualifier::Combined;
+        }
+    }
+    // Context for modifiers: current findings that stand at moderate or above.
     let context: Vec<(usize, usize, Category, TextRiskLevel)> = live
         .iter()
         .enumerate()
+        // A finding raised by a pairing is not context: it would lift its own partner again.
         .filter(|(_, finding)| {
-            finding.qualifier != Qualifier::ResolvedPast && finding.entry.level >= TextRiskLevel::Moderate
+            !matches!(finding.qualifier, Qualifier::ResolvedPast | Qualifier::Combined)
+                && finding.level >= TextRiskLevel::Moderate
         })
         .map(|(index, finding)| (index, doc.sentence(finding.hit.first), finding.entry.category, finding.level))
         .collect();
     for (index, finding) in live.iter_mut().enumerate() {
-        if !finding.entry.category.is_modifier() || finding.qualifier == Qualifier::ResolvedPast {
+        if !finding.entry.combines || finding.qualifier == Qualifier::ResolvedPast {
             continue;
         }
         let sentence = doc.sentence(finding.hit.first);
@@ -437,27 +493,6 @@ pub(crate) fn analyze(vocabulary: &Vocabulary, text: &str) -> Detection {
             .max();
         if let Some(reached) = reached.filter(|reached| *reached > finding.level) {
             finding.level = reached;
-            finding.qualifier = Qualifier::Combined;
-        }
-    }
-    // Pairing: means or preparation beside an implicit action reads high on its own.
-    let pairing: Vec<(usize, usize, Category)> = live
-        .iter()
-        .enumerate()
-        .filter(|(_, finding)| finding.entry.pairs && finding.qualifier != Qualifier::ResolvedPast)
-        .map(|(index, finding)| (index, doc.sentence(finding.hit.first), finding.entry.category))
-        .collect();
-    for (index, finding) in live.iter_mut().enumerate() {
-        if !finding.entry.pairs || finding.qualifier == Qualifier::ResolvedPast || finding.level >= TextRiskLevel::High
-        {
-            continue;
-        }
-        let sentence = doc.sentence(finding.hit.first);
-        let paired = pairing.iter().any(|&(other, at, category)| {
-            other != index && category != finding.entry.category && at.abs_diff(sentence) <= finding.entry.window
-        });
-        if paired {
-            finding.level = TextRiskLevel::High;
             finding.qualifier = Qualifier::Combined;
         }
     }

@@ -1,7 +1,9 @@
 //! Crisis-language detection in free text (journal entries, check-in notes).
 //!
-//! [`detect`] finds suicidal ideation, self-harm, intent, plan, means and harm to others,
-//! and returns a [`TextRiskLevel`] with the evidence spans that justify it. What counts is
+//! [`detect`] finds the C-SSRS ideation and behaviour levels (wish to be dead, active
+//! thoughts, method, intent, plan, preparatory behaviour, attempt), self-injury, harm to
+//! others, not being able to stay safe, and entrapment or burden, in English and Spanish, and
+//! returns a [`TextRiskLevel`] with the evidence spans that justify it. What counts is
 //! decided by a reviewed data file, `crates/clinical/data/crisis_vocabulary.toml`, compiled
 //! into the build; this module holds only the mechanics: tokenizing, matching, and the
 //! rules that suppress a match (negation, someone else's words, idioms) or lower it
@@ -18,11 +20,12 @@
 //! let text = "i want to kill myself tonight";
 //! let detection = detect(text);
 //! assert_eq!(detection.level, TextRiskLevel::Imminent);
-//! let ideation = detection.findings.iter().find(|f| f.category == Category::SuicidalIdeation).unwrap();
+//! let ideation = detection.findings.iter().find(|f| f.category == Category::ActiveThoughts).unwrap();
 //! assert_eq!(&text[ideation.span.clone()], "kill myself");
 //!
 //! assert_eq!(detect("I'm not going to hurt myself").level, TextRiskLevel::None);
 //! assert_eq!(detect("this homework is killing me").level, TextRiskLevel::None);
+//! assert_eq!(detect("ya compré la soga").level, TextRiskLevel::High);
 //! ```
 
 mod analysis;
@@ -47,11 +50,14 @@ pub enum TextRiskLevel {
     None,
     /// Worth a clinician's eye, not an alert: a bare mention, a resolved past, distress.
     Low,
-    /// Passive ideation ("wish I were dead"), self-harm without a plan.
+    /// Passive ideation ("wish I were dead"), entrapment or burden, self-injury named.
+    /// The lowest level that is a crisis: check-ins answer it with the safety response.
     Moderate,
-    /// Active ideation ("want to kill myself"), self-harm acts or urges, harm to others.
+    /// Active ideation, a method thought through, preparatory acts, a recent attempt,
+    /// self-injury acts or urges, harm to others, not being able to stay safe.
     High,
-    /// Ideation with intent, a plan, means or a timeframe: act now.
+    /// Intent, a plan, an attempt in progress, or ideation with a plan, means or a
+    /// timeframe: act now.
     Imminent,
 }
 
@@ -93,58 +99,97 @@ impl FromStr for TextRiskLevel {
     }
 }
 
-/// What kind of risk a finding is about.
+/// What kind of risk a finding is about: the C-SSRS ideation and behaviour levels, then
+/// non-suicidal self-injury, harm to others, and the 988 Lifeline / AAS warning signs
+/// (`crates/clinical/data/eval/CATEGORIES.md` defines each).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Category {
-    /// Thoughts of death or of killing oneself, passive or active.
-    SuicidalIdeation,
-    /// Self-injury without (stated) suicidal intent: cutting, burning, hitting.
-    SelfHarm,
-    /// A stated intention or a timeframe ("going to", "tonight").
+    /// Wish to be dead, not to wake up, not to exist (C-SSRS 1, passive ideation).
+    WishDead,
+    /// Thoughts of killing oneself without a method, plan or intent named (C-SSRS 2).
+    ActiveThoughts,
+    /// Having thought about, imagined or looked up how (C-SSRS 3).
+    Method,
+    /// Saying they will act, have decided, or will if something happens (C-SSRS 4), or a
+    /// timeframe ("tonight") beside ideation.
     Intent,
-    /// Preparation: a note, a date, goodbyes, research.
+    /// When, where or how worked out (C-SSRS 5).
     Plan,
-    /// Access to a method: pills saved, a rope, a gun.
-    Means,
-    /// Thoughts or intent of harming someone else.
+    /// Acquiring or holding means, a note, giving things away, settling affairs, goodbyes,
+    /// rehearsing (C-SSRS preparatory behaviour).
+    Preparatory,
+    /// An attempt: recent, interrupted, aborted, or in progress.
+    Attempt,
+    /// Cutting, burning, hitting oneself, or the urge to, without wanting to die.
+    SelfInjury,
+    /// Planning, intending or strongly wanting to hurt or kill someone.
     HarmToOthers,
+    /// Cannot keep oneself safe; the safety plan is not working.
+    CannotStaySafe,
+    /// Trapped with no way out, unbearable pain, a burden, no reason to live.
+    EntrapmentBurden,
 }
 
 impl Category {
-    /// Stable snake_case name, as in the vocabulary file: `suicidal_ideation`, `self_harm`, ...
+    /// Every category, in C-SSRS order then the others.
+    pub const ALL: [Self; 11] = [
+        Self::WishDead,
+        Self::ActiveThoughts,
+        Self::Method,
+        Self::Intent,
+        Self::Plan,
+        Self::Preparatory,
+        Self::Attempt,
+        Self::SelfInjury,
+        Self::HarmToOthers,
+        Self::CannotStaySafe,
+        Self::EntrapmentBurden,
+    ];
+
+    /// Stable snake_case name, as in the vocabulary file and the evaluation sets:
+    /// `wish_dead`, `active_thoughts`, `method`, ...
     pub fn as_str(self) -> &'static str {
         match self {
-            Self::SuicidalIdeation => "suicidal_ideation",
-            Self::SelfHarm => "self_harm",
+            Self::WishDead => "wish_dead",
+            Self::ActiveThoughts => "active_thoughts",
+            Self::Method => "method",
             Self::Intent => "intent",
             Self::Plan => "plan",
-            Self::Means => "means",
-            Self::HarmToOthers => "harm_to_others",
+            Self::Preparatory => "preparatory",
+            Self::Attempt => "attempt",
+            Self::SelfInjury => "nssi",
+            Self::HarmToOthers => "harm_others",
+            Self::CannotStaySafe => "cannot_stay_safe",
+            Self::EntrapmentBurden => "entrapment_burden",
         }
     }
 
-    /// Words for a clinician: `suicidal ideation`, `self-harm`, ...
+    /// Words for a clinician: `wish to be dead`, `active suicidal thoughts`, ...
     pub fn label(self) -> &'static str {
         match self {
-            Self::SuicidalIdeation => "suicidal ideation",
-            Self::SelfHarm => "self-harm",
+            Self::WishDead => "wish to be dead",
+            Self::ActiveThoughts => "active suicidal thoughts",
+            Self::Method => "method",
             Self::Intent => "intent",
             Self::Plan => "plan",
-            Self::Means => "means",
+            Self::Preparatory => "preparatory behaviour",
+            Self::Attempt => "attempt",
+            Self::SelfInjury => "self-injury",
             Self::HarmToOthers => "harm to others",
+            Self::CannotStaySafe => "cannot stay safe",
+            Self::EntrapmentBurden => "entrapment or burden",
         }
     }
 
     fn from_name(name: &str) -> Option<Self> {
-        [Self::SuicidalIdeation, Self::SelfHarm, Self::Intent, Self::Plan, Self::Means, Self::HarmToOthers]
-            .into_iter()
-            .find(|category| category.as_str() == name)
+        Self::ALL.into_iter().find(|category| category.as_str() == name)
     }
 
-    /// Intent, plan and means combine with ideation or harm to others to raise the level.
-    fn is_modifier(self) -> bool {
-        matches!(self, Self::Intent | Self::Plan | Self::Means)
+    /// Self-injury without suicidal intent: a plan or means beside it is urgent but is not
+    /// suicidal intent, so combining stops at high.
+    fn is_self_injury(self) -> bool {
+        self == Self::SelfInjury
     }
 }
 
@@ -165,7 +210,7 @@ pub enum Qualifier {
     ResolvedPast,
     /// Someone else's words the writer said applied to them too ("... and honestly same").
     Echoed,
-    /// Intent, plan or means next to ideation or harm to others: raised by the combination.
+    /// A timeframe, plan, means or preparation next to another finding: raised by the combination.
     Combined,
 }
 
@@ -212,7 +257,7 @@ pub enum SuppressionReason {
     OtherPerson,
     /// Part of an idiom or an accident ("killing myself studying", "cut myself shaving").
     Idiom,
-    /// A modifier ("tonight", "I have the pills") with no ideation near it.
+    /// A modifier ("tonight", "I have the pills") with no finding near it to combine with.
     NoContext,
 }
 
@@ -280,7 +325,7 @@ impl Detection {
                         format!("; described as past and resolved, lowered from {}", finding.vocabulary_level)
                     }
                     Qualifier::Echoed => "; someone else's words the writer said apply to them".to_owned(),
-                    Qualifier::Combined => "; with ideation or harm to others nearby".to_owned(),
+                    Qualifier::Combined => "; raised by another finding nearby".to_owned(),
                 };
                 format!(
                     "{} {}: \"{}\" (rule {}{qualifier})",

@@ -2,8 +2,15 @@
 //!
 //! A pattern is words separated by spaces, matched token by token within one sentence:
 //! `a|b` is either word, `word*` any word starting with `word`, `word?` an optional word,
-//! `#num` a number, `~N` (N = 1-3) up to N words of anything. Sets (`{self}`) are expanded
+//! `#num` a number, `#many` a number of ten or more, `~N` (N = 1-8) up to N words of anything. Sets (`{self}`) are expanded
 //! before parsing, in `vocabulary.rs`.
+//!
+//! Typing slips are forgiven on long words: a token the vocabulary does not know, within one
+//! edit (a letter added, dropped, changed, or two swapped) of a vocabulary word of at least
+//! [`FUZZY_MIN`] letters, also reads as that word ("overdoes" is not corrected, it is a word
+//! the vocabulary knows; "suicdie" reads as "suicide"). Prefixes of that length forgive a
+//! changed, swapped or added letter ("sucicidal" for `suicid*`). Found with a deletion index
+//! (SymSpell's idea), so the cost per token is a handful of hash look-ups.
 
 use std::collections::HashMap;
 
@@ -15,6 +22,8 @@ enum Alt {
     Exact(Box<str>),
     Prefix(Box<str>),
     Number,
+    /// A number of ten or more ("took 30"): a count that is a dose, not a dosage.
+    Many,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -30,7 +39,15 @@ pub(crate) struct Pattern {
 }
 
 /// Longest gap a pattern may skip; wider gaps start matching across unrelated phrases.
-const MAX_GAP: usize = 3;
+const MAX_GAP: usize = 8;
+
+/// Shortest vocabulary word (or prefix) that a misspelt token may be read as: shorter words
+/// are one letter away from too many other words.
+pub(crate) const FUZZY_MIN: usize = 6;
+
+/// Word ids of a token: as written, its two squeezed forms, and the vocabulary word it is a
+/// slip of.
+pub(crate) type Ids = [u32; 4];
 
 impl Pattern {
     /// Parses one expanded pattern; the error says what to fix, in a reviewer's words.
@@ -38,10 +55,9 @@ impl Pattern {
         let mut elems = Vec::new();
         for piece in source.split_whitespace() {
             if let Some(count) = piece.strip_prefix('~') {
-                let gap =
-                    count.parse::<usize>().ok().filter(|gap| (1..=MAX_GAP).contains(gap)).ok_or_else(|| {
-                        format!("`{piece}`: a gap is ~1, ~2 or ~3 (up to that many words of anything)")
-                    })?;
+                let gap = count.parse::<usize>().ok().filter(|gap| (1..=MAX_GAP).contains(gap)).ok_or_else(|| {
+                    format!("`{piece}`: a gap is ~1 to ~{MAX_GAP} (up to that many words of anything)")
+                })?;
                 if matches!(elems.last(), Some(Elem::Gap(_))) {
                     return Err(format!("`{piece}`: two gaps in a row; write one wider gap"));
                 }
@@ -73,6 +89,9 @@ impl Pattern {
 fn parse_alt(alt: &str) -> Result<Alt, String> {
     if alt == "#num" {
         return Ok(Alt::Number);
+    }
+    if alt == "#many" {
+        return Ok(Alt::Many);
     }
     let (stem, prefix) = match alt.strip_suffix('*') {
         Some(stem) => (stem, true),
@@ -108,6 +127,7 @@ enum Step {
         exact: Vec<u32>,
         prefixes: Vec<Box<str>>,
         number: bool,
+        many: bool,
         optional: bool,
     },
     Gap(usize),
@@ -137,6 +157,8 @@ pub(crate) struct Matcher<O> {
     by_prefix: HashMap<Box<str>, Vec<usize>>,
     /// Patterns whose first element accepts a number.
     by_number: Vec<usize>,
+    /// Every long word, and each of its one-letter deletions, to the ids of the words.
+    fuzzy: HashMap<Box<str>, Vec<u32>>,
 }
 
 impl<O> Default for Matcher<O> {
@@ -149,6 +171,7 @@ impl<O> Default for Matcher<O> {
             by_first: Vec::new(),
             by_prefix: HashMap::new(),
             by_number: Vec::new(),
+            fuzzy: HashMap::new(),
         }
     }
 }
@@ -175,8 +198,50 @@ impl<O: Copy + PartialEq> Matcher<O> {
         }
     }
 
+    /// Makes `word` known, so a token spelt so is never read as a slip of another word
+    /// ("fridge" is not a misspelt "bridge").
+    pub(crate) fn know(&mut self, word: &str) {
+        self.intern(word);
+    }
+
+    /// Indexes every long word for slips; call once every pattern and word is added.
+    pub(crate) fn index_slips(&mut self) {
+        self.fuzzy.clear();
+        for (id, word) in self.word_list.iter().enumerate() {
+            if word.chars().count() < FUZZY_MIN {
+                continue;
+            }
+            let Ok(id) = u32::try_from(id) else {
+                continue;
+            };
+            for key in std::iter::once(word.to_string()).chain(deletions(word)) {
+                let ids = self.fuzzy.entry(key.into()).or_default();
+                if !ids.contains(&id) {
+                    ids.push(id);
+                }
+            }
+        }
+    }
+
+    /// The vocabulary word `word` is one edit away from, if any (the first in the table).
+    fn slip_of(&self, word: &str) -> u32 {
+        if self.fuzzy.is_empty() || word.chars().count() + 1 < FUZZY_MIN {
+            return NO_WORD;
+        }
+        let mut best = NO_WORD;
+        for key in std::iter::once(word.to_owned()).chain(deletions(word)) {
+            for &id in self.fuzzy.get(key.as_str()).into_iter().flatten() {
+                let known = usize::try_from(id).ok().and_then(|id| self.word_list.get(id));
+                if id < best && known.is_some_and(|known| within_one_edit(word, known)) {
+                    best = id;
+                }
+            }
+        }
+        best
+    }
+
     /// The word classes of a token, from the ids of its written form.
-    pub(crate) fn flags(&self, ids: &[u32; 3]) -> u8 {
+    pub(crate) fn flags(&self, ids: &Ids) -> u8 {
         let [written, ..] = *ids;
         usize::try_from(written).ok().and_then(|id| self.word_flags.get(id)).copied().unwrap_or(0)
     }
@@ -192,20 +257,22 @@ impl<O: Copy + PartialEq> Matcher<O> {
                     let mut exact = Vec::new();
                     let mut prefixes = Vec::new();
                     let mut number = false;
+                    let mut many = false;
                     for alt in alts {
                         match alt {
                             Alt::Exact(word) => exact.push(self.intern(word)),
                             Alt::Prefix(stem) => prefixes.push(stem.clone()),
                             Alt::Number => number = true,
+                            Alt::Many => many = true,
                         }
                     }
                     exact.sort_unstable();
                     exact.dedup();
-                    steps.push(Step::Word { exact, prefixes, number, optional: *optional });
+                    steps.push(Step::Word { exact, prefixes, number, many, optional: *optional });
                 }
             }
         }
-        if let Some(Step::Word { exact, prefixes, number, .. }) = steps.first() {
+        if let Some(Step::Word { exact, prefixes, number, many, .. }) = steps.first() {
             for &id in exact {
                 if let Some(patterns) = usize::try_from(id).ok().and_then(|id| self.by_first.get_mut(id)) {
                     patterns.push(index);
@@ -214,7 +281,7 @@ impl<O: Copy + PartialEq> Matcher<O> {
             for stem in prefixes {
                 self.by_prefix.entry(prefix_key(stem).into()).or_default().push(index);
             }
-            if *number {
+            if *number || *many {
                 self.by_number.push(index);
             }
         }
@@ -222,24 +289,30 @@ impl<O: Copy + PartialEq> Matcher<O> {
     }
 
     /// The word ids of every token's forms, for [`Matcher::find`] and [`Matcher::flags`].
-    pub(crate) fn word_ids(&self, tokens: &[Token]) -> Vec<[u32; 3]> {
+    pub(crate) fn word_ids(&self, tokens: &[Token]) -> Vec<Ids> {
         tokens.iter().map(|token| self.ids_of(token)).collect()
     }
 
-    /// The word ids of a token's forms (as written, and squeezed).
-    fn ids_of(&self, token: &Token) -> [u32; 3] {
+    /// The word ids of a token's forms (as written, squeezed, and the word it is a slip of).
+    fn ids_of(&self, token: &Token) -> Ids {
         let id = |form: &str| self.words.get(form).copied().unwrap_or(NO_WORD);
-        match &token.squeezed {
+        let [written, one, two] = match &token.squeezed {
             None => [id(&token.norm), NO_WORD, NO_WORD],
             Some((one, two)) => [id(&token.norm), id(one), id(two)],
-        }
+        };
+        let unknown = written == NO_WORD && one == NO_WORD && two == NO_WORD;
+        let slip = if unknown && !token.censored && !token.numeric { self.slip_of(&token.norm) } else { NO_WORD };
+        [written, one, two, slip]
     }
 
-    fn step_accepts(&self, step: &Step, ids: &[u32; 3], token: &Token) -> bool {
-        let Step::Word { exact, prefixes, number, .. } = step else {
+    fn step_accepts(&self, step: &Step, ids: &Ids, token: &Token) -> bool {
+        let Step::Word { exact, prefixes, number, many, .. } = step else {
             return false;
         };
         if ids.iter().any(|id| *id != NO_WORD && exact.binary_search(id).is_ok()) || (*number && token.numeric) {
+            return true;
+        }
+        if *many && token.numeric && token.norm.parse::<f64>().is_ok_and(|count| count >= 10.0) {
             return true;
         }
         let forms = || {
@@ -247,6 +320,10 @@ impl<O: Copy + PartialEq> Matcher<O> {
                 .chain(token.squeezed.iter().flat_map(|(one, two)| [one.as_str(), two.as_str()]))
         };
         if !prefixes.is_empty() && forms().any(|form| prefixes.iter().any(|stem| form.starts_with(&**stem))) {
+            return true;
+        }
+        let [written, ..] = *ids;
+        if written == NO_WORD && !token.censored && prefixes.iter().any(|stem| prefix_slip(&token.norm, stem)) {
             return true;
         }
         if !token.censored {
@@ -262,7 +339,7 @@ impl<O: Copy + PartialEq> Matcher<O> {
         &self,
         steps: &[Step],
         tokens: &[Token],
-        ids: &[[u32; 3]],
+        ids: &[Ids],
         pos: usize,
         sentence: usize,
         last: Option<usize>,
@@ -307,7 +384,7 @@ impl<O: Copy + PartialEq> Matcher<O> {
     }
 
     /// [`Matcher::find`] with the tokens' word ids already looked up.
-    pub(crate) fn find_with(&self, tokens: &[Token], ids: &[[u32; 3]]) -> Vec<Hit<O>> {
+    pub(crate) fn find_with(&self, tokens: &[Token], ids: &[Ids]) -> Vec<Hit<O>> {
         let mut hits: Vec<Hit<O>> = Vec::new();
         let mut candidates: Vec<usize> = Vec::new();
         for (start, (token, token_ids)) in tokens.iter().zip(ids).enumerate() {
@@ -367,6 +444,66 @@ fn prefix_key(word: &str) -> &str {
     word.get(..end).unwrap_or(word)
 }
 
+/// `word` with one character removed, at each position in turn.
+fn deletions(word: &str) -> impl Iterator<Item = String> + '_ {
+    word.char_indices().map(move |(at, c)| {
+        let mut shorter = String::with_capacity(word.len());
+        shorter.push_str(word.get(..at).unwrap_or_default());
+        shorter.push_str(word.get(at + c.len_utf8()..).unwrap_or_default());
+        shorter
+    })
+}
+
+/// At most one edit apart: a character added, dropped or changed, or two neighbours swapped.
+pub(crate) fn within_one_edit(a: &str, b: &str) -> bool {
+    let a: Vec<char> = a.chars().collect();
+    let b: Vec<char> = b.chars().collect();
+    let (short, long) = if a.len() <= b.len() { (&a, &b) } else { (&b, &a) };
+    if long.len() - short.len() > 1 {
+        return false;
+    }
+    let first = short.iter().zip(long.iter()).position(|(x, y)| x != y).unwrap_or(short.len());
+    let (Some(short_rest), Some(long_rest)) = (short.get(first..), long.get(first..)) else {
+        return false;
+    };
+    if short.len() < long.len() {
+        // One added character: the rest after it must agree.
+        return long_rest.get(1..) == Some(short_rest);
+    }
+    if first == short.len() {
+        return true;
+    }
+    let changed = short_rest.get(1..) == long_rest.get(1..);
+    let swapped = short_rest.len() >= 2
+        && short_rest.first() == long_rest.get(1)
+        && short_rest.get(1) == long_rest.first()
+        && short_rest.get(2..) == long_rest.get(2..);
+    changed || swapped
+}
+
+/// A token that starts with a slip of a long prefix: its first characters, as many as the
+/// prefix has or one more, are one changed, swapped or added character away from it.
+/// (Not one fewer: "overdo" would then read as `overdos*`.) The last character must agree.
+fn prefix_slip(token: &str, stem: &str) -> bool {
+    let length = stem.chars().count();
+    if length < FUZZY_MIN {
+        return false;
+    }
+    let head = |count: usize| token.char_indices().nth(count).map_or(token, |(at, _)| token.get(..at).unwrap_or(token));
+    // The slip is inside the prefix, not at its end: "overdoing" is not `overdos*`.
+    let same_end = |head: &str| head.chars().last() == stem.chars().last();
+    let chars = token.chars().count();
+    let changed = chars >= length && {
+        let head = head(length);
+        head != stem && same_end(head) && within_one_edit(head, stem)
+    };
+    let added = chars > length && {
+        let head = head(length + 1);
+        same_end(head) && within_one_edit(head, stem)
+    };
+    changed || added
+}
+
 /// A censored token ("k*ll") against a vocabulary word: each `*` stands for one letter, and
 /// at least half the letters must be shown, so "****" matches nothing.
 fn wildcard_eq(censored: &str, word: &str, prefix: bool) -> bool {
@@ -407,6 +544,7 @@ mod tests {
         assert_eq!(matches("have ~2 pills", "I have all of my pills"), Vec::<String>::new());
         assert_eq!(matches("#num kms", "ran 5 kms"), ["5 kms"]);
         assert_eq!(matches("die today?", "die today"), ["die today"]);
+        assert_eq!(matches("took #many pills", "took 2 pills, then took 30 pills"), ["took 30 pills"]);
     }
 
     #[test]
@@ -422,9 +560,37 @@ mod tests {
         assert!(matches("kill", "****").is_empty());
     }
 
+    fn matches_indexed(pattern: &str, text: &str) -> Vec<String> {
+        let mut matcher = Matcher::default();
+        matcher.add(Pattern::parse(pattern).unwrap(), 0usize);
+        matcher.know("fridge");
+        matcher.index_slips();
+        let tokens = tokenize(text, 60).tokens;
+        matcher
+            .find(&tokens)
+            .into_iter()
+            .map(|hit| text[tokens[hit.first].start..tokens[hit.last].end].to_owned())
+            .collect()
+    }
+
+    #[test]
+    fn one_slip_in_a_long_word_is_forgiven_and_short_or_known_words_are_not() {
+        assert_eq!(matches_indexed("thinking about suicide", "thinkng about suicdie"), ["thinkng about suicdie"]);
+        assert_eq!(matches_indexed("overdose", "overdosse"), ["overdosse"]);
+        assert_eq!(matches_indexed("the bridge", "the brigde"), ["the brigde"]);
+        assert!(matches_indexed("the bridge", "the fridge").is_empty(), "a known word is no slip");
+        assert!(matches_indexed("pills", "polls").is_empty(), "short words are not corrected");
+        assert_eq!(matches_indexed("suicid*", "suiciidal"), ["suiciidal"]);
+        assert_eq!(matches_indexed("suicid*", "suicjdal"), ["suicjdal"]);
+        assert_eq!(matches_indexed("overdos*", "overrdosing"), ["overrdosing"]);
+        assert!(matches_indexed("overdos*", "overdoing it").is_empty());
+        assert!(within_one_edit("abc", "acb") && within_one_edit("abc", "abxc") && within_one_edit("abc", "abd"));
+        assert!(!within_one_edit("abc", "cab") && !within_one_edit("abc", "a") && !within_one_edit("abcd", "abdc1"));
+    }
+
     #[test]
     fn malformed_patterns_are_rejected_with_a_reason() {
-        for bad in ["", "~2 die", "die?", "die ~2", "die ~4 now", "self-harm", "a||b", "ab*", "kill ~1 ~1 me", "die!"] {
+        for bad in ["", "~2 die", "die?", "die ~2", "die ~9 now", "self-harm", "a||b", "ab*", "kill ~1 ~1 me", "die!"] {
             assert!(Pattern::parse(bad).is_err(), "{bad:?} should be rejected");
         }
     }

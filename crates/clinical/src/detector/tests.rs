@@ -25,7 +25,20 @@ fn the_built_in_vocabulary_parses_and_is_well_formed() {
     let ids: Vec<&str> = vocabulary.rule_ids().collect();
     assert!(ids.len() >= 20, "{ids:?}");
     assert!(vocabulary.pattern_count() > ids.len());
-    for category in ["si-", "sh-", "intent-", "plan-", "means-", "hto-"] {
+    for category in [
+        "wish-dead-",
+        "active-",
+        "method-",
+        "intent-",
+        "plan-",
+        "prep-",
+        "attempt-",
+        "nssi-",
+        "hto-",
+        "unsafe-",
+        "entrapment-",
+        "es-",
+    ] {
         assert!(ids.iter().any(|id| id.starts_with(category)), "no {category} entry");
     }
 }
@@ -52,11 +65,12 @@ fn a_broken_vocabulary_is_rejected_with_field_paths() {
     let fields: Vec<&str> = errors.violations().iter().map(|v| v.field.as_str()).collect();
     assert!(fields.contains(&"entry[0].patterns[0]"), "{errors}");
     assert!(fields.contains(&"entry[0].patterns[1]"), "{errors}");
-    assert!(fields.contains(&"entry[1].level"), "{errors}");
+    assert!(fields.contains(&"entry[2].level"), "{errors}");
     assert!(errors.to_string().contains("unknown set `{nosuchset}`"), "{errors}");
     let not_toml = Vocabulary::parse("format = ").unwrap_err();
     assert_eq!(not_toml.violations()[0].field, "vocabulary");
-    let duplicate = super::vocabulary::BUILTIN_SOURCE.replacen("id = \"si-active\"\n", "id = \"si-mention\"\n", 1);
+    let duplicate =
+        super::vocabulary::BUILTIN_SOURCE.replacen("id = \"active-end-life\"\n", "id = \"mention-suicide\"\n", 1);
     assert!(Vocabulary::parse(&duplicate).unwrap_err().to_string().contains("already the id"));
 }
 
@@ -65,7 +79,7 @@ fn the_span_is_exactly_the_matched_bytes() {
     let text = "i want to kill myself tonight";
     let detection = detect(text);
     assert_eq!(detection.level, TextRiskLevel::Imminent);
-    let ideation = detection.findings.iter().find(|f| f.category == Category::SuicidalIdeation).unwrap();
+    let ideation = detection.findings.iter().find(|f| f.category == Category::ActiveThoughts).unwrap();
     assert_eq!(ideation.span, 10..21);
     assert_eq!(ideation.matched, "kill myself");
     assert_eq!(ideation.level, TextRiskLevel::High);
@@ -241,7 +255,7 @@ fn evidence_quotes_only_the_matched_words() {
     let text = "My name is Sam Jones, I live at 12 Elm St, and I want to kill myself";
     let detection = detect(text);
     let evidence = detection.evidence();
-    assert_eq!(evidence, ["high suicidal ideation: \"kill myself\" (rule si-active)"]);
+    assert_eq!(evidence, ["high active suicidal thoughts: \"kill myself\" (rule active-end-life)"]);
     assert!(evidence.iter().all(|line| !line.contains("Sam") && !line.contains("Elm")));
     let resolved = detect("used to self-harm, 2 years clean").evidence();
     assert!(resolved[0].contains("described as past and resolved, lowered from moderate"), "{resolved:?}");
@@ -254,7 +268,7 @@ fn a_phrase_buried_in_a_long_journal_is_found_where_it_is() {
     assert!(text.chars().count() > 20_000);
     let detection = detect(&text);
     assert_eq!(detection.level, TextRiskLevel::High);
-    assert_eq!(found(&text), [(Category::SuicidalIdeation, TextRiskLevel::High, "kill myself".to_owned())]);
+    assert_eq!(found(&text), [(Category::ActiveThoughts, TextRiskLevel::High, "kill myself".to_owned())]);
     assert_eq!(&text[detection.findings[0].span.clone()], "kill myself");
 }
 
@@ -274,5 +288,5 @@ fn levels_order_parse_and_print_lowercase() {
     }
     assert_eq!("HIGH".parse::<TextRiskLevel>(), Ok(TextRiskLevel::High));
     assert!("severe".parse::<TextRiskLevel>().is_err());
-    assert_eq!(Category::HarmToOthers.as_str(), "harm_to_others");
+    assert_eq!(Category::HarmToOthers.as_str(), "harm_others");
 }

@@ -3,7 +3,8 @@
 //!
 //! Normalization makes the vocabulary robust to how people type: case, curly and straight
 //! apostrophes (dropped, so "don’t", "don't" and "dont" are one token), repeated letters
-//! ("diiiie"), digits for letters ("su1c1de") and censoring asterisks ("k*ll").
+//! ("diiiie"), digits for letters ("su1c1de"), censoring asterisks ("k*ll"), and accents
+//! (folded, so Spanish typed with or without them reads the same: "matarme", "quitármela").
 
 /// What separates a token from the one before it; stronger boundaries end negation scope.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -77,9 +78,21 @@ struct Builder<'t> {
     sentence: usize,
     open_double: Option<OpenQuote>,
     open_single: Option<OpenQuote>,
+    /// The open single quote is a straight one: it ends with the sentence, since a stray
+    /// "'cause" must not quote everything up to the next "friends'".
+    open_single_straight: bool,
 }
 
 impl Builder<'_> {
+    /// A sentence ends: a straight single quote still open was no quotation.
+    fn end_sentence(&mut self) {
+        self.raise(Boundary::Sentence);
+        if self.open_single_straight {
+            self.open_single = None;
+            self.open_single_straight = false;
+        }
+    }
+
     fn raise(&mut self, boundary: Boundary) {
         self.pending = self.pending.max(boundary);
     }
@@ -166,6 +179,7 @@ pub(crate) fn tokenize(text: &str, max_quote_tokens: usize) -> Tokenized {
         sentence: 0,
         open_double: None,
         open_single: None,
+        open_single_straight: false,
     };
     let mut line_blank = false;
     let mut seen_newline = false;
@@ -183,7 +197,7 @@ pub(crate) fn tokenize(text: &str, max_quote_tokens: usize) -> Tokenized {
         builder.flush();
         match c {
             '\n' => {
-                builder.raise(Boundary::Sentence);
+                builder.end_sentence();
                 if seen_newline && line_blank {
                     // A blank line ends a paragraph: an unclosed quotation ends with it.
                     builder.open_double = None;
@@ -198,12 +212,12 @@ pub(crate) fn tokenize(text: &str, max_quote_tokens: usize) -> Tokenized {
                 if prev == Some('.') || next == Some('.') {
                     builder.raise(Boundary::Clause);
                 } else if !builder.abbreviation_ends_at(byte) {
-                    builder.raise(Boundary::Sentence);
+                    builder.end_sentence();
                 }
             }
             '!' | '?' => {
                 line_blank = false;
-                builder.raise(Boundary::Sentence);
+                builder.end_sentence();
             }
             '…' | ',' | ';' | '(' | ')' | '[' | ']' | '–' | '—' => {
                 line_blank = false;
@@ -241,14 +255,22 @@ pub(crate) fn tokenize(text: &str, max_quote_tokens: usize) -> Tokenized {
                 line_blank = false;
                 if next.is_some_and(char::is_alphanumeric) {
                     builder.open_single = Some(builder.open(byte));
+                    builder.open_single_straight = false;
                 }
             }
             '’' | '\'' => {
                 line_blank = false;
                 // Not between letters (that is an apostrophe, inside a word): a closing quote
-                // when a curly single quote is open.
+                // when a single quote is open, else a straight one opens a quotation when a
+                // word follows it and none precedes it ("keeps saying 'i'm ready to die'").
                 if let Some(open) = builder.open_single.take() {
                     builder.close(open, byte + c.len_utf8());
+                } else if c == '\''
+                    && prev.is_none_or(|p| !p.is_alphanumeric())
+                    && next.is_some_and(char::is_alphanumeric)
+                {
+                    builder.open_single = Some(builder.open(byte));
+                    builder.open_single_straight = true;
                 }
             }
             _ => line_blank = false,
@@ -292,7 +314,7 @@ pub(crate) fn normalize_word(raw: &str) -> String {
             _ if is_apostrophe(c) => {}
             '$' => norm.push('s'),
             '@' => norm.push('a'),
-            _ => norm.extend(c.to_lowercase()),
+            _ => norm.extend(c.to_lowercase().map(fold_accent)),
         }
     }
     let starts_with_letter = norm.chars().next().is_some_and(char::is_alphabetic);
@@ -311,6 +333,20 @@ pub(crate) fn normalize_word(raw: &str) -> String {
             .collect();
     }
     norm
+}
+
+/// A Latin letter without its accent: people type Spanish both ways ("está", "esta").
+fn fold_accent(c: char) -> char {
+    match c {
+        'á' | 'à' | 'â' | 'ä' | 'ã' | 'å' => 'a',
+        'é' | 'è' | 'ê' | 'ë' => 'e',
+        'í' | 'ì' | 'î' | 'ï' => 'i',
+        'ó' | 'ò' | 'ô' | 'ö' | 'õ' => 'o',
+        'ú' | 'ù' | 'û' | 'ü' => 'u',
+        'ñ' => 'n',
+        'ç' => 'c',
+        other => other,
+    }
 }
 
 /// The two squeezed forms of a word with a run of three or more equal characters.
@@ -365,6 +401,7 @@ mod tests {
         assert_eq!(norms("I Don’t WANT"), ["i", "dont", "want"]);
         assert_eq!(norms("i'm  im   I’m"), ["im", "im", "im"]);
         assert_eq!(norms("self-harm"), ["self", "harm"]);
+        assert_eq!(norms("Quitármela MAÑANA pingüino"), ["quitarmela", "manana", "pinguino"]);
     }
 
     #[test]
@@ -419,6 +456,11 @@ mod tests {
         assert!(stray.tokens.iter().all(|t| t.quote.is_none()));
         let paragraph = tokenize("a \"start\n\nnew paragraph\" end", 60);
         assert!(paragraph.tokens.iter().all(|t| t.quote.is_none()));
+        let straight = tokenize("he keeps saying 'i'm ready to die' lol, dogs' toys", 60);
+        let inside: Vec<&str> = straight.tokens.iter().filter(|t| t.quote.is_some()).map(|t| t.norm.as_str()).collect();
+        assert_eq!(inside, ["im", "ready", "to", "die"]);
+        let stray = tokenize("'cause i want to die. my friends' dog", 60);
+        assert!(stray.tokens.iter().all(|t| t.quote.is_none()));
         let long = tokenize("\"a b c d e f\"", 3);
         assert!(long.tokens.iter().all(|t| t.quote.is_none()));
     }

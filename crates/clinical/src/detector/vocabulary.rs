@@ -53,7 +53,13 @@ struct WordsFile {
     clause: Vec<String>,
     restart: Vec<String>,
     first_person: Vec<String>,
+    /// Verbs in the first person where the pronoun is left out ("quiero", "tengo").
+    #[serde(default)]
+    first_person_verbs: Vec<String>,
     other_person: Vec<String>,
+    /// Real words one letter away from a vocabulary word, never read as its misspelling.
+    #[serde(default)]
+    not_slips: Vec<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -67,7 +73,11 @@ struct EntryFile {
     #[serde(default)]
     window: Option<usize>,
     #[serde(default)]
-    pairs: bool,
+    role: Option<String>,
+    #[serde(default)]
+    pairs_with: Vec<String>,
+    #[serde(default)]
+    paired_level: Option<String>,
     patterns: Vec<String>,
     #[serde(default)]
     examples: Vec<String>,
@@ -139,6 +149,9 @@ pub(crate) const FIRST_PERSON: u8 = 1;
 pub(crate) const CLAUSE_WORD: u8 = 2;
 /// Word class: a coordinator after which the writer may speak inside a report ("and", "but").
 pub(crate) const RESTART_WORD: u8 = 4;
+/// Word class: a first-person verb whose pronoun is left out ("quiero"): the writer, but not
+/// a new statement after a negation ("no estoy pensando en ..." stays negated).
+pub(crate) const FIRST_PERSON_VERB: u8 = 8;
 
 /// The owner of a pattern: its list, and its index in the list (entries and idioms).
 pub(crate) type Owner = (List, usize);
@@ -164,8 +177,15 @@ pub(crate) struct Entry {
     pub about: About,
     /// Sentences either side in which a modifier looks for a finding to combine with.
     pub window: usize,
-    /// Combines with other pairing modifiers (means or preparation beside an implicit action).
-    pub pairs: bool,
+    /// Combines with findings nearby (a modifier, level `none`, or an entry with a window).
+    pub combines: bool,
+    /// The role this entry's findings play in a pairing ("means", "imagining").
+    pub role: Option<String>,
+    /// Roles whose findings, within `window` sentences, pair with this entry's: both are
+    /// raised to `paired_level` ("thinking about" beside "the rope").
+    pub pairs_with: Vec<String>,
+    /// The level a pairing reaches.
+    pub paired_level: TextRiskLevel,
     /// Texts this entry must fire on.
     pub examples: Vec<String>,
 }
@@ -303,26 +323,47 @@ fn set_members(pattern: &str, open: usize, sets: &BTreeMap<String, Vec<String>>)
         .collect())
 }
 
-/// `pattern` with the group opening at byte `open` replaced by each of its phrases in turn.
+/// `pattern` with the group opening at byte `open` replaced by each of its phrases in turn;
+/// a phrase may hold sets and groups of its own, expanded after.
 fn group_members(pattern: &str, open: usize) -> Result<Vec<String>, String> {
     let after = pattern.get(open + 1..).unwrap_or_default();
-    let close = after.find(')').ok_or("a `(` without its `)`")?;
-    let inner = after.get(..close).unwrap_or_default();
-    if inner.contains('(') || inner.contains('{') {
-        return Err("a group may not hold another group or a set; use a set of phrases instead".to_owned());
+    let mut depth = 0usize;
+    let mut close = None;
+    let mut splits = Vec::new();
+    for (at, c) in after.char_indices() {
+        match c {
+            '(' | '{' => depth += 1,
+            '}' => depth = depth.saturating_sub(1),
+            ')' if depth == 0 => {
+                close = Some(at);
+                break;
+            }
+            ')' => depth -= 1,
+            '|' if depth == 0 => splits.push(at),
+            _ => {}
+        }
     }
+    let close = close.ok_or("a `(` without its `)`")?;
+    let inner = after.get(..close).unwrap_or_default();
     let head = pattern.get(..open).unwrap_or_default();
     let mut tail = after.get(close + 1..).unwrap_or_default();
-    let mut phrases: Vec<&str> = inner.split('|').map(str::trim).collect();
-    if let Some(rest) = tail.strip_prefix('?') {
-        tail = rest;
-        phrases.push("");
+    let mut phrases = Vec::new();
+    let mut start = 0;
+    for split in splits.into_iter().chain(std::iter::once(close)) {
+        phrases.push(inner.get(start..split).unwrap_or_default().trim());
+        start = split + 1;
     }
-    if inner.split('|').any(|phrase| phrase.trim().is_empty()) {
+    if phrases.iter().any(|phrase| phrase.is_empty()) {
         return Err(format!("an empty phrase in `({inner})`; write `(...)?` for an optional group"));
     }
-    let optional = phrases.iter().any(|phrase| phrase.is_empty());
-    let mut alternatives = merge_words(phrases.into_iter().filter(|phrase| !phrase.is_empty()));
+    let optional = match tail.strip_prefix('?') {
+        Some(rest) => {
+            tail = rest;
+            true
+        }
+        None => false,
+    };
+    let mut alternatives = merge_words(phrases);
     if optional {
         alternatives.push(String::new());
     }
@@ -441,10 +482,7 @@ fn compile(file: VocabularyFile) -> Result<Vocabulary, ValidationErrors> {
         if category.is_none() {
             errors.push(
                 format!("{path}.category"),
-                format!(
-                    "`{}`: one of suicidal_ideation, self_harm, intent, plan, means, harm_to_others",
-                    entry.category
-                ),
+                format!("`{}`: one of {}", entry.category, Category::ALL.map(Category::as_str).join(", ")),
             );
         }
         let level = entry.level.parse::<TextRiskLevel>().ok();
@@ -454,21 +492,19 @@ fn compile(file: VocabularyFile) -> Result<Vocabulary, ValidationErrors> {
                 format!("`{}`: one of none, low, moderate, high, imminent", entry.level),
             );
         }
-        let modifier_category = category.is_some_and(Category::is_modifier);
-        if level == Some(TextRiskLevel::None) && category.is_some() && !modifier_category {
-            errors.push(
-                format!("{path}.level"),
-                "only intent, plan and means entries may be `none` (a modifier that needs another finding)",
-            );
+        if entry.role.as_deref().is_some_and(|role| !is_rule_id(role)) {
+            errors.push(format!("{path}.role"), "a role is lowercase letters, digits and `-`");
         }
-        if entry.pairs && level != Some(TextRiskLevel::None) {
-            errors.push(format!("{path}.pairs"), "only modifiers (level `none`) pair with each other");
-        }
-        if entry.window.is_some() && category.is_some() && !modifier_category {
-            errors.push(
-                format!("{path}.window"),
-                "only intent, plan and means entries combine, so only they take a window",
-            );
+        let paired_level = match entry.paired_level.as_deref().map(str::parse::<TextRiskLevel>) {
+            None => TextRiskLevel::High,
+            Some(Ok(level)) if level >= TextRiskLevel::Moderate => level,
+            Some(_) => {
+                errors.push(format!("{path}.paired_level"), "one of moderate, high, imminent");
+                TextRiskLevel::High
+            }
+        };
+        if entry.paired_level.is_some() && entry.pairs_with.is_empty() {
+            errors.push(format!("{path}.paired_level"), "only an entry that pairs_with a role has a paired_level");
         }
         let about = match entry.about.as_deref() {
             None | Some("writer") => About::Writer,
@@ -495,15 +531,27 @@ fn compile(file: VocabularyFile) -> Result<Vocabulary, ValidationErrors> {
         );
         if let (Some(category), Some(level)) = (category, level) {
             let window = entry.window.unwrap_or(0);
+            let combines = entry.role.is_none() && (level == TextRiskLevel::None || entry.window.is_some());
             entries.push(Entry {
                 id: entry.id.clone(),
                 category,
                 level,
                 about,
                 window,
-                pairs: entry.pairs,
+                combines,
+                role: entry.role.clone(),
+                pairs_with: entry.pairs_with.clone(),
+                paired_level,
                 examples: entry.examples.clone(),
             });
+        }
+    }
+    let roles: HashSet<&str> = entries.iter().filter_map(|entry| entry.role.as_deref()).collect();
+    for (index, entry) in entries.iter().enumerate() {
+        for role in &entry.pairs_with {
+            if !roles.contains(role.as_str()) {
+                errors.push(format!("entry[{index}].pairs_with"), format!("no entry has the role `{role}`"));
+            }
         }
     }
     if entries.is_empty() && errors.is_empty() {
@@ -546,12 +594,17 @@ fn compile(file: VocabularyFile) -> Result<Vocabulary, ValidationErrors> {
         (&file.words.clause, "words.clause", CLAUSE_WORD),
         (&file.words.restart, "words.restart", RESTART_WORD),
         (&file.words.first_person, "words.first_person", FIRST_PERSON),
+        (&file.words.first_person_verbs, "words.first_person_verbs", FIRST_PERSON_VERB),
     ];
     for (words, path, flag) in classes {
         for word in word_set(words, path, &mut errors) {
             matcher.mark(&word, flag);
         }
     }
+    for word in word_set(&file.words.not_slips, "words.not_slips", &mut errors) {
+        matcher.know(&word);
+    }
+    matcher.index_slips();
     let vocabulary = Vocabulary {
         revision: file.revision.clone(),
         negation_window: settings.negation_window,
@@ -601,6 +654,9 @@ mod tests {
         assert_eq!(spaced("want to (just)? die"), ["want to just die", "want to die"]);
         assert!(expand("(a|b", &sets).is_err());
         assert!(expand("a (b||c) d", &sets).is_err());
-        assert!(expand("a (b (c)) d", &sets).is_err());
+        let mut nested = spaced("a (b (c|e)|f) d");
+        nested.sort();
+        assert_eq!(nested, ["a b c|e d", "a f d"], "groups nest");
+        assert!(expand("a (b (c) d", &sets).is_err());
     }
 }

@@ -51,6 +51,11 @@ impl Service {
         Self { store, database: Some(database) }
     }
 
+    /// The database's URL.
+    pub fn url(&self) -> &str {
+        &self.database.as_ref().expect("the database lives until finish").url
+    }
+
     /// Closes the pool and drops the database.
     pub async fn finish(mut self) {
         self.store.close().await;
@@ -112,8 +117,10 @@ pub async fn enqueue_all(
 pub struct RecordingHandler {
     /// Tag written in `effects.consumer`.
     pub name: String,
-    /// Event ids that always fail.
+    /// Event ids that always fail, transiently.
     pub poison: Mutex<HashSet<String>>,
+    /// Event ids the handler refuses for good (a permanent error).
+    pub refuse: Mutex<HashSet<String>>,
     /// Hang (never return) on the nth call, counting from 1.
     pub hang_on_call: Mutex<Option<usize>>,
     /// Fired when the handler starts hanging.
@@ -153,6 +160,12 @@ impl Handler for RecordingHandler {
         }
         if self.poison.lock().unwrap().contains(&event.event_id) {
             return Err(HandlerError::transient(format!("test poison: refusing event {}", event.event_id)));
+        }
+        if self.refuse.lock().unwrap().contains(&event.event_id) {
+            return Err(HandlerError::permanent(format!(
+                "test refusal: event {} can never be handled",
+                event.event_id
+            )));
         }
         let patient = tandem_events::patient_id(event)?.to_string();
         sqlx::query(
@@ -285,6 +298,36 @@ pub fn consumer_options() -> ConsumerOptions {
 /// Starts `consumer`.
 pub fn start_consumer(consumer: Consumer) -> Running {
     Running::spawn(move |shutdown| consumer.run(shutdown))
+}
+
+/// Records health reports: what fails now, and every failure ever reported.
+#[derive(Debug, Default)]
+pub struct RecordingHealth {
+    pub failing: Mutex<HashMap<String, String>>,
+    pub ever: Mutex<Vec<(String, String)>>,
+}
+
+impl RecordingHealth {
+    /// Whether some component fails now with a reason containing `text`.
+    pub fn failing_with(&self, text: &str) -> bool {
+        self.failing.lock().unwrap().values().any(|reason| reason.contains(text))
+    }
+
+    /// Whether nothing fails now.
+    pub fn healthy(&self) -> bool {
+        self.failing.lock().unwrap().is_empty()
+    }
+}
+
+impl tandem_events::HealthReport for RecordingHealth {
+    fn failing(&self, component: &str, reason: &str) {
+        self.failing.lock().unwrap().insert(component.to_owned(), reason.to_owned());
+        self.ever.lock().unwrap().push((component.to_owned(), reason.to_owned()));
+    }
+
+    fn recovered(&self, component: &str) {
+        self.failing.lock().unwrap().remove(component);
+    }
 }
 
 /// Records crisis alarms.
