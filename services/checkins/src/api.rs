@@ -326,7 +326,7 @@ impl CheckInApi {
         status: Status,
         refusal: Refusal,
     ) -> Status {
-        let signals = crate::refused::crisis_signals(request);
+        let signals = crate::refused::crisis_signals_off_runtime(request).await;
         if signals.is_empty() {
             return status;
         }

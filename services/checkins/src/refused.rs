@@ -112,6 +112,38 @@ pub fn crisis_signals(request: &pb::SubmitCheckInRequest) -> Vec<events::CrisisS
     signals
 }
 
+/// Journals up to this many bytes are read on the calling task; a longer
+/// one (over the limit, so refused) on a blocking thread.
+const READ_INLINE_BYTES: usize = 32 * 1024;
+
+/// As [`crisis_signals`], reading a long journal on a blocking thread: a
+/// 4 MiB journal takes seconds to read (BENCHMARKS.md), which must not hold
+/// up the server's other calls.
+pub async fn crisis_signals_off_runtime(request: &pb::SubmitCheckInRequest) -> Vec<events::CrisisSignal> {
+    if request.journal.len() <= READ_INLINE_BYTES {
+        return crisis_signals(request);
+    }
+    let owned = request.clone();
+    match tokio::task::spawn_blocking(move || crisis_signals(&owned)).await {
+        Ok(signals) => signals,
+        Err(error) => {
+            // The detector failed on this text: the answers still count, and
+            // the journal goes to a human as if it held crisis language
+            // rather than not at all.
+            tracing::error!(%error, "the crisis-language detector failed on a long journal; escalating it unread");
+            let mut signals = crisis_signals(&pb::SubmitCheckInRequest { journal: String::new(), ..request.clone() });
+            signals.push(events::CrisisSignal {
+                trigger: CRISIS_LANGUAGE_TRIGGER.to_owned(),
+                field: "journal".to_owned(),
+                text_level: TextRiskLevel::High.as_str().to_owned(),
+                text_bytes: u64::try_from(request.journal.len()).unwrap_or(u64::MAX),
+                ..Default::default()
+            });
+            signals
+        }
+    }
+}
+
 /// The distinct trigger ids of `signals`, in order.
 pub fn trigger_ids(signals: &[events::CrisisSignal]) -> Vec<String> {
     let mut ids: Vec<String> = Vec::new();
@@ -165,6 +197,17 @@ mod tests {
         assert!(span.contains("kill myself"), "{span}");
         let encoded = format!("{signal:?}");
         assert!(!encoded.contains("kill"), "no words of the journal travel with the signal: {encoded}");
+    }
+
+    #[tokio::test]
+    async fn a_long_journal_is_read_off_the_runtime_with_the_same_result() {
+        let filler = "Went for a walk and cooked dinner. ".repeat(3000);
+        let phq9 = pb::InstrumentResponse { instrument: "44249-1".into(), answers: vec![0, 0, 0, 0, 0, 0, 0, 1] };
+        let long = request(vec![phq9], &format!("{filler}I want to kill myself. {filler}"));
+        assert!(long.journal.len() > READ_INLINE_BYTES);
+        let signals = crisis_signals_off_runtime(&long).await;
+        assert_eq!(signals, crisis_signals(&long));
+        assert_eq!(trigger_ids(&signals), ["crisis-language"], "an 8-answer PHQ-9 has no item 9");
     }
 
     #[test]
