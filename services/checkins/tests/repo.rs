@@ -3,9 +3,10 @@
 
 use tandem_checkins::MIGRATIONS;
 use tandem_checkins::refused::crisis_signals;
-use tandem_checkins::repo::{FirstStep, NewRefusedSignal, Repo, projection};
+use tandem_checkins::repo::{FirstStep, NewRefusedSignal, Repo};
 use tandem_checkins::submit::Submitter;
 use tandem_events::Outbox;
+use tandem_projections as projection;
 use tandem_proto::careplans::v1 as plans;
 use tandem_proto::checkins::v1 as pb;
 use tandem_proto::events::v1 as events;

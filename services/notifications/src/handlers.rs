@@ -14,6 +14,7 @@ use async_trait::async_trait;
 use chrono_tz::Tz;
 use sqlx::{Any, Transaction};
 use tandem_events::{Handler, HandlerError, Outbox};
+use tandem_projections::Keep;
 use tandem_proto::events::v1::event_envelope::Payload;
 use tandem_proto::events::v1::{EscalationChanged, EventEnvelope};
 use tandem_proto::ids::{EscalationId, OrgId};
@@ -264,20 +265,9 @@ impl Handler for EventHandler {
     async fn handle(&self, tx: &mut Transaction<'_, Any>, event: &EventEnvelope) -> Result<(), HandlerError> {
         match &event.payload {
             Some(Payload::EscalationChanged(changed)) => self.escalation(tx, event, changed).await,
-            Some(Payload::PatientEnrolled(enrolled)) => {
-                let patient = tandem_events::patient_id(event).map_err(HandlerError::permanent)?;
-                let org = event
-                    .org_id
-                    .as_ref()
-                    .and_then(|org| org.value.parse::<OrgId>().ok())
-                    .ok_or_else(|| HandlerError::permanent("PatientEnrolled without a valid org id"))?;
-                self.repo.project_patient(tx, &patient.to_string(), org.as_str(), &enrolled.time_zone).await?;
-                Ok(())
-            }
-            Some(Payload::CarePlanChanged(changed)) => {
-                if let Some(plan) = &changed.care_plan {
-                    self.repo.project_care_plan(tx, plan).await?;
-                }
+            Some(Payload::PatientEnrolled(_) | Payload::CarePlanChanged(_)) => {
+                let keep = Keep { patients: true, care_plans: true, ..Keep::default() };
+                tandem_projections::apply(tx, keep, event).await?;
                 Ok(())
             }
             Some(Payload::CheckInSubmitted(submitted)) => {

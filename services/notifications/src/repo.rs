@@ -910,50 +910,6 @@ impl Repo {
 
     // ---- projections and reminders ---------------------------------------
 
-    /// Records a patient's org and time zone.
-    pub async fn project_patient(
-        &self,
-        tx: &mut Transaction<'_, Any>,
-        patient: &str,
-        org: &str,
-        time_zone: &str,
-    ) -> Result<(), RepoError> {
-        sqlx::query("DELETE FROM patients WHERE id = $1").bind(patient.to_owned()).execute(&mut **tx).await?;
-        sqlx::query("INSERT INTO patients (id, org_id, time_zone) VALUES ($1, $2, $3)")
-            .bind(patient.to_owned())
-            .bind(org.to_owned())
-            .bind(time_zone.to_owned())
-            .execute(&mut **tx)
-            .await?;
-        Ok(())
-    }
-
-    /// Stores a care plan version if it is newer than the stored one.
-    pub async fn project_care_plan(
-        &self,
-        tx: &mut Transaction<'_, Any>,
-        plan: &plans::CarePlan,
-    ) -> Result<(), RepoError> {
-        let id = plan.id.as_ref().map(|id| id.value.clone()).unwrap_or_default();
-        let stored: Option<i64> = sqlx::query_scalar("SELECT version FROM care_plans WHERE id = $1")
-            .bind(id.clone())
-            .fetch_optional(&mut **tx)
-            .await?;
-        if stored.is_some_and(|version| version >= i64::from(plan.version)) {
-            return Ok(());
-        }
-        sqlx::query("DELETE FROM care_plans WHERE id = $1").bind(id.clone()).execute(&mut **tx).await?;
-        sqlx::query("INSERT INTO care_plans (id, patient_id, version, status, body) VALUES ($1, $2, $3, $4, $5)")
-            .bind(id)
-            .bind(plan.patient_id.as_ref().map(|id| id.value.clone()).unwrap_or_default())
-            .bind(i64::from(plan.version))
-            .bind(plan.status().as_str_name().to_owned())
-            .bind(plan.encode_to_vec())
-            .execute(&mut **tx)
-            .await?;
-        Ok(())
-    }
-
     /// Records that a patient answered an instrument at `at` (keeps the latest).
     pub async fn project_measure_done(
         &self,

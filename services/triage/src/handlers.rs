@@ -5,6 +5,7 @@
 use async_trait::async_trait;
 use sqlx::{Any, Transaction};
 use tandem_events::{Handler, HandlerError, topics};
+use tandem_projections::{Applied, Keep};
 use tandem_proto::events::v1::EventEnvelope;
 use tandem_proto::events::v1::event_envelope::Payload;
 use tandem_proto::ids::{EscalationId, OrgId, PatientId};
@@ -113,14 +114,10 @@ impl Handler for TriageHandler {
             .map(tandem_store::unix_micros)
             .unwrap_or_else(|| self.engine.now());
         match &event.payload {
-            Some(Payload::PatientEnrolled(_)) => tx::patient(tx, &patient, &org_of(event)?).await?,
-            Some(Payload::CareTeamChanged(changed)) => {
-                if let Some(team) = &changed.care_team {
-                    let members: Vec<String> = team.members.iter().map(|m| m.clinician_id.clone()).collect();
-                    let known_before = tx::chain(tx, &patient).await?;
-                    if tx::care_team(tx, &patient, team.version, &members).await? {
-                        self.engine.care_team_changed(tx, &patient, &known_before).await?;
-                    }
+            Some(Payload::PatientEnrolled(_) | Payload::CareTeamChanged(_)) => {
+                let keep = Keep { patients: true, care_teams: true, ..Keep::default() };
+                if let Applied::CareTeam { previous_chain } = tandem_projections::apply(tx, keep, event).await? {
+                    self.engine.care_team_changed(tx, &patient, &previous_chain).await?;
                 }
             }
             Some(Payload::CheckInSubmitted(submitted)) => {

@@ -154,65 +154,12 @@ fn escalation_from_row(row: &AnyRow) -> Result<Escalation, RepoError> {
 pub mod tx {
     use super::*;
 
-    /// Records a patient's org.
-    pub async fn patient(tx: &mut Transaction<'_, Any>, patient: &PatientId, org: &OrgId) -> Result<(), RepoError> {
-        sqlx::query("DELETE FROM patients WHERE id = $1").bind(patient.to_string()).execute(&mut **tx).await?;
-        sqlx::query("INSERT INTO patients (id, org_id) VALUES ($1, $2)")
-            .bind(patient.to_string())
-            .bind(org.to_string())
-            .execute(&mut **tx)
-            .await?;
-        Ok(())
-    }
-
-    /// Replaces the care team (the chain) if this version is newer; returns
-    /// whether it did.
-    pub async fn care_team(
-        tx: &mut Transaction<'_, Any>,
-        patient: &PatientId,
-        version: u32,
-        members: &[String],
-    ) -> Result<bool, RepoError> {
-        let row = sqlx::query("SELECT version FROM care_team_versions WHERE patient_id = $1")
-            .bind(patient.to_string())
-            .fetch_optional(&mut **tx)
-            .await?;
-        if let Some(row) = row
-            && row.try_get::<i64, _>("version")? >= i64::from(version)
-        {
-            return Ok(false);
-        }
-        sqlx::query("DELETE FROM care_team_versions WHERE patient_id = $1")
-            .bind(patient.to_string())
-            .execute(&mut **tx)
-            .await?;
-        sqlx::query("INSERT INTO care_team_versions (patient_id, version) VALUES ($1, $2)")
-            .bind(patient.to_string())
-            .bind(i64::from(version))
-            .execute(&mut **tx)
-            .await?;
-        sqlx::query("DELETE FROM care_team_members WHERE patient_id = $1")
-            .bind(patient.to_string())
-            .execute(&mut **tx)
-            .await?;
-        for (position, clinician) in members.iter().enumerate() {
-            sqlx::query("INSERT INTO care_team_members (patient_id, position, clinician_id) VALUES ($1, $2, $3)")
-                .bind(patient.to_string())
-                .bind(position as i64)
-                .bind(clinician.clone())
-                .execute(&mut **tx)
-                .await?;
-        }
-        Ok(true)
-    }
-
     /// The chain: care-team members in order.
     pub async fn chain(tx: &mut Transaction<'_, Any>, patient: &PatientId) -> Result<Vec<String>, RepoError> {
-        let rows = sqlx::query("SELECT clinician_id FROM care_team_members WHERE patient_id = $1 ORDER BY position")
-            .bind(patient.to_string())
-            .fetch_all(&mut **tx)
-            .await?;
-        rows.iter().map(|row| row.try_get("clinician_id").map_err(RepoError::from)).collect()
+        tandem_projections::chain(tx, &patient.to_string()).await.map_err(|error| match error {
+            tandem_projections::Error::Database(error) => RepoError::from(error),
+            invalid => RepoError::Corrupt(invalid.to_string()),
+        })
     }
 
     /// Earlier PHQ-9 totals, oldest first.
