@@ -28,6 +28,7 @@ mod error;
 mod instrument;
 mod long_text;
 mod responses;
+mod schedule;
 mod score;
 mod trend;
 
@@ -35,6 +36,7 @@ pub use checkin::{
     JOURNAL_MAX_CHARS, Journal, MOOD_MAX, MOOD_MIN, Mood, journal_from_bytes, parse_instruments, validate_journal,
     validate_mood,
 };
+pub use chrono_tz::Tz;
 pub use detector::{
     Category, Detection, Finding, Qualifier, Suppressed, SuppressionReason, TextRiskLevel, UnknownLevel, Vocabulary,
     detect,
@@ -49,6 +51,7 @@ pub use responses::{
     ActiveIdeation, CssrsResponses, Frequency, Gad7Responses, Phq9Responses, Responses, parse_answers, parse_responses,
     parse_responses_at,
 };
+pub use schedule::Schedule;
 pub use score::{
     Band, CSSRS_HIGH_RISK_TRIGGER, CrisisTrigger, CssrsRisk, PHQ9_ITEM9_TRIGGER, Score, crisis_triggers_in_unparsed,
     gad7_band, phq9_band, score,

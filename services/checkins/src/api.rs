@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use tandem_auth::{Caller, Role};
-use tandem_clinical::{Responses, ValidationErrors};
+use tandem_clinical::{Responses, Schedule, ValidationErrors};
 use tandem_proto::careplans::v1::CareTeamRole;
 use tandem_proto::checkins::v1 as pb;
 use tandem_proto::checkins::v1::check_in_service_server::CheckInService;
@@ -580,7 +580,8 @@ impl CheckInService for CheckInApi {
         self.readable(&caller, &patient).await?;
         let plans = self.repo.active_plans(&patient).await.map_err(repo_status)?;
         let done = self.repo.done(&patient).await.map_err(repo_status)?;
-        let items = crate::due::due_items(&plans, &done, SystemTime::now());
+        let zone = Schedule::zone(&self.repo.time_zone(&patient).await.map_err(repo_status)?);
+        let items = crate::due::due_items(&plans, &done, zone, SystemTime::now());
         Ok(Response::new(pb::GetDueItemsResponse { items }))
     }
 }

@@ -7,6 +7,8 @@ use std::time::{Duration, SystemTime};
 use tandem_proto::careplans::v1 as plans;
 use tandem_proto::checkins::v1 as pb;
 
+use tandem_clinical::{Schedule, Tz};
+
 const DAY: Duration = Duration::from_secs(24 * 3600);
 
 /// What the patient has done: the last time each instrument was answered and
@@ -23,23 +25,14 @@ fn time(timestamp: &prost_types::Timestamp) -> Option<SystemTime> {
     SystemTime::try_from(*timestamp).ok()
 }
 
-/// The latest occurrence of a recurrence at or before `now`, and the one after it.
-pub fn occurrence(recurrence: &plans::Recurrence, now: SystemTime) -> Option<(SystemTime, SystemTime)> {
-    let start = time(recurrence.starts_at.as_ref()?)?;
-    let period = DAY.checked_mul(recurrence.every_days.max(1))?;
-    let since = now.duration_since(start).ok()?;
-    let count = since.as_secs() / period.as_secs().max(1);
-    let current = start + period.checked_mul(u32::try_from(count).ok()?)?;
-    if let Some(end) = recurrence.ends_at.as_ref().and_then(time)
-        && current > end
-    {
-        return None;
-    }
-    Some((current, current + period))
+/// The latest occurrence of a recurrence at or before `now` in the patient's
+/// time zone, and the one after it.
+pub fn occurrence(recurrence: &plans::Recurrence, zone: Tz, now: SystemTime) -> Option<(SystemTime, SystemTime)> {
+    Schedule::of(recurrence, zone)?.current_and_next(now)
 }
 
-/// The items due or overdue at `now`, earliest first.
-pub fn due_items(active_plans: &[plans::CarePlan], done: &Done, now: SystemTime) -> Vec<pb::DueItem> {
+/// The items due or overdue at `now` for a patient in `zone`, earliest first.
+pub fn due_items(active_plans: &[plans::CarePlan], done: &Done, zone: Tz, now: SystemTime) -> Vec<pb::DueItem> {
     let mut items = Vec::new();
     for plan in active_plans.iter().filter(|plan| plan.status() == plans::CarePlanStatus::Active) {
         let plan_id = plan.id.clone();
@@ -48,7 +41,7 @@ pub fn due_items(active_plans: &[plans::CarePlan], done: &Done, now: SystemTime)
             let Some(recurrence) = &measure.recurrence else {
                 continue;
             };
-            let Some((due_at, _)) = occurrence(recurrence, now) else {
+            let Some((due_at, _)) = occurrence(recurrence, zone, now) else {
                 continue;
             };
             if done.measures.get(&measure.instrument).is_some_and(|last| *last >= due_at) {
@@ -83,7 +76,7 @@ pub fn due_items(active_plans: &[plans::CarePlan], done: &Done, now: SystemTime)
                     (due_at, None, state)
                 }
                 Some(plans::homework_task::Schedule::Recurrence(recurrence)) => {
-                    let Some((due_at, next)) = occurrence(recurrence, now) else {
+                    let Some((due_at, next)) = occurrence(recurrence, zone, now) else {
                         continue;
                     };
                     if last.is_some_and(|last| *last >= due_at) {
@@ -157,17 +150,17 @@ mod tests {
 
     #[test]
     fn nothing_is_due_before_the_plan_starts() {
-        assert!(due_items(&[plan()], &Done::default(), at(-1)).is_empty());
+        assert!(due_items(&[plan()], &Done::default(), Tz::UTC, at(-1)).is_empty());
     }
 
     #[test]
     fn a_weekly_measure_is_due_then_overdue_then_missed() {
         let done = Done::default();
-        assert!(ids(&due_items(&[plan()], &done, at(1))).contains(&("phq", pb::DueState::Due)));
-        assert!(ids(&due_items(&[plan()], &done, at(30))).contains(&("phq", pb::DueState::Overdue)));
-        assert!(!ids(&due_items(&[plan()], &done, at(73))).iter().any(|(id, _)| *id == "phq"));
+        assert!(ids(&due_items(&[plan()], &done, Tz::UTC, at(1))).contains(&("phq", pb::DueState::Due)));
+        assert!(ids(&due_items(&[plan()], &done, Tz::UTC, at(30))).contains(&("phq", pb::DueState::Overdue)));
+        assert!(!ids(&due_items(&[plan()], &done, Tz::UTC, at(73))).iter().any(|(id, _)| *id == "phq"));
         // Next week it is due again.
-        assert!(ids(&due_items(&[plan()], &done, at(7 * 24 + 1))).contains(&("phq", pb::DueState::Due)));
+        assert!(ids(&due_items(&[plan()], &done, Tz::UTC, at(7 * 24 + 1))).contains(&("phq", pb::DueState::Due)));
     }
 
     #[test]
@@ -175,16 +168,16 @@ mod tests {
         let mut done = Done::default();
         done.measures.insert("44249-1".into(), at(2));
         done.tasks.insert(("plan".into(), "breathe".into()), at(2));
-        assert!(due_items(&[plan()], &done, at(3)).is_empty());
+        assert!(due_items(&[plan()], &done, Tz::UTC, at(3)).is_empty());
         // The daily task comes back the next day; the weekly measure does not.
-        assert_eq!(ids(&due_items(&[plan()], &done, at(25))), [("breathe", pb::DueState::Due)]);
+        assert_eq!(ids(&due_items(&[plan()], &done, Tz::UTC, at(25))), [("breathe", pb::DueState::Due)]);
     }
 
     #[test]
     fn drafts_and_finished_plans_ask_for_nothing() {
         let mut draft = plan();
         draft.status = plans::CarePlanStatus::Draft as i32;
-        assert!(due_items(&[draft], &Done::default(), at(1)).is_empty());
+        assert!(due_items(&[draft], &Done::default(), Tz::UTC, at(1)).is_empty());
     }
 
     #[test]
@@ -192,10 +185,36 @@ mod tests {
         let mut plan = plan();
         plan.measures.clear();
         plan.tasks[0].schedule = Some(plans::homework_task::Schedule::DueAt(at(48).into()));
-        assert_eq!(ids(&due_items(&[plan.clone()], &Done::default(), at(1))), [("breathe", pb::DueState::Due)]);
-        assert_eq!(ids(&due_items(&[plan.clone()], &Done::default(), at(49))), [("breathe", pb::DueState::Overdue)]);
+        assert_eq!(
+            ids(&due_items(&[plan.clone()], &Done::default(), Tz::UTC, at(1))),
+            [("breathe", pb::DueState::Due)]
+        );
+        assert_eq!(
+            ids(&due_items(&[plan.clone()], &Done::default(), Tz::UTC, at(49))),
+            [("breathe", pb::DueState::Overdue)]
+        );
         let mut done = Done::default();
         done.tasks.insert(("plan".into(), "breathe".into()), at(3));
-        assert!(due_items(&[plan], &done, at(49)).is_empty());
+        assert!(due_items(&[plan], &done, Tz::UTC, at(49)).is_empty());
+    }
+
+    #[test]
+    fn a_daily_task_stays_at_its_local_time_when_summer_time_starts() {
+        // 09:00 in Madrid on 28 March 2026 (08:00 UTC); summer time starts on the 29th.
+        let madrid: Tz = "Europe/Madrid".parse().unwrap();
+        let start = SystemTime::UNIX_EPOCH + Duration::from_secs(1_774_684_800);
+        let mut plan = plan();
+        plan.measures.clear();
+        plan.tasks[0].schedule = Some(plans::homework_task::Schedule::Recurrence(plans::Recurrence {
+            every_days: 1,
+            starts_at: Some(start.into()),
+            ends_at: None,
+        }));
+        // 09:30 in Madrid on the 30th (07:30 UTC): today's 09:00 (07:00 UTC) is due,
+        // not a 24-hour step's 10:00.
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_774_855_800);
+        let items = due_items(&[plan], &Done::default(), madrid, now);
+        let due_at = SystemTime::try_from(items[0].due_at.unwrap()).unwrap();
+        assert_eq!(due_at, SystemTime::UNIX_EPOCH + Duration::from_secs(1_774_854_000));
     }
 }

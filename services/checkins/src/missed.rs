@@ -5,6 +5,8 @@
 use std::future::Future;
 use std::time::{Duration, SystemTime};
 
+use tandem_clinical::{Schedule, Tz};
+
 use prost::Message;
 use sqlx::Row;
 use tandem_events::{Outbox, topics};
@@ -27,6 +29,7 @@ const LOOKBACK_OCCURRENCES: u32 = 3;
 pub fn expired_occurrences(
     plan: &plans::CarePlan,
     last_answered: impl Fn(&str) -> Option<SystemTime>,
+    zone: Tz,
     now: SystemTime,
 ) -> Vec<(plans::MeasureSchedule, SystemTime, SystemTime)> {
     let mut out = Vec::new();
@@ -35,15 +38,9 @@ pub fn expired_occurrences(
     }
     for measure in &plan.measures {
         let Some(recurrence) = &measure.recurrence else { continue };
-        let Some((current, _)) = crate::due::occurrence(recurrence, now) else { continue };
-        let period = Duration::from_secs(u64::from(recurrence.every_days.max(1)) * 24 * 3600);
+        let Some(schedule) = Schedule::of(recurrence, zone) else { continue };
         let window = Duration::from_secs(u64::from(measure.expiry_window_hours) * 3600);
-        let start = recurrence.starts_at.and_then(|t| SystemTime::try_from(t).ok());
-        for back in 0..LOOKBACK_OCCURRENCES {
-            let Some(due_at) = period.checked_mul(back).and_then(|d| current.checked_sub(d)) else { break };
-            if start.is_some_and(|start| due_at < start) {
-                break;
-            }
+        for due_at in schedule.recent(now, LOOKBACK_OCCURRENCES) {
             let expired_at = due_at + window;
             if expired_at > now {
                 continue;
@@ -62,7 +59,7 @@ pub fn expired_occurrences(
 pub async fn scan_once(repo: &Repo, outbox: &Outbox) -> Result<usize, RepoError> {
     let now = SystemTime::now();
     let rows = sqlx::query(
-        "SELECT p.patient_id AS patient_id, p.body AS body, pt.org_id AS org_id FROM care_plans p \
+        "SELECT p.patient_id AS patient_id, p.body AS body, pt.org_id AS org_id, pt.time_zone AS time_zone FROM care_plans p \
          JOIN patients pt ON pt.id = p.patient_id WHERE p.status = $1",
     )
     .bind(plans::CarePlanStatus::Active.as_str_name().to_owned())
@@ -73,6 +70,7 @@ pub async fn scan_once(repo: &Repo, outbox: &Outbox) -> Result<usize, RepoError>
         let patient: String = row.try_get("patient_id")?;
         let org: String = row.try_get("org_id")?;
         let body: Vec<u8> = row.try_get("body")?;
+        let zone = Schedule::zone(&row.try_get::<String, _>("time_zone")?);
         let (Ok(patient), Ok(org), Ok(plan)) =
             (patient.parse::<PatientId>(), org.parse::<OrgId>(), plans::CarePlan::decode(body.as_slice()))
         else {
@@ -81,7 +79,9 @@ pub async fn scan_once(repo: &Repo, outbox: &Outbox) -> Result<usize, RepoError>
         };
         let done = repo.done(&patient).await?;
         let plan_id = plan.id.as_ref().map(|id| id.value.clone()).unwrap_or_default();
-        for (measure, due_at, expired_at) in expired_occurrences(&plan, |code| done.measures.get(code).copied(), now) {
+        for (measure, due_at, expired_at) in
+            expired_occurrences(&plan, |code| done.measures.get(code).copied(), zone, now)
+        {
             let mut tx = repo.store().begin_write().await?;
             let inserted = sqlx::query(
                 "INSERT INTO missed_measures (care_plan_id, schedule_id, due_at, patient_id, reported_at) VALUES ($1, $2, $3, $4, $5)",
@@ -153,14 +153,14 @@ mod tests {
     #[test]
     fn an_unanswered_occurrence_is_missed_once_its_window_closes() {
         let start = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
-        assert!(expired_occurrences(&plan(start), |_| None, start + HOUR * 11).is_empty());
-        let missed = expired_occurrences(&plan(start), |_| None, start + HOUR * 13);
+        assert!(expired_occurrences(&plan(start), |_| None, Tz::UTC, start + HOUR * 11).is_empty());
+        let missed = expired_occurrences(&plan(start), |_| None, Tz::UTC, start + HOUR * 13);
         assert_eq!(missed.len(), 1);
         assert_eq!(missed[0].1, start);
         // Answered in time: nothing missed.
-        assert!(expired_occurrences(&plan(start), |_| Some(start + HOUR), start + HOUR * 13).is_empty());
+        assert!(expired_occurrences(&plan(start), |_| Some(start + HOUR), Tz::UTC, start + HOUR * 13).is_empty());
         // Three days on: at most the lookback, never before the start.
-        let later = expired_occurrences(&plan(start), |_| None, start + HOUR * (24 * 3 + 13));
+        let later = expired_occurrences(&plan(start), |_| None, Tz::UTC, start + HOUR * (24 * 3 + 13));
         assert_eq!(later.len(), 3);
         assert!(later.iter().all(|(_, due, _)| *due >= start));
     }

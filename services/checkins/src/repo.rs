@@ -344,6 +344,16 @@ impl Repo {
         org.parse().map(Some).map_err(|_| corrupt("patients.org_id"))
     }
 
+    /// The patient's IANA time zone, as careplans announced it (empty when
+    /// unknown).
+    pub async fn time_zone(&self, patient: &PatientId) -> Result<String, RepoError> {
+        let zone: Option<String> = sqlx::query_scalar("SELECT time_zone FROM patients WHERE id = $1")
+            .bind(patient.to_string())
+            .fetch_optional(self.store.pool())
+            .await?;
+        Ok(zone.unwrap_or_default())
+    }
+
     /// Whether the clinician is on the patient's care team.
     pub async fn on_care_team(&self, patient: &PatientId, clinician: &str) -> Result<bool, RepoError> {
         let row = sqlx::query("SELECT 1 AS one FROM care_team_members WHERE patient_id = $1 AND clinician_id = $2")

@@ -1,8 +1,9 @@
 //! Reminders of due measures and homework.
 //!
 //! Kept simple on purpose, and the same arithmetic as checkins' due items:
-//! - an occurrence of a recurrence is `starts_at + k * every_days * 24h`
-//!   (UTC instants, so a daily item keeps its UTC time across DST); a
+//! - an occurrence of a recurrence is every `every_days` days at the local
+//!   time of day of `starts_at` in the patient's time zone
+//!   ([`tandem_clinical::Schedule`], the same as checkins' due items); a
 //!   one-off task has a single occurrence at its `due_at`;
 //! - an occurrence becomes due at its time, and is reminded once (a
 //!   `reminders` row per occurrence), unless the item was done at or after
@@ -19,6 +20,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use tandem_clinical::{Schedule, Tz};
 use tandem_proto::careplans::v1 as plans;
 use tokio::sync::Notify;
 
@@ -27,8 +29,6 @@ use crate::endpoint::Channel;
 use crate::message::{self, Purpose};
 use crate::repo::{DEFAULT_INBOX, Done, NewDelivery, NewReminder, ReminderPatient, Repo, RepoError};
 use crate::worker::{Stop, reminder_key};
-
-const DAY: Duration = Duration::from_secs(24 * 3600);
 
 /// One occurrence that is due and not done.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -49,19 +49,10 @@ fn time(timestamp: &prost_types::Timestamp) -> Option<SystemTime> {
     SystemTime::try_from(*timestamp).ok()
 }
 
-/// The latest occurrence of a recurrence at or before `now`.
-pub fn latest_occurrence(recurrence: &plans::Recurrence, now: SystemTime) -> Option<SystemTime> {
-    let start = time(recurrence.starts_at.as_ref()?)?;
-    let period = DAY.checked_mul(recurrence.every_days.max(1))?;
-    let since = now.duration_since(start).ok()?;
-    let count = since.as_secs() / period.as_secs().max(1);
-    let current = start + period.checked_mul(u32::try_from(count).ok()?)?;
-    if let Some(end) = recurrence.ends_at.as_ref().and_then(time)
-        && current > end
-    {
-        return None;
-    }
-    Some(current)
+/// The latest occurrence of a recurrence at or before `now`, in the
+/// patient's time zone.
+pub fn latest_occurrence(recurrence: &plans::Recurrence, zone: Tz, now: SystemTime) -> Option<SystemTime> {
+    Schedule::of(recurrence, zone)?.latest(now).map(|(_, at)| at)
 }
 
 fn fresh(occurrence: SystemTime, now: SystemTime, window: Duration) -> bool {
@@ -73,6 +64,7 @@ fn fresh(occurrence: SystemTime, now: SystemTime, window: Duration) -> bool {
 pub fn due_occurrences(
     active: &[plans::CarePlan],
     done: &Done,
+    zone: Tz,
     now: SystemTime,
     window: Duration,
 ) -> Vec<DueOccurrence> {
@@ -80,7 +72,7 @@ pub fn due_occurrences(
     for plan in active.iter().filter(|plan| plan.status() == plans::CarePlanStatus::Active) {
         let plan_id = plan.id.as_ref().map(|id| id.value.clone()).unwrap_or_default();
         for measure in &plan.measures {
-            let Some(occurrence) = measure.recurrence.as_ref().and_then(|r| latest_occurrence(r, now)) else {
+            let Some(occurrence) = measure.recurrence.as_ref().and_then(|r| latest_occurrence(r, zone, now)) else {
                 continue;
             };
             let expiry = Duration::from_secs(u64::from(measure.expiry_window_hours.max(1)) * 3600);
@@ -109,7 +101,7 @@ pub fn due_occurrences(
                     due_at
                 }
                 Some(plans::homework_task::Schedule::Recurrence(recurrence)) => {
-                    let Some(occurrence) = latest_occurrence(recurrence, now) else { continue };
+                    let Some(occurrence) = latest_occurrence(recurrence, zone, now) else { continue };
                     if last.is_some_and(|last| *last >= occurrence) {
                         continue;
                     }
@@ -176,7 +168,9 @@ impl Scheduler {
         for patient in self.repo.patients_with_active_plans().await? {
             let active = self.repo.active_plans(&patient.id).await?;
             let done = self.repo.done(&patient.id).await?;
-            for occurrence in due_occurrences(&active, &done, now, self.settings.reminders.window) {
+            for occurrence in
+                due_occurrences(&active, &done, Schedule::zone(&patient.time_zone), now, self.settings.reminders.window)
+            {
                 if self.queue(&patient, &occurrence, now).await? {
                     queued += 1;
                 }
@@ -279,13 +273,16 @@ mod tests {
     #[test]
     fn each_occurrence_is_due_at_its_time() {
         let window = 24 * HOUR;
-        assert!(due_occurrences(&[plan()], &Done::default(), at(0) - HOUR, window).is_empty());
-        let due = due_occurrences(&[plan()], &Done::default(), at(1), window);
+        assert!(due_occurrences(&[plan()], &Done::default(), Tz::UTC, at(0) - HOUR, window).is_empty());
+        let due = due_occurrences(&[plan()], &Done::default(), Tz::UTC, at(1), window);
         assert_eq!(items(&due), [("phq", at(0)), ("breathe", at(0))]);
         assert_eq!(due[0].title, "PHQ-9");
         // The next day, the daily task has a new occurrence; the weekly
         // measure's occurrence is older than the window.
-        assert_eq!(items(&due_occurrences(&[plan()], &Done::default(), at(25), window)), [("breathe", at(24))]);
+        assert_eq!(
+            items(&due_occurrences(&[plan()], &Done::default(), Tz::UTC, at(25), window)),
+            [("breathe", at(24))]
+        );
     }
 
     #[test]
@@ -293,11 +290,11 @@ mod tests {
         let mut done = Done::default();
         done.measures.insert("44249-1".into(), at(2));
         done.tasks.insert(("plan".into(), "breathe".into()), at(2));
-        assert!(due_occurrences(&[plan()], &done, at(3), 24 * HOUR).is_empty());
+        assert!(due_occurrences(&[plan()], &done, Tz::UTC, at(3), 24 * HOUR).is_empty());
         // Done before the occurrence does not count.
         let mut early = Done::default();
         early.tasks.insert(("plan".into(), "breathe".into()), at(23));
-        assert_eq!(items(&due_occurrences(&[plan()], &early, at(25), 24 * HOUR)), [("breathe", at(24))]);
+        assert_eq!(items(&due_occurrences(&[plan()], &early, Tz::UTC, at(25), 24 * HOUR)), [("breathe", at(24))]);
     }
 
     #[test]
@@ -305,23 +302,26 @@ mod tests {
         let mut plan = plan();
         plan.measures.clear();
         plan.tasks[0].schedule = Some(plans::homework_task::Schedule::DueAt(at(5).into()));
-        assert!(due_occurrences(&[plan.clone()], &Done::default(), at(4), 24 * HOUR).is_empty());
-        assert_eq!(items(&due_occurrences(&[plan.clone()], &Done::default(), at(6), 24 * HOUR)), [("breathe", at(5))]);
+        assert!(due_occurrences(&[plan.clone()], &Done::default(), Tz::UTC, at(4), 24 * HOUR).is_empty());
+        assert_eq!(
+            items(&due_occurrences(&[plan.clone()], &Done::default(), Tz::UTC, at(6), 24 * HOUR)),
+            [("breathe", at(5))]
+        );
         let mut done = Done::default();
         done.tasks.insert(("plan".into(), "breathe".into()), at(1));
-        assert!(due_occurrences(&[plan], &done, at(6), 24 * HOUR).is_empty());
+        assert!(due_occurrences(&[plan], &done, Tz::UTC, at(6), 24 * HOUR).is_empty());
     }
 
     #[test]
     fn drafts_ask_for_nothing_and_ended_recurrences_stop() {
         let mut draft = plan();
         draft.status = plans::CarePlanStatus::Draft as i32;
-        assert!(due_occurrences(&[draft], &Done::default(), at(1), 24 * HOUR).is_empty());
+        assert!(due_occurrences(&[draft], &Done::default(), Tz::UTC, at(1), 24 * HOUR).is_empty());
         let mut ended = plan();
         ended.measures.clear();
         if let Some(plans::homework_task::Schedule::Recurrence(recurrence)) = &mut ended.tasks[0].schedule {
             recurrence.ends_at = Some(at(12).into());
         }
-        assert!(due_occurrences(&[ended], &Done::default(), at(25), 24 * HOUR).is_empty());
+        assert!(due_occurrences(&[ended], &Done::default(), Tz::UTC, at(25), 24 * HOUR).is_empty());
     }
 }
