@@ -48,12 +48,7 @@ fn team(version: u32, clinicians: &[&str]) -> EventEnvelope {
             ..Default::default()
         })
         .collect();
-    let care_team = plans::CareTeam {
-        patient_id: Some(ids::PatientId { value: PATIENT.into() }),
-        version,
-        members,
-        ..Default::default()
-    };
+    let care_team = plans::CareTeam { patient_id: Some(ids::PatientId { value: PATIENT.into() }), version, members };
     envelope(Payload::CareTeamChanged(events::CareTeamChanged { care_team: Some(care_team) }))
 }
 
