@@ -6,9 +6,6 @@ mod support;
 
 use std::time::{Duration, SystemTime};
 
-use base64::Engine;
-use hmac::{Hmac, Mac};
-use sha2::Sha256;
 use tandem_auth::Role;
 use tandem_notifications::handlers::{alert_key, handed_back_key};
 use tandem_proto::events::v1::event_envelope::Payload;
@@ -38,15 +35,6 @@ macro_rules! both_backends {
     };
 }
 
-/// Recomputes a Standard Webhooks signature by hand.
-fn expected_signature(secret: &str, id: &str, timestamp: &str, body: &[u8]) -> String {
-    let key = base64::engine::general_purpose::STANDARD.decode(secret.trim_start_matches("whsec_")).unwrap();
-    let mut mac = Hmac::<Sha256>::new_from_slice(&key).unwrap();
-    mac.update(format!("{id}.{timestamp}.").as_bytes());
-    mac.update(body);
-    format!("v1,{}", base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes()))
-}
-
 fn verify_with_reference(secret: &str, request: &Received) {
     let mut headers = http::HeaderMap::new();
     for (name, value) in &request.headers {
@@ -74,7 +62,6 @@ async fn a_verified_webhook_gets_one_signed_alert_per_step(backend: Backend) {
         let sent_at: i64 = timestamp.parse().unwrap();
         let now = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap().as_secs() as i64;
         assert!((now - sent_at).abs() < 300, "timestamp is unix seconds of the send");
-        assert_eq!(alert.header("webhook-signature"), expected_signature(&secret, id, timestamp, &alert.body));
         verify_with_reference(&secret, &alert);
         assert_eq!(alert.header("content-type"), "application/json");
         // What the alert says: ids, level, step, deadline; never patient text.
