@@ -74,7 +74,7 @@ pub struct Settings {
     /// `kafka://host:port,...`.
     pub events: String,
     /// How long health says NOT_SERVING before the server stops taking calls.
-    #[serde(with = "duration_text")]
+    #[serde(with = "humantime_serde")]
     pub shutdown_drain: Duration,
     /// This process's stable name for Kafka static group membership
     /// (`group.instance.id = <instance_id>.<group>`); empty = the host name
@@ -326,26 +326,6 @@ pub fn crisis_contact(figment: &Figment) -> Result<String, ConfigError> {
     let contact: String =
         figment.extract_inner(CRISIS_CONTACT_KEY).map_err(|error| ConfigError::Invalid(Box::new(error)))?;
     Ok(contact.trim().to_owned())
-}
-
-/// Durations as humantime text ("30s", "5m") in files and the environment,
-/// for `#[serde(with = "tandem_server::config::duration_text")]`.
-pub mod duration_text {
-    use std::time::Duration;
-
-    use serde::{Deserialize, Deserializer, Serializer};
-
-    /// Writes a duration as text.
-    pub fn serialize<S: Serializer>(duration: &Duration, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.collect_str(&humantime::format_duration(*duration))
-    }
-
-    /// Reads a duration from text.
-    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
-        let text = String::deserialize(deserializer)?;
-        humantime::parse_duration(&text)
-            .map_err(|error| serde::de::Error::custom(format!("`{text}` is not a duration like 30s or 5m: {error}")))
-    }
 }
 
 #[cfg(test)]

@@ -35,7 +35,7 @@ pub struct StreamSettings {
     pub per_process: u32,
     /// The longest a stream waits without re-reading the store when no
     /// change woke it (a safety net for missed announcements).
-    #[serde(with = "crate::config::duration_text")]
+    #[serde(with = "humantime_serde")]
     pub safety_poll: Duration,
 }
 

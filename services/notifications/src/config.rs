@@ -63,7 +63,7 @@ pub struct SmtpSettings {
     /// How the connection is secured.
     pub tls: SmtpTls,
     /// How long one message may take.
-    #[serde(with = "duration_text")]
+    #[serde(with = "humantime_serde")]
     pub timeout: Duration,
 }
 
@@ -98,7 +98,7 @@ pub struct SmsSettings {
     /// The provider's signing secret, `whsec_` + base64.
     pub secret: String,
     /// How long one request may take.
-    #[serde(with = "duration_text")]
+    #[serde(with = "humantime_serde")]
     pub timeout: Duration,
 }
 
@@ -120,7 +120,7 @@ impl SmsSettings {
 #[serde(default)]
 pub struct WebhookSettings {
     /// How long one request may take.
-    #[serde(with = "duration_text")]
+    #[serde(with = "humantime_serde")]
     pub timeout: Duration,
 }
 
@@ -139,16 +139,16 @@ macro_rules! retry_section {
         #[serde(default)]
         pub struct $name {
             /// Delay before the second attempt (before jitter).
-            #[serde(with = "duration_text")]
+            #[serde(with = "humantime_serde")]
             pub min_delay: Duration,
             /// Longest delay between attempts (before jitter, which adds up to as much again).
-            #[serde(with = "duration_text")]
+            #[serde(with = "humantime_serde")]
             pub max_delay: Duration,
             /// Attempts in all, the first included.
             pub max_attempts: u32,
             /// After this long since the delivery was queued no further attempt
             /// is made and it counts as failed.
-            #[serde(with = "duration_text")]
+            #[serde(with = "humantime_serde")]
             pub give_up_after: Duration,
         }
 
@@ -197,7 +197,7 @@ retry_section!(
 #[serde(default)]
 pub struct VerificationSettings {
     /// How long a code is valid.
-    #[serde(with = "duration_text")]
+    #[serde(with = "humantime_serde")]
     pub code_ttl: Duration,
     /// Wrong codes allowed before the endpoint must be registered again.
     pub max_attempts: u32,
@@ -214,12 +214,12 @@ impl Default for VerificationSettings {
 #[serde(default)]
 pub struct WorkerSettings {
     /// How often the worker looks for due deliveries without a wake-up.
-    #[serde(with = "duration_text")]
+    #[serde(with = "humantime_serde")]
     pub poll: Duration,
     /// How long a claimed delivery stays with its worker. A worker that dies
     /// mid-delivery leaves its claim; another takes the delivery over after
     /// this. Longer than any channel's timeout.
-    #[serde(with = "duration_text")]
+    #[serde(with = "humantime_serde")]
     pub lease: Duration,
     /// Deliveries claimed and attempted at once.
     pub batch: u32,
@@ -238,10 +238,10 @@ pub struct ReminderSettings {
     /// Whether the scheduler runs.
     pub enabled: bool,
     /// How often the scheduler looks for due items.
-    #[serde(with = "duration_text")]
+    #[serde(with = "humantime_serde")]
     pub tick: Duration,
     /// An occurrence older than this gets no reminder (e.g. after downtime).
-    #[serde(with = "duration_text")]
+    #[serde(with = "humantime_serde")]
     pub window: Duration,
     /// Quiet hours of endpoints that set none, "HH:MM" local; empty for none.
     pub quiet_hours_start: String,
@@ -258,23 +258,6 @@ impl Default for ReminderSettings {
             quiet_hours_start: "21:00".to_owned(),
             quiet_hours_end: "08:00".to_owned(),
         }
-    }
-}
-
-/// Durations as humantime text ("30s", "5m") in files and the environment.
-mod duration_text {
-    use std::time::Duration;
-
-    use serde::{Deserialize, Deserializer, Serializer};
-
-    pub fn serialize<S: Serializer>(duration: &Duration, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.collect_str(&humantime::format_duration(*duration))
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
-        let text = String::deserialize(deserializer)?;
-        humantime::parse_duration(&text)
-            .map_err(|error| serde::de::Error::custom(format!("`{text}` is not a duration like 30s or 5m: {error}")))
     }
 }
 
@@ -308,7 +291,7 @@ mod tests {
         assert_eq!(settings.smtp.tls, SmtpTls::None);
         assert!(settings.smtp.configured());
         let bad = serde_json::from_str::<NotificationsSettings>(r#"{"worker": {"poll": "soon"}}"#);
-        assert!(bad.unwrap_err().to_string().contains("not a duration"));
+        assert!(bad.unwrap_err().to_string().contains("expected a duration"));
     }
 
     #[test]

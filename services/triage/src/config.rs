@@ -11,13 +11,13 @@ use tandem_proto::triage::v1 as pb;
 #[serde(default)]
 pub struct TriageSettings {
     /// Time a moderate escalation's step has to acknowledge.
-    #[serde(with = "tandem_server::config::duration_text")]
+    #[serde(with = "humantime_serde")]
     pub moderate_ack: Duration,
     /// Time a high escalation's step has to acknowledge.
-    #[serde(with = "tandem_server::config::duration_text")]
+    #[serde(with = "humantime_serde")]
     pub high_ack: Duration,
     /// Time an imminent escalation's step has to acknowledge.
-    #[serde(with = "tandem_server::config::duration_text")]
+    #[serde(with = "humantime_serde")]
     pub imminent_ack: Duration,
     /// PHQ-9 rise over baseline that counts as reliable deterioration.
     pub deterioration_points: u32,
