@@ -65,6 +65,16 @@ impl Services {
         self.triage.start(bus.clone(), tasks);
     }
 
+    /// Every service's store.
+    pub fn stores(&self) -> Vec<tandem_store::Store> {
+        vec![
+            self.careplans.store().clone(),
+            self.checkins.store().clone(),
+            self.triage.store().clone(),
+            self.notifications.store().clone(),
+        ]
+    }
+
     /// Closes every store.
     pub async fn close(&self) {
         self.careplans.close().await;
@@ -87,6 +97,9 @@ pub async fn serve(
     let bus = tandem_server::bus::connect(settings).await?;
     let mut tasks = Tasks::new();
     services.start(&bus, &mut tasks);
+    tasks.set_service("");
+    let retention = tandem_events::Retention::new(services.stores(), bus.clone(), settings.retention.into());
+    tasks.spawn("retention", retention.run(tasks.stopped()));
     // One set of stream bounds for the process: the per-process cap covers
     // watches and inbox streams together.
     let streams = Streams::new(settings.streams.clone());

@@ -153,6 +153,15 @@ pub trait EventBus: Send + Sync + fmt::Debug {
 
     /// Waits until everything published has been delivered, up to `timeout`.
     async fn flush(&self, timeout: Duration) -> Result<()>;
+
+    /// Deletes records appended before `appended_before` that every consumer
+    /// group known to the bus has consumed; returns how many. A broker keeps
+    /// its own retention (Kafka's `retention.ms`), so the default does
+    /// nothing; the embedded log implements it.
+    async fn prune_consumed(&self, appended_before: std::time::SystemTime) -> Result<u64> {
+        let _ = appended_before;
+        Ok(0)
+    }
 }
 
 /// One member of a consumer group.

@@ -326,6 +326,26 @@ impl EventBus for EmbeddedBus {
         // A publish returns only after its transaction committed.
         Ok(())
     }
+
+    async fn prune_consumed(&self, appended_before: SystemTime) -> Result<u64> {
+        // A record goes once it is old enough and behind the committed offset
+        // of every group that has consumed its partition. A partition no
+        // group has committed on keeps everything, and its last record always
+        // stays: the next append numbers its offset after it.
+        let _turn = self.inner.append.lock().await;
+        let pruned = sqlx::query(
+            "DELETE FROM log WHERE appended_at < $1
+               AND log_offset < (SELECT MIN(g.next_offset) FROM group_offsets g
+                                 WHERE g.topic = log.topic AND g.partition_no = log.partition_no)
+               AND log_offset < (SELECT MAX(l.log_offset) FROM log l
+                                 WHERE l.topic = log.topic AND l.partition_no = log.partition_no)",
+        )
+        .bind(tandem_store::unix_micros(appended_before))
+        .execute(&self.inner.pool)
+        .await?
+        .rows_affected();
+        Ok(pruned)
+    }
 }
 
 /// One member of an embedded consumer group.

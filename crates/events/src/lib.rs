@@ -43,6 +43,7 @@ pub mod health;
 pub mod kafka;
 mod outbox;
 mod partitioner;
+mod retention;
 #[cfg(feature = "testing")]
 pub mod testing;
 mod watch;
@@ -65,4 +66,5 @@ pub use health::{HealthReport, NoHealthReport, current_health_report, with_healt
 pub use kafka::{KafkaBus, KafkaConfig};
 pub use outbox::{Outbox, Relay, RelayOptions, RelayStats, install};
 pub use partitioner::{murmur2, partition_for_key};
+pub use retention::{Pruned, Retention, RetentionOptions, prune_inbox};
 pub use watch::{CONSUMER_ALARMS_METRIC, CONSUMER_LAG_METRIC, PARTITIONS_HELD_METRIC, WatchOptions};

@@ -455,3 +455,79 @@ mod a_database_outage_during_a_crisis_event_ends_in_its_handling_not_a_dead_lett
         service.finish().await;
     }
 }
+
+store_test!(retention_forgets_only_old_inbox_rows, &MIGRATIONS, "svc", |store| async move {
+    tandem_events::install(&store).await.unwrap();
+    let now = std::time::SystemTime::now();
+    let day = Duration::from_secs(24 * 3600);
+    for (id, age) in [("old", day * 40), ("recent", day * 2)] {
+        sqlx::query(
+            "INSERT INTO inbox (consumer_group, event_id, topic, outcome, handled_at) VALUES ('g', $1, 't', 'handled', $2)",
+        )
+        .bind(id)
+        .bind(tandem_store::unix_micros(now - age))
+        .execute(store.pool())
+        .await
+        .unwrap();
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let embedded =
+        tandem_events::EmbeddedBus::open(tandem_events::EmbeddedConfig::new(dir.path().join("log.db"))).await.unwrap();
+    let retention = tandem_events::Retention::new(
+        vec![store.clone()],
+        Arc::new(embedded),
+        tandem_events::RetentionOptions::default(),
+    );
+    let pruned = retention.prune_once(now).await.unwrap();
+    assert_eq!(pruned.inbox_rows, 1);
+    let left: Vec<String> = sqlx::query_scalar("SELECT event_id FROM inbox").fetch_all(store.pool()).await.unwrap();
+    assert_eq!(left, ["recent"]);
+});
+
+/// The embedded log drops what every group consumed, keeps the rest and each
+/// partition's last record (the next offset is numbered after it).
+#[tokio::test]
+async fn the_embedded_log_prunes_only_what_every_group_consumed() {
+    let dir = tempfile::tempdir().unwrap();
+    let bus =
+        tandem_events::EmbeddedBus::open(tandem_events::EmbeddedConfig::new(dir.path().join("log.db"))).await.unwrap();
+    bus.ensure_topics(&[TopicSpec::new("t", 1)]).await.unwrap();
+    let record = |n: u8| Record { topic: "t".into(), key: "k".into(), value: vec![n], headers: vec![] };
+    let records: Vec<Record> = (0..5).map(record).collect();
+    assert!(bus.publish(&records).await.iter().all(Result::is_ok));
+    // Group "all" consumes everything, group "some" the first two.
+    for (group, take) in [("all", 5), ("some", 2)] {
+        let mut member = bus.subscribe(group, &["t".to_owned()]).await.unwrap();
+        let mut consumed = 0;
+        while consumed < take {
+            for delivered in member.next_batch(take - consumed).await.unwrap() {
+                member.store_offset(&delivered).unwrap();
+                consumed += 1;
+            }
+        }
+        member.close().await.unwrap();
+    }
+    let later = std::time::SystemTime::now() + Duration::from_secs(1);
+    // Nothing is old enough yet.
+    assert_eq!(bus.prune_consumed(std::time::SystemTime::UNIX_EPOCH).await.unwrap(), 0);
+    assert_eq!(bus.prune_consumed(later).await.unwrap(), 2, "offsets 0 and 1, behind both groups");
+    assert_eq!(bus.len().await.unwrap(), 3);
+    // Once "some" catches up, everything but the last record goes.
+    let mut member = bus.subscribe("some", &["t".to_owned()]).await.unwrap();
+    let mut consumed = 0;
+    while consumed < 3 {
+        for delivered in member.next_batch(3 - consumed).await.unwrap() {
+            member.store_offset(&delivered).unwrap();
+            consumed += 1;
+        }
+    }
+    member.close().await.unwrap();
+    assert_eq!(bus.prune_consumed(later).await.unwrap(), 2);
+    assert_eq!(bus.len().await.unwrap(), 1);
+    // The next record continues the numbering.
+    assert!(bus.publish(&[record(5)]).await.iter().all(Result::is_ok));
+    let mut member = bus.subscribe("all", &["t".to_owned()]).await.unwrap();
+    let next = member.next_batch(1).await.unwrap();
+    assert_eq!(next[0].offset, 5);
+    member.close().await.unwrap();
+}

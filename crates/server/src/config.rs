@@ -84,6 +84,38 @@ pub struct Settings {
     pub auth: AuthSettings,
     /// Bounds on long-lived streams (WatchWorklist, StreamInbox).
     pub streams: crate::StreamSettings,
+    /// How long handled and consumed events are kept.
+    pub retention: RetentionSettings,
+}
+
+/// How long the event spine keeps what it no longer needs (section
+/// `retention`; `TANDEM_RETENTION__...`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct RetentionSettings {
+    /// Time between retention passes.
+    #[serde(with = "humantime_serde")]
+    pub every: Duration,
+    /// How long a consumer's record of a handled event (its inbox row) is
+    /// kept; longer than the bus can redeliver an event.
+    #[serde(with = "humantime_serde")]
+    pub handled_events: Duration,
+    /// How long a record every group consumed stays in the embedded log.
+    #[serde(with = "humantime_serde")]
+    pub consumed_log: Duration,
+}
+
+impl Default for RetentionSettings {
+    fn default() -> Self {
+        let defaults = tandem_events::RetentionOptions::default();
+        Self { every: defaults.every, handled_events: defaults.handled_events, consumed_log: defaults.consumed_log }
+    }
+}
+
+impl From<RetentionSettings> for tandem_events::RetentionOptions {
+    fn from(settings: RetentionSettings) -> Self {
+        Self { every: settings.every, handled_events: settings.handled_events, consumed_log: settings.consumed_log }
+    }
 }
 
 impl Default for Settings {
@@ -97,6 +129,7 @@ impl Default for Settings {
             instance_id: String::new(),
             auth: AuthSettings::default(),
             streams: crate::StreamSettings::default(),
+            retention: RetentionSettings::default(),
         }
     }
 }
@@ -206,6 +239,24 @@ pub const SETTINGS: &[SettingDoc] = &[
         key: "streams.safety_poll",
         default: "30s",
         doc: "longest a stream waits for a change before re-reading the store anyway",
+    },
+    SettingDoc {
+        env: "TANDEM_RETENTION__EVERY",
+        key: "retention.every",
+        default: "1h",
+        doc: "time between retention passes over inboxes and the embedded log",
+    },
+    SettingDoc {
+        env: "TANDEM_RETENTION__HANDLED_EVENTS",
+        key: "retention.handled_events",
+        default: "30days",
+        doc: "how long consumers remember a handled event (keep it above the bus's redelivery window)",
+    },
+    SettingDoc {
+        env: "TANDEM_RETENTION__CONSUMED_LOG",
+        key: "retention.consumed_log",
+        default: "30days",
+        doc: "how long the embedded log keeps a record every consumer group has consumed",
     },
     SettingDoc { env: "TANDEM_LOG", key: "-", default: "info", doc: "log filter (RUST_LOG syntax)" },
     SettingDoc { env: "TANDEM_LOG_FORMAT", key: "-", default: "plain", doc: "plain or json log lines" },
