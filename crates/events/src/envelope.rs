@@ -45,6 +45,10 @@ pub mod headers {
     pub const EVENT_TYPE: &str = "tandem-event-type";
     /// The event id.
     pub const EVENT_ID: &str = "tandem-event-id";
+    /// The organisation the event belongs to: readable even when the
+    /// payload is not, so a dead-lettered crisis event can still page the
+    /// org's crisis contact.
+    pub const ORG_ID: &str = "tandem-org-id";
     /// On a dead letter: why the event failed (the handler's error text).
     pub const DLQ_ERROR: &str = "tandem-dlq-error";
     /// On a dead letter: the topic it came from.
