@@ -910,7 +910,15 @@ impl Repo {
 
     // ---- projections and reminders ---------------------------------------
 
-    /// Records a patient's org and time zone.
+    /// The org of a patient, as careplans announced it.
+    pub async fn patient_org(&self, tx: &mut Transaction<'_, Any>, patient: &str) -> Result<Option<String>, RepoError> {
+        Ok(sqlx::query_scalar("SELECT org_id FROM patients WHERE id = $1")
+            .bind(patient.to_owned())
+            .fetch_optional(&mut **tx)
+            .await?)
+    }
+
+    /// Records (or replaces) a patient's org and time zone.
     pub async fn project_patient(
         &self,
         tx: &mut Transaction<'_, Any>,

@@ -83,7 +83,8 @@ impl Triage {
             &[topics::CAREPLANS, topics::CHECKINS, topics::NOTIFICATIONS],
             self.store.clone(),
             Arc::new(handlers::TriageHandler::new(self.engine.clone())),
-        );
+        )
+        .with_alarm(Arc::new(handlers::DeadLetterPager::new(self.engine.clone())));
         tasks.spawn("triage consumer", consumer.run(tasks.stopped()));
         tasks.spawn("triage deadlines", scheduler::run(self.engine.clone(), tasks.stopped()));
         if self.store.backend() == Backend::Postgres {
