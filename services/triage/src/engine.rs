@@ -351,7 +351,10 @@ impl Engine {
         facts: &DeadLetterFacts,
     ) -> Result<Option<Escalation>, RepoError> {
         debug_assert!(!facts.key.is_empty());
-        if tx::dead_letter_escalation(tx, &facts.key).await?.is_some() {
+        if let Some(paged) = tx::dead_letter_escalation(tx, &facts.key).await? {
+            // Another group met the same record: recorded, not paged again.
+            let detail = format!("the same dead letter, reported by {}", facts.group);
+            tx::add_timeline(tx, &paged.id, self.now(), "joined", "triage", &detail).await?;
             tracing::info!(key = %facts.key, group = %facts.group, "dead letter already paged; not paged again");
             return Ok(None);
         }

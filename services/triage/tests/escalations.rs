@@ -338,6 +338,7 @@ tandem_store::store_test!(
         let timeline = s.engine.repo().timeline(&opened.id).await.unwrap();
         assert!(timeline[0].detail.contains("unprocessable crisis event"), "{}", timeline[0].detail);
         assert!(timeline[0].detail.contains("tandem.checkins.v1"));
+        assert_eq!(timeline.last().unwrap().detail, "the same dead letter, reported by notifications");
 
         // A later trigger joins the care team's escalation, not the dead letter's.
         let joined = s.trigger(RiskLevel::Imminent, "crisis-language").await;
