@@ -148,6 +148,61 @@ async fn triage_health(tandem: &Tandem) -> ServingStatus {
     health.check(request).await.expect("health answers").into_inner().status()
 }
 
+/// The alarms Tandem raised in this test process: ERROR log lines with an
+/// `alarm` field (the interface log-based alerting reads), as (alarm,
+/// patient).
+static ALARMS: std::sync::Mutex<Vec<(String, String)>> = std::sync::Mutex::new(Vec::new());
+
+#[derive(Default)]
+struct AlarmFields {
+    alarm: Option<String>,
+    patient: Option<String>,
+}
+
+impl tracing::field::Visit for AlarmFields {
+    fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
+        match field.name() {
+            "alarm" => self.alarm = Some(value.to_owned()),
+            "patient" => self.patient = Some(value.to_owned()),
+            _ => {}
+        }
+    }
+
+    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+        self.record_str(field, format!("{value:?}").trim_matches('"'));
+    }
+}
+
+struct AlarmLayer;
+
+impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for AlarmLayer {
+    fn on_event(&self, event: &tracing::Event<'_>, _: tracing_subscriber::layer::Context<'_, S>) {
+        if *event.metadata().level() != tracing::Level::ERROR {
+            return;
+        }
+        let mut fields = AlarmFields::default();
+        event.record(&mut fields);
+        if let Some(alarm) = fields.alarm {
+            ALARMS.lock().unwrap().push((alarm, fields.patient.unwrap_or_default()));
+        }
+    }
+}
+
+/// Starts recording alarms (once per process).
+fn record_alarms() {
+    use tracing_subscriber::layer::SubscriberExt;
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        tracing::subscriber::set_global_default(tracing_subscriber::registry().with(AlarmLayer))
+            .expect("the only subscriber of this test binary");
+    });
+}
+
+/// Whether `alarm` was raised about `patient`.
+fn alarmed(alarm: &str, patient: &str) -> bool {
+    ALARMS.lock().unwrap().iter().any(|(raised, about)| raised == alarm && about == patient)
+}
+
 /// Polls `check` until it holds; panics with `what` after [`PATIENCE`].
 async fn until<F, Fut>(what: &str, mut check: F)
 where
@@ -180,6 +235,7 @@ macro_rules! on_both {
 }
 
 async fn an_unreadable_crisis_event_pages_the_crisis_contact_once(backend: StoreBackend) {
+    record_alarms();
     let tandem = Tandem::start(backend).await;
     let c = clinic(&tandem).await;
     // Bytes no service can read, on the check-ins topic under the patient's
@@ -234,6 +290,8 @@ async fn an_unreadable_crisis_event_pages_the_crisis_contact_once(backend: Store
     let dead_letter_escalations =
         worklist(&tandem, &on_call).await.into_iter().filter(|e| e.current_recipient == "on-call").count();
     assert_eq!(dead_letter_escalations, 1);
+    assert!(alarmed("crisis_dead_letter", &c.patient.value), "the dead letter itself raised its alarm");
+    assert!(!alarmed("crisis_dead_letter_unpaged", &c.patient.value), "and someone was paged for it");
 
     // The crisis contact acknowledges: a human has it.
     client
@@ -249,6 +307,7 @@ async fn an_unreadable_crisis_event_pages_the_crisis_contact_once(backend: Store
 on_both!(an_unreadable_crisis_event_pages_, an_unreadable_crisis_event_pages_the_crisis_contact_once);
 
 async fn a_database_outage_during_a_crisis_check_in_ends_in_the_alert_not_a_dead_letter(backend: StoreBackend) {
+    record_alarms();
     let tandem = Tandem::start(backend).await;
     let c = clinic(&tandem).await;
     let outage = tandem.outage("triage").await;
@@ -273,10 +332,11 @@ async fn a_database_outage_during_a_crisis_check_in_ends_in_the_alert_not_a_dead
 
     // Triage cannot handle the crisis event: past its attempts it waits
     // with the alarm raised, and health says so.
-    until("triage to report NOT_SERVING while the crisis event waits", || async {
-        triage_health(&tandem).await == ServingStatus::NotServing
+    until("the crisis event to wait past its attempts, alarmed", || async {
+        alarmed("crisis_event_retrying", &c.patient.value)
     })
     .await;
+    assert_eq!(triage_health(&tandem).await, ServingStatus::NotServing, "health says so while it waits");
     assert_eq!(notifies(&c, "/dr-primary"), 0, "nobody could be paged while triage's store was away");
 
     outage.end().await;
@@ -296,6 +356,7 @@ async fn a_database_outage_during_a_crisis_check_in_ends_in_the_alert_not_a_dead
         .filter(|outcome| outcome != "handled")
         .collect();
     assert!(outcomes.is_empty(), "nothing dead-lettered: {outcomes:?}");
+    assert!(!alarmed("crisis_dead_letter", &c.patient.value), "nothing dead-lettered");
     assert_eq!(notifies(&c, "/on-call"), 0);
     assert_eq!(notifies(&c, "/dr-primary"), 1);
     tandem.stop().await;
