@@ -665,7 +665,11 @@ async fn a_crisis_dead_letter_is_paged_once_and_an_unpageable_one_stays_alarmed(
         effects(&consumer_side.store).await.iter().any(|e| e.event_id == written[2].event_id)
     })
     .await;
-    assert_eq!(pages(&consumer_side.store).await, [paged_event.clone()], "paged once, after the transient failures");
+    assert_eq!(
+        pages(&consumer_side.store).await,
+        std::slice::from_ref(&paged_event),
+        "paged once, after the transient failures"
+    );
     assert!(
         health.ever.lock().unwrap().iter().any(|(_, reason)| reason.contains(&paged_event)),
         "the failing page was alarmed while it waited"
@@ -678,7 +682,7 @@ async fn a_crisis_dead_letter_is_paged_once_and_an_unpageable_one_stays_alarmed(
     assert!(bus.publish(&[Record::from_envelope(TOPIC, &written[0]).unwrap()]).await[0].is_ok());
     wait_until("the redelivery is absorbed", LIMIT, || async { stats.duplicates() >= 1 }).await;
     running.stop().await.unwrap();
-    assert_eq!(pages(&consumer_side.store).await, [paged_event.clone()]);
+    assert_eq!(pages(&consumer_side.store).await, std::slice::from_ref(&paged_event));
 
     // After a restart the unpaged letter is alarmed again.
     let after_restart = Arc::new(RecordingHealth::default());
