@@ -2,10 +2,15 @@
 //! either embedded (SQLite files and the embedded event log) or distributed
 //! (a PostgreSQL database of its own and Kafka, served by an Apache Kafka
 //! broker of its own),
-//! with tokens minted by the same key it verifies with.
+//! with tokens minted by the same key it verifies with. On PostgreSQL,
+//! triage has a database of its own (`databases.triage`), so a test can
+//! take triage's store away alone ([`Tandem::outage`]).
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
+
+use tandem_events::EventBus;
 
 use tandem_auth::{DevSigningKey, Role};
 use tandem_proto::ids::OrgId;
@@ -28,6 +33,7 @@ pub struct Tandem {
     config: Vec<(String, String)>,
     secret: Vec<u8>,
     database: Option<TestDatabase>,
+    triage_database: Option<TestDatabase>,
     // Kept alive (and killed on drop) for the distributed mode.
     _broker: Option<tandem_events::testing::KafkaBroker>,
     _data_dir: tempfile::TempDir,
@@ -48,13 +54,15 @@ impl Tandem {
     /// of digits is passed as a number).
     pub async fn start_with(backend: Backend, config: &[(&str, &str)]) -> Self {
         let data_dir = tempfile::tempdir().expect("temporary data dir");
-        let (database, broker) = match backend {
-            Backend::Sqlite => (None, None),
+        let (database, triage_database, broker) = match backend {
+            Backend::Sqlite => (None, None, None),
             Backend::Postgres => {
                 let broker = tokio::task::spawn_blocking(tandem_events::testing::KafkaBroker::start)
                     .await
                     .expect("start the kafka broker");
-                (Some(TestDatabase::create(Backend::Postgres).await), Some(broker))
+                let database = TestDatabase::create(Backend::Postgres).await;
+                let triage = TestDatabase::create(Backend::Postgres).await;
+                (Some(database), Some(triage), Some(broker))
             }
         };
         let events = match &broker {
@@ -65,6 +73,7 @@ impl Tandem {
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             data_dir: data_dir.path().to_path_buf(),
             database_url: database.as_ref().map(|db| db.url.clone()).unwrap_or_default(),
+            databases: triage_database.iter().map(|db| ("triage".to_owned(), db.url.clone())).collect(),
             events,
             ..Settings::default()
         };
@@ -75,6 +84,7 @@ impl Tandem {
             config: config.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect(),
             secret,
             database,
+            triage_database,
             _broker: broker,
             _data_dir: data_dir,
             shutdown: None,
@@ -112,6 +122,17 @@ impl Tandem {
     /// data, as a restart after a crash or a deploy would.
     pub async fn restart(&mut self) {
         self.halt().await;
+        self.launch().await;
+    }
+
+    /// Stops the process's services (a crash or a deploy), keeping its
+    /// data, database and broker, until [`Tandem::up`].
+    pub async fn down(&mut self) {
+        self.halt().await;
+    }
+
+    /// Starts the services again after [`Tandem::down`], on a new port.
+    pub async fn up(&mut self) {
         self.launch().await;
     }
 
@@ -180,11 +201,94 @@ impl Tandem {
         .expect("mint token")
     }
 
-    /// Stops the server and drops its database.
+    /// Stops the server and drops its databases.
     pub async fn stop(mut self) {
         self.halt().await;
         if let Some(database) = self.database.take() {
             database.drop_database().await;
+        }
+        if let Some(database) = self.triage_database.take() {
+            database.drop_database().await;
+        }
+    }
+
+    /// The event bus the server runs on, for publishing records as a
+    /// producer would (embedded: the same log, shared in the process).
+    pub async fn bus(&self) -> Arc<dyn EventBus> {
+        let config = self.settings.events.parse().expect("the harness's TANDEM_EVENTS parses");
+        tandem_events::connect(&config, &self.settings.data_dir).await.expect("connect to the event bus")
+    }
+
+    /// The Kafka bootstrap servers, when the server runs on Kafka.
+    pub fn kafka_brokers(&self) -> Option<String> {
+        let rest = self.settings.events.strip_prefix("kafka://")?;
+        Some(rest.split('?').next().unwrap_or(rest).to_owned())
+    }
+
+    /// Takes `service`'s store away until [`Outage::end`]: on SQLite its
+    /// file is held with `BEGIN EXCLUSIVE` (every write waits out the busy
+    /// timeout, then fails); on PostgreSQL its database refuses connections
+    /// and the open ones are terminated. Only triage has a database of its
+    /// own on PostgreSQL; for the others the outage takes every service's.
+    pub async fn outage(&self, service: &str) -> Outage {
+        let url = self.settings.database_url_for(service).expect("a database url");
+        Outage::begin(&url).await
+    }
+}
+
+/// A service's database made unavailable by [`Tandem::outage`].
+#[derive(Debug)]
+pub enum Outage {
+    /// SQLite: another connection holds the write lock.
+    Locked(sqlx::SqliteConnection),
+    /// PostgreSQL: the database refuses connections.
+    Refusing {
+        /// A connection to the admin database.
+        admin: sqlx::PgConnection,
+        /// The database taken away.
+        database: String,
+    },
+}
+
+impl Outage {
+    /// Takes the database at `url` away (the storage tests' technique).
+    pub async fn begin(url: &str) -> Self {
+        use sqlx::Connection;
+        if url.starts_with("sqlite:") {
+            let mut lock = sqlx::SqliteConnection::connect(url).await.expect("open the sqlite file");
+            sqlx::raw_sql("BEGIN EXCLUSIVE").execute(&mut lock).await.expect("take the write lock");
+            return Self::Locked(lock);
+        }
+        let mut admin = sqlx::PgConnection::connect(&tandem_store::testing::postgres_admin_url())
+            .await
+            .expect("connect as the test admin");
+        let database = url.rsplit('/').next().unwrap_or_default().split('?').next().unwrap_or_default().to_owned();
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("ALTER DATABASE \"{database}\" ALLOW_CONNECTIONS false")))
+            .execute(&mut admin)
+            .await
+            .expect("refuse connections");
+        sqlx::query(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()",
+        )
+        .bind(&database)
+        .execute(&mut admin)
+        .await
+        .expect("terminate the open connections");
+        Self::Refusing { admin, database }
+    }
+
+    /// Gives the database back.
+    pub async fn end(self) {
+        match self {
+            Self::Locked(mut lock) => {
+                sqlx::raw_sql("COMMIT").execute(&mut lock).await.expect("release the write lock");
+            }
+            Self::Refusing { mut admin, database } => {
+                sqlx::raw_sql(sqlx::AssertSqlSafe(format!("ALTER DATABASE \"{database}\" ALLOW_CONNECTIONS true")))
+                    .execute(&mut admin)
+                    .await
+                    .expect("accept connections again");
+            }
         }
     }
 }

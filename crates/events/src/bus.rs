@@ -50,6 +50,9 @@ pub(crate) fn envelope_headers(event: &EventEnvelope) -> Vec<(String, String)> {
         (headers::EVENT_ID.to_owned(), event.event_id.clone()),
         (headers::EVENT_TYPE.to_owned(), event.event_type.clone()),
     ];
+    if let Some(org) = event.org_id.as_ref().filter(|org| !org.value.is_empty()) {
+        list.push((headers::ORG_ID.to_owned(), org.value.clone()));
+    }
     if !event.traceparent.is_empty() {
         list.push((headers::TRACEPARENT.to_owned(), event.traceparent.clone()));
     }

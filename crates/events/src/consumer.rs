@@ -19,7 +19,10 @@
 //!   `alarm=crisis_event_retrying`, health NOT_SERVING) until it is. Only a
 //!   crisis event that can never be processed (undecodable, or refused by
 //!   its handler as permanent) is dead-lettered, and that raises the crisis
-//!   dead-letter alarm ([`DeadLetterAlarm`]).
+//!   dead-letter alarm ([`DeadLetterAlarm`]): the service's hook pages the
+//!   crisis contact in one transaction with the dead letter's inbox row, and
+//!   the consumer moves on only once that committed (or, when nothing can be
+//!   paged, with the alarm raised for good).
 //!
 //! A watchdog beside the polling loop (see [`WatchOptions`]) raises an
 //! alarm when the group stops consuming.
@@ -140,6 +143,8 @@ pub struct ConsumerStats {
     dead_lettered: AtomicU64,
     crisis_dead_lettered: AtomicU64,
     crisis_retrying: AtomicU64,
+    crisis_paged: AtomicU64,
+    crisis_unpaged: AtomicU64,
     pub(crate) held_partitions: AtomicU64,
     pub(crate) lag: AtomicI64,
     pub(crate) alarms: AtomicU64,
@@ -175,6 +180,16 @@ impl ConsumerStats {
     /// (0 or 1: a consumer handles one record at a time).
     pub fn crisis_retrying(&self) -> u64 {
         self.crisis_retrying.load(Ordering::Relaxed)
+    }
+
+    /// Crisis dead letters whose page the alarm hook committed.
+    pub fn crisis_paged(&self) -> u64 {
+        self.crisis_paged.load(Ordering::Relaxed)
+    }
+
+    /// Crisis dead letters nobody could be paged for (alarmed for good).
+    pub fn crisis_unpaged(&self) -> u64 {
+        self.crisis_unpaged.load(Ordering::Relaxed)
     }
 
     /// Partitions this member held at the watchdog's last reading.
@@ -277,6 +292,7 @@ impl Consumer {
         let health =
             self.health.clone().or_else(health::current_health_report).unwrap_or_else(|| Arc::new(NoHealthReport));
         self.health = Some(health.clone());
+        self.raise_stored_unpaged().await;
         let mut stop = Stop::new(shutdown);
         let dead_letter_topics: Vec<TopicSpec> = self
             .topics
@@ -548,17 +564,16 @@ impl Consumer {
                 () = tokio::time::sleep(delay) => {}
             }
         }
-        if let Some(event_id) = &event_id {
-            // So a redelivery of this record is skipped instead of being
-            // retried and dead-lettered again.
-            if let Err(error) = self.remember_dead_letter(event_id, &record.topic).await {
-                tracing::warn!(%error, %event_id, "recording a dead letter in the inbox failed; a redelivery would be dead-lettered again");
-            }
-        }
+        let org = event
+            .and_then(|event| event.org_id.as_ref())
+            .map(|org| org.value.clone())
+            .filter(|org| !org.is_empty())
+            .or_else(|| record.header(headers::ORG_ID).map(str::to_owned));
         let letter = DeadLetter {
             event_id,
             event_type,
             patient_key: record.key.clone(),
+            org,
             topic: record.topic.clone(),
             partition: record.partition,
             offset: record.offset,
@@ -579,32 +594,215 @@ impl Consumer {
             error = %letter.error,
             "event dead-lettered; moving on"
         );
-        if crisis {
-            self.stats.crisis_dead_lettered.fetch_add(1, Ordering::Relaxed);
-            watch::count_alarm(&self.group, "crisis_dead_letter");
-            tracing::error!(
-                alarm = "crisis_dead_letter",
-                patient = letter.patient_key.as_deref().unwrap_or("unknown"),
-                event_id = letter.event_id.as_deref().unwrap_or("unknown"),
-                event_type = letter.event_type.as_deref().unwrap_or("unknown"),
-                topic = %letter.topic,
-                partition = letter.partition,
-                offset = letter.offset,
-                group = %letter.group,
-                attempts,
-                error = %letter.error,
-                "a crisis event can never be processed and was dead-lettered; a person must act on it now"
-            );
-            self.alarm.crisis_dead_lettered(&letter).await;
+        if !crisis {
+            // So a redelivery of this record is skipped instead of being
+            // retried and dead-lettered again.
+            if let Err(error) = self.remember_dead_letter(&letter.key(), &record.topic, DEAD_LETTERED).await {
+                tracing::warn!(%error, key = %letter.key(), "recording a dead letter in the inbox failed; a redelivery would be dead-lettered again");
+            }
+            return Outcome::DeadLettered;
         }
+        self.stats.crisis_dead_lettered.fetch_add(1, Ordering::Relaxed);
+        watch::count_alarm(&self.group, "crisis_dead_letter");
+        tracing::error!(
+            alarm = "crisis_dead_letter",
+            patient = letter.patient_key.as_deref().unwrap_or("unknown"),
+            org = letter.org.as_deref().unwrap_or("unknown"),
+            event_id = letter.event_id.as_deref().unwrap_or("unknown"),
+            event_type = letter.event_type.as_deref().unwrap_or("unknown"),
+            topic = %letter.topic,
+            partition = letter.partition,
+            offset = letter.offset,
+            group = %letter.group,
+            attempts,
+            error = %letter.error,
+            "a crisis event can never be processed and was dead-lettered; paging the crisis contact"
+        );
+        self.page(&letter, stop).await
+    }
+
+    /// Pages for a crisis dead letter through the alarm hook, in one
+    /// transaction with its inbox row, so it is paged once; retried on
+    /// transient failures (alarmed meanwhile) until it commits, and left
+    /// alarmed for good when the hook refuses it.
+    async fn page(&self, letter: &DeadLetter, stop: &mut Stop) -> Outcome {
+        let key = letter.key();
+        let mut waiting = PagingWait {
+            consumer: self,
+            component: format!("consumer {} crisis dead letter {key}", self.group),
+            raised: false,
+        };
+        let mut backoff = self.backoff();
+        let mut attempt: u32 = 0;
+        loop {
+            attempt += 1;
+            let result = tokio::select! {
+                () = stop.wait() => return Outcome::Interrupted,
+                result = self.try_page(letter, &key) => result,
+            };
+            let error = match result {
+                Ok(paged) => {
+                    waiting.done();
+                    if paged {
+                        self.stats.crisis_paged.fetch_add(1, Ordering::Relaxed);
+                        self.alarm.after_commit(letter);
+                        tracing::warn!(key = %key, group = %self.group, attempt, "crisis dead letter handed to the crisis-contact hook");
+                    } else {
+                        tracing::info!(key = %key, group = %self.group, "this crisis dead letter was handled before; not paged again");
+                    }
+                    return Outcome::DeadLettered;
+                }
+                Err(error) => error,
+            };
+            if error.is_permanent() {
+                waiting.done();
+                return self.unpaged(letter, &key, &error.to_string(), stop).await;
+            }
+            waiting.alarm(letter, attempt, &error.to_string());
+            let delay = backoff.next().unwrap_or(self.options.max_backoff);
+            tokio::select! {
+                () = stop.wait() => return Outcome::Interrupted,
+                () = tokio::time::sleep(delay) => {}
+            }
+        }
+    }
+
+    /// One attempt at paging: the inbox row of the dead letter and the
+    /// hook's writes in one transaction. `Ok(false)`: it was paged before.
+    async fn try_page(&self, letter: &DeadLetter, key: &str) -> std::result::Result<bool, HandlerError> {
+        let mut tx = self.store.begin_write().await?;
+        if !self.record_in_inbox(&mut tx, key, &letter.topic, DEAD_LETTERED).await? {
+            tx.rollback().await?;
+            return Ok(false);
+        }
+        self.alarm.crisis_dead_lettered(&mut tx, letter).await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    /// The hook refused the letter for good: nobody was paged. Remember it
+    /// (so the alarm is raised again after a restart) and raise the alarm.
+    async fn unpaged(&self, letter: &DeadLetter, key: &str, error: &str, stop: &mut Stop) -> Outcome {
+        let mut backoff = self.backoff();
+        loop {
+            match self.remember_dead_letter(key, &letter.topic, DEAD_LETTERED_UNPAGED).await {
+                Ok(()) => break,
+                Err(remember_error) => {
+                    tracing::warn!(error = %remember_error, key, "recording an unpaged crisis dead letter failed; retrying");
+                }
+            }
+            let delay = backoff.next().unwrap_or(self.options.max_backoff);
+            tokio::select! {
+                () = stop.wait() => {
+                    // Not remembered: the record comes again to the next owner.
+                    return Outcome::Interrupted;
+                }
+                () = tokio::time::sleep(delay) => {}
+            }
+        }
+        self.raise_unpaged(key, letter.patient_key.as_deref().unwrap_or("unknown"), error);
         Outcome::DeadLettered
     }
 
-    async fn remember_dead_letter(&self, event_id: &str, topic: &str) -> Result<()> {
+    /// Raises the alarm of a crisis dead letter nobody was paged for: ERROR
+    /// log and health NOT_SERVING, never cleared by this process.
+    fn raise_unpaged(&self, key: &str, patient: &str, error: &str) {
+        self.stats.crisis_unpaged.fetch_add(1, Ordering::Relaxed);
+        watch::count_alarm(&self.group, "crisis_dead_letter_unpaged");
+        if let Some(health) = &self.health {
+            health.failing(
+                &format!("consumer {} unpaged crisis dead letter {key}", self.group),
+                &format!("crisis dead letter {key} paged nobody: {error}"),
+            );
+        }
+        tracing::error!(
+            alarm = "crisis_dead_letter_unpaged",
+            key,
+            patient,
+            group = %self.group,
+            error,
+            "a dead-lettered crisis event could not be paged to anyone; page the crisis contact by hand, then mark the inbox row of this key 'dead_lettered'"
+        );
+    }
+
+    /// Raises the alarm again for every crisis dead letter of this group
+    /// that was never paged (after a restart).
+    async fn raise_stored_unpaged(&self) {
+        let rows: std::result::Result<Vec<(String, String)>, sqlx::Error> =
+            sqlx::query_as("SELECT event_id, topic FROM inbox WHERE consumer_group = $1 AND outcome = $2")
+                .bind(&self.group)
+                .bind(DEAD_LETTERED_UNPAGED)
+                .fetch_all(self.store.pool())
+                .await;
+        match rows {
+            Ok(rows) => {
+                for (key, _topic) in rows {
+                    self.raise_unpaged(&key, "unknown", "paged nobody before this process started");
+                }
+            }
+            Err(error) => {
+                tracing::error!(%error, group = %self.group, "cannot read unpaged crisis dead letters from the inbox");
+            }
+        }
+    }
+
+    async fn remember_dead_letter(&self, key: &str, topic: &str, outcome: &str) -> Result<()> {
         let mut tx = self.store.begin_write().await?;
-        self.record_in_inbox(&mut tx, event_id, topic, "dead_lettered").await?;
+        self.record_in_inbox(&mut tx, key, topic, outcome).await?;
         tx.commit().await?;
         Ok(())
+    }
+}
+
+/// The inbox outcome of a dead letter that was paged (or needed no page).
+const DEAD_LETTERED: &str = "dead_lettered";
+/// The inbox outcome of a crisis dead letter nobody could be paged for.
+const DEAD_LETTERED_UNPAGED: &str = "dead_lettered_unpaged";
+
+/// The alarm of a crisis dead letter whose page waits on a failing store:
+/// raised while it waits, cleared when the page committed or refused.
+struct PagingWait<'a> {
+    consumer: &'a Consumer,
+    component: String,
+    raised: bool,
+}
+
+impl PagingWait<'_> {
+    fn alarm(&mut self, letter: &DeadLetter, attempt: u32, error: &str) {
+        let first = !self.raised;
+        self.raised = true;
+        if first {
+            watch::count_alarm(&self.consumer.group, "crisis_dead_letter_paging");
+        }
+        if let Some(health) = &self.consumer.health {
+            health.failing(&self.component, &format!("paging for crisis dead letter {} fails: {error}", letter.key()));
+        }
+        if first || attempt.is_multiple_of(10) {
+            tracing::error!(
+                alarm = "crisis_dead_letter_paging",
+                key = %letter.key(),
+                patient = letter.patient_key.as_deref().unwrap_or("unknown"),
+                group = %self.consumer.group,
+                attempt,
+                error,
+                "paging the crisis contact for a dead-lettered crisis event keeps failing; retried until it is written"
+            );
+        }
+    }
+
+    fn done(&mut self) {
+        if std::mem::take(&mut self.raised)
+            && let Some(health) = &self.consumer.health
+        {
+            health.recovered(&self.component);
+        }
+    }
+}
+
+impl Drop for PagingWait<'_> {
+    fn drop(&mut self) {
+        // Shutdown mid-wait: the record comes again to the next owner.
+        self.done();
     }
 }
 

@@ -8,6 +8,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use async_trait::async_trait;
 use opentelemetry::KeyValue;
 use opentelemetry::metrics::Counter;
+use sqlx::Any;
+
+use crate::consumer::HandlerError;
 
 /// What was dead-lettered: identifiers only, never the payload.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -19,6 +22,9 @@ pub struct DeadLetter {
     /// The record's key: the patient's id (present even when the payload
     /// cannot be read).
     pub patient_key: Option<String>,
+    /// The organisation, from the envelope or, when it cannot be read, the
+    /// record's `tandem-org-id` header.
+    pub org: Option<String>,
     /// The topic it came from.
     pub topic: String,
     /// Its partition there.
@@ -35,36 +41,64 @@ pub struct DeadLetter {
     pub crisis: bool,
 }
 
+impl DeadLetter {
+    /// What identifies this dead letter to every consumer group that meets
+    /// it: the event id when it is known, else where the record sits. A
+    /// page keyed on it is sent once, however many groups (or redeliveries)
+    /// dead-letter the same record.
+    pub fn key(&self) -> String {
+        match self.event_id.as_deref().filter(|id| !id.is_empty()) {
+            Some(id) => id.to_owned(),
+            None => format!("{}/{}@{}", self.topic, self.partition, self.offset),
+        }
+    }
+}
+
 /// The hook on the crisis dead-letter path: called after a crisis event
 /// (or an unreadable record that may be one) went to the dead-letter topic
 /// and the consumer logged `alarm=crisis_dead_letter` at ERROR with the
 /// patient key. A service wires its own with
 /// [`crate::Consumer::with_alarm`] to page the organisation's crisis
-/// contact for `letter.patient_key`; it runs on the consumer's task before
-/// the consumer moves on, so it should hand the page off (e.g. write it to
-/// an outbox) rather than wait on delivery.
+/// contact for `letter.patient_key`.
+///
+/// It writes the page through `tx`, the transaction that records the dead
+/// letter in the consumer's inbox (under [`DeadLetter::key`]): the page
+/// commits once per dead letter, and a record redelivered after a crash
+/// before that commit is paged then. The consumer does not move on until
+/// it committed: a transient error is retried with back-off while the
+/// alarm `crisis_dead_letter_paging` holds health NOT_SERVING; a permanent
+/// one (nothing recoverable to page with) leaves the alarm
+/// `crisis_dead_letter_unpaged` raised for good, in this process and after
+/// a restart.
 #[async_trait]
 pub trait DeadLetterAlarm: Send + Sync + std::fmt::Debug {
-    /// A crisis event could not be handled and went to the dead-letter topic.
-    async fn crisis_dead_lettered(&self, letter: &DeadLetter);
+    /// A crisis event could not be handled and went to the dead-letter
+    /// topic: page someone, writing through `tx`.
+    async fn crisis_dead_lettered(
+        &self,
+        tx: &mut sqlx::Transaction<'_, Any>,
+        letter: &DeadLetter,
+    ) -> Result<(), HandlerError>;
+
+    /// Runs after the page's transaction committed, e.g. to wake an outbox
+    /// relay.
+    fn after_commit(&self, _letter: &DeadLetter) {}
 }
 
-/// The default hook: pages nobody, and says so at ERROR
-/// (`alarm = "crisis_dead_letter_unpaged"`) for log-based alerting.
+/// The default hook: pages nobody, so it refuses every letter for good and
+/// the consumer keeps `alarm=crisis_dead_letter_unpaged` raised (ERROR log,
+/// health NOT_SERVING) for log-based alerting and the orchestrator.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct LogAlarm;
 
 #[async_trait]
 impl DeadLetterAlarm for LogAlarm {
-    async fn crisis_dead_lettered(&self, letter: &DeadLetter) {
-        tracing::error!(
-            alarm = "crisis_dead_letter_unpaged",
-            patient = letter.patient_key.as_deref().unwrap_or("unknown"),
-            event_id = letter.event_id.as_deref().unwrap_or("unknown"),
-            topic = %letter.topic,
-            group = %letter.group,
-            "no crisis-contact hook is wired for this consumer: nobody was paged for this dead-lettered crisis event"
-        );
+    async fn crisis_dead_lettered(
+        &self,
+        _tx: &mut sqlx::Transaction<'_, Any>,
+        _letter: &DeadLetter,
+    ) -> Result<(), HandlerError> {
+        Err(HandlerError::permanent("no crisis-contact hook is wired for this consumer: nobody can be paged"))
     }
 }
 

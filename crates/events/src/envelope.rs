@@ -45,6 +45,10 @@ pub mod headers {
     pub const EVENT_TYPE: &str = "tandem-event-type";
     /// The event id.
     pub const EVENT_ID: &str = "tandem-event-id";
+    /// The organisation the event belongs to: readable even when the
+    /// payload is not, so a dead-lettered crisis event can still page the
+    /// org's crisis contact.
+    pub const ORG_ID: &str = "tandem-org-id";
     /// On a dead letter: why the event failed (the handler's error text).
     pub const DLQ_ERROR: &str = "tandem-dlq-error";
     /// On a dead letter: the topic it came from.
@@ -73,6 +77,7 @@ pub fn event_type_name(payload: &Payload) -> &'static str {
         Payload::EscalationChanged(_) => "tandem.events.v1.EscalationChanged",
         Payload::NotificationDelivered(_) => "tandem.events.v1.NotificationDelivered",
         Payload::NotificationFailed(_) => "tandem.events.v1.NotificationFailed",
+        Payload::CrisisEventDeadLettered(_) => "tandem.events.v1.CrisisEventDeadLettered",
     }
 }
 
@@ -137,7 +142,8 @@ pub fn decode(bytes: &[u8]) -> Result<EventEnvelope> {
 
 /// Whether an event carries a crisis signal, whose loss would break the one
 /// invariant: a check-in with a fired crisis trigger, a high or imminent
-/// risk assessment, any escalation change, any failed notification.
+/// risk assessment, any escalation change, any failed notification, a
+/// crisis event another group dead-lettered.
 pub fn is_crisis(envelope: &EventEnvelope) -> bool {
     match envelope.payload.as_ref() {
         Some(Payload::CheckInSubmitted(check_in)) => !check_in.crisis_triggers.is_empty(),
@@ -145,7 +151,12 @@ pub fn is_crisis(envelope: &EventEnvelope) -> bool {
             .assessment
             .as_ref()
             .is_some_and(|a| matches!(RiskLevel::try_from(a.level), Ok(RiskLevel::High | RiskLevel::Imminent))),
-        Some(Payload::EscalationChanged(_) | Payload::NotificationFailed(_) | Payload::RefusedCrisisSignal(_)) => true,
+        Some(
+            Payload::EscalationChanged(_)
+            | Payload::NotificationFailed(_)
+            | Payload::RefusedCrisisSignal(_)
+            | Payload::CrisisEventDeadLettered(_),
+        ) => true,
         Some(_) => false,
         // No payload we can read: judge by the declared type.
         None => could_be_crisis(&envelope.event_type),
@@ -163,6 +174,7 @@ pub fn could_be_crisis(event_type: &str) -> bool {
             | "tandem.events.v1.EscalationChanged"
             | "tandem.events.v1.NotificationFailed"
             | "tandem.events.v1.RefusedCrisisSignal"
+            | "tandem.events.v1.CrisisEventDeadLettered"
     )
 }
 
@@ -230,6 +242,8 @@ mod tests {
         assert!(is_crisis(&envelope(Payload::NotificationFailed(NotificationFailed::default()))));
         assert!(is_crisis(&envelope(Payload::RefusedCrisisSignal(Default::default()))));
         assert!(could_be_crisis("tandem.events.v1.RefusedCrisisSignal"));
+        assert!(is_crisis(&envelope(Payload::CrisisEventDeadLettered(Default::default()))));
+        assert!(could_be_crisis("tandem.events.v1.CrisisEventDeadLettered"));
         assert!(!is_crisis(&envelope(Payload::PatientEnrolled(PatientEnrolled::default()))));
         let mut unreadable = crisis_check_in.clone();
         unreadable.payload = None;

@@ -7,7 +7,7 @@
 mod support;
 
 use std::collections::{HashMap, HashSet};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -440,8 +440,12 @@ async fn poison_events_land_in_the_dead_letter_topic(test: TestBus) {
     assert_eq!(handler.calls_for(&quiet_poison), 3, "retried up to max_attempts");
     assert_eq!(handler.calls_for(&crisis_poison), 1, "a permanent refusal is not retried");
     assert!(tandem_events::dead_letters_total() >= before + 3);
-    let handled: HashSet<String> =
-        effects(&consumer_side.store).await.into_iter().map(|effect| effect.event_id).collect();
+    let handled: HashSet<String> = effects(&consumer_side.store)
+        .await
+        .into_iter()
+        .filter(|effect| effect.consumer == "c")
+        .map(|effect| effect.event_id)
+        .collect();
     let good: HashSet<String> =
         [&written[1], &written[2], &written[4]].iter().map(|event| event.event_id.clone()).collect();
     assert_eq!(handled, good);
@@ -467,6 +471,12 @@ async fn poison_events_land_in_the_dead_letter_topic(test: TestBus) {
     let patients: HashSet<Option<String>> =
         alarm.letters.lock().unwrap().iter().map(|letter| letter.patient_key.clone()).collect();
     assert!(patients.contains(&Some(crisis.to_string())), "the alarm names the patient: {patients:?}");
+    let org_of_refused =
+        alarm.letters.lock().unwrap().iter().find(|l| l.event_id.as_ref() == Some(&crisis_poison)).unwrap().org.clone();
+    assert_eq!(org_of_refused, Some(org().to_string()), "the letter carries the org");
+    let paged: HashSet<String> = pages(&consumer_side.store).await.into_iter().collect();
+    assert_eq!(paged, alarmed.into_iter().flatten().collect(), "each crisis dead letter was paged, once");
+    assert_eq!(stats.crisis_paged(), 2);
     producer.finish().await;
     consumer_side.finish().await;
 }
@@ -613,6 +623,72 @@ async fn a_member_holding_no_partitions_while_events_wait_raises_an_alarm(test: 
 
     holder.abort().await;
     idle.abort().await;
+    relay.stop().await.unwrap();
+    producer.finish().await;
+    consumer_side.finish().await;
+}
+
+contract_test!(a_crisis_dead_letter_is_paged_once_and_an_unpageable_one_stays_alarmed);
+async fn a_crisis_dead_letter_is_paged_once_and_an_unpageable_one_stays_alarmed(test: TestBus) {
+    let bus = test.bus.clone();
+    topic(&bus).await;
+    let producer = Service::sqlite().await;
+    let consumer_side = Service::sqlite().await;
+    let outbox = Outbox::new(producer.store.clone(), "checkins");
+    let patient = PatientId::new();
+    let written = enqueue_all(
+        &outbox,
+        TOPIC,
+        &[(patient, crisis_check_in()), (patient, crisis_check_in()), (patient, numbered(2))],
+        3,
+    )
+    .await;
+    let (paged_event, unpageable) = (written[0].event_id.clone(), written[1].event_id.clone());
+    let handler = RecordingHandler::named("c");
+    handler.refuse.lock().unwrap().extend([paged_event.clone(), unpageable.clone()]);
+    // The first page fails transiently (the store is away) a few times.
+    let alarm = Arc::new(RecordingAlarm { failures: Mutex::new(4), ..Default::default() });
+    alarm.refuse.lock().unwrap().insert(unpageable.clone());
+    let health = Arc::new(RecordingHealth::default());
+    let start = |health: Arc<RecordingHealth>| {
+        Consumer::new(bus.clone(), "triage", &[TOPIC], consumer_side.store.clone(), handler.clone())
+            .with_options(consumer_options())
+            .with_alarm(alarm.clone())
+            .with_health(health)
+    };
+    let consumer = start(health.clone());
+    let stats = consumer.stats();
+    let relay = start_relay(&outbox, bus.clone());
+    let running = start_consumer(consumer);
+    wait_until("the later event is handled", LIMIT, || async { handler.calls_for(&written[2].event_id) >= 1 }).await;
+    wait_until("its effect commits", LIMIT, || async {
+        effects(&consumer_side.store).await.iter().any(|e| e.event_id == written[2].event_id)
+    })
+    .await;
+    assert_eq!(
+        pages(&consumer_side.store).await,
+        std::slice::from_ref(&paged_event),
+        "paged once, after the transient failures"
+    );
+    assert!(
+        health.ever.lock().unwrap().iter().any(|(_, reason)| reason.contains(&paged_event)),
+        "the failing page was alarmed while it waited"
+    );
+    assert!(!health.failing_with(&format!("{paged_event} fails")), "and cleared once written");
+    assert_eq!(stats.crisis_unpaged(), 1);
+    assert!(health.failing_with(&unpageable), "a letter nobody could be paged for stays alarmed");
+
+    // A redelivery is not paged again.
+    assert!(bus.publish(&[Record::from_envelope(TOPIC, &written[0]).unwrap()]).await[0].is_ok());
+    wait_until("the redelivery is absorbed", LIMIT, || async { stats.duplicates() >= 1 }).await;
+    running.stop().await.unwrap();
+    assert_eq!(pages(&consumer_side.store).await, std::slice::from_ref(&paged_event));
+
+    // After a restart the unpaged letter is alarmed again.
+    let after_restart = Arc::new(RecordingHealth::default());
+    let running = start_consumer(start(after_restart.clone()));
+    wait_until("the unpaged letter alarms again", LIMIT, || async { after_restart.failing_with(&unpageable) }).await;
+    running.stop().await.unwrap();
     relay.stop().await.unwrap();
     producer.finish().await;
     consumer_side.finish().await;

@@ -4,6 +4,7 @@
 //! (`--config` or `TANDEM_CONFIG`), then `TANDEM_...` environment variables,
 //! with `__` for nesting (`TANDEM_AUTH__ISSUER` sets `auth.issuer`).
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -70,6 +71,9 @@ pub struct Settings {
     pub data_dir: PathBuf,
     /// A PostgreSQL URL; empty means SQLite files in the data directory.
     pub database_url: String,
+    /// A PostgreSQL database of its own for a service (`databases.triage`),
+    /// instead of its schema in `database_url`.
+    pub databases: BTreeMap<String, String>,
     /// The event bus: `embedded` (a log in the data directory) or
     /// `kafka://host:port,...`.
     pub events: String,
@@ -124,6 +128,7 @@ impl Default for Settings {
             listen: SocketAddr::from(([127, 0, 0, 1], 50051)),
             data_dir: PathBuf::from("./tandem-data"),
             database_url: String::new(),
+            databases: BTreeMap::new(),
             events: "embedded".to_owned(),
             shutdown_drain: Duration::ZERO,
             instance_id: String::new(),
@@ -173,6 +178,12 @@ pub const SETTINGS: &[SettingDoc] = &[
         key: "database_url",
         default: "",
         doc: "postgres://... to use PostgreSQL (one schema per service); empty = SQLite in the data dir",
+    },
+    SettingDoc {
+        env: "TANDEM_DATABASES__<SERVICE>",
+        key: "databases.<service>",
+        default: "(none)",
+        doc: "postgres://... of a database of the service's own (careplans, checkins, triage, notifications), instead of its schema in TANDEM_DATABASE_URL",
     },
     SettingDoc {
         env: "TANDEM_EVENTS",
@@ -302,9 +313,18 @@ impl Settings {
         Ok(figment.merge(Env::prefixed("TANDEM_").split("__")))
     }
 
-    /// The database URL for one service: PostgreSQL shared by all services
-    /// (each in its own schema), or a SQLite file of its own.
+    /// The database URL for one service: a PostgreSQL database of its own
+    /// (`databases.<service>`), PostgreSQL shared by all services (each in
+    /// its own schema), or a SQLite file of its own.
     pub fn database_url_for(&self, service: &str) -> Result<String, ConfigError> {
+        if let Some(url) = self.databases.get(service).filter(|url| !url.is_empty()) {
+            if !url.starts_with("postgres") {
+                return Err(ConfigError::Conflict(format!(
+                    "databases.{service} must be a postgres:// URL; SQLite files go in the data dir (TANDEM_DATA_DIR)"
+                )));
+            }
+            return Ok(url.clone());
+        }
         if self.database_url.is_empty() {
             return Ok(format!("sqlite://{}/{service}.db", self.data_dir.display()));
         }
@@ -456,6 +476,12 @@ mod tests {
         settings.database_url = "postgres://p@h/db".to_owned();
         assert_eq!(settings.database_url_for("triage").unwrap(), "postgres://p@h/db");
         settings.database_url = "sqlite://x.db".to_owned();
+        assert!(settings.database_url_for("triage").is_err());
+        settings.database_url = "postgres://p@h/db".to_owned();
+        settings.databases.insert("triage".to_owned(), "postgres://p@h/triage".to_owned());
+        assert_eq!(settings.database_url_for("triage").unwrap(), "postgres://p@h/triage");
+        assert_eq!(settings.database_url_for("checkins").unwrap(), "postgres://p@h/db");
+        settings.databases.insert("triage".to_owned(), "sqlite://t.db".to_owned());
         assert!(settings.database_url_for("triage").is_err());
     }
 }

@@ -5,7 +5,9 @@
 //!   or a hand-back goes out again; "handed_back" tells the crisis contact;
 //!   "acknowledged" and "resolved" call off what is pending;
 //! - careplans' `PatientEnrolled` and `CarePlanChanged`, and checkins'
-//!   `CheckInSubmitted`: projections for reminders (the journal is never read).
+//!   `CheckInSubmitted`: projections for reminders (the journal is never read);
+//! - a crisis event among these that can never be processed is announced to
+//!   triage, which pages the crisis contact ([`DeadLetterAnnouncer`]).
 
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -13,11 +15,11 @@ use std::time::SystemTime;
 use async_trait::async_trait;
 use chrono_tz::Tz;
 use sqlx::{Any, Transaction};
-use tandem_events::{Handler, HandlerError, Outbox};
+use tandem_events::{DeadLetter, DeadLetterAlarm, Handler, HandlerError, Outbox};
 use tandem_projections::Keep;
 use tandem_proto::events::v1::event_envelope::Payload;
-use tandem_proto::events::v1::{EscalationChanged, EventEnvelope};
-use tandem_proto::ids::{EscalationId, OrgId};
+use tandem_proto::events::v1::{CrisisEventDeadLettered, EscalationChanged, EventEnvelope};
+use tandem_proto::ids::{EscalationId, OrgId, PatientId};
 use tandem_proto::triage::v1::RiskLevel;
 use tokio::sync::Notify;
 
@@ -245,6 +247,67 @@ impl EventHandler {
         }
         tracing::info!(escalation_id, attempt, endpoints = endpoints.len(), "crisis contact told of the hand-back");
         Ok(())
+    }
+}
+
+/// Notifications' crisis dead-letter hook. It does not decide who is paged:
+/// it announces the dead letter to triage (`CrisisEventDeadLettered`, on
+/// this service's topic, through the outbox in the consumer's transaction),
+/// and triage pages the org's crisis contact as it does for its own dead
+/// letters, once per dead letter; the alert comes back here as any other.
+#[derive(Debug, Clone)]
+pub struct DeadLetterAnnouncer {
+    repo: Repo,
+    outbox: Outbox,
+}
+
+impl DeadLetterAnnouncer {
+    /// A hook writing through `repo`'s transaction to `outbox`.
+    pub fn new(repo: Repo, outbox: Outbox) -> Self {
+        Self { repo, outbox }
+    }
+}
+
+#[async_trait]
+impl DeadLetterAlarm for DeadLetterAnnouncer {
+    async fn crisis_dead_lettered(
+        &self,
+        tx: &mut Transaction<'_, Any>,
+        letter: &DeadLetter,
+    ) -> Result<(), HandlerError> {
+        let key = letter.key();
+        let patient: PatientId = letter
+            .patient_key
+            .as_deref()
+            .and_then(|patient| patient.parse().ok())
+            .ok_or_else(|| HandlerError::permanent(format!("dead letter {key} names no patient")))?;
+        let org = match letter.org.as_deref().and_then(|org| org.parse::<OrgId>().ok()) {
+            Some(org) => org,
+            None => self
+                .repo
+                .patient_org(tx, &patient.to_string())
+                .await?
+                .and_then(|org| org.parse::<OrgId>().ok())
+                .ok_or_else(|| {
+                    HandlerError::permanent(format!("dead letter {key}: the org of patient {patient} is not known"))
+                })?,
+        };
+        let announced = Payload::CrisisEventDeadLettered(CrisisEventDeadLettered {
+            key,
+            event_id: letter.event_id.clone().unwrap_or_default(),
+            event_type: letter.event_type.clone().unwrap_or_default(),
+            topic: letter.topic.clone(),
+            partition: letter.partition,
+            offset: letter.offset,
+            consumer_group: letter.group.clone(),
+        });
+        let event = self.outbox.envelope(&org, &patient, announced);
+        self.outbox.enqueue(tx, tandem_events::topics::NOTIFICATIONS, &event).await?;
+        Ok(())
+    }
+
+    fn after_commit(&self, _letter: &DeadLetter) {
+        self.outbox.notify();
     }
 }
 

@@ -115,7 +115,8 @@ impl Notifications {
             &[topics::TRIAGE, topics::CAREPLANS, topics::CHECKINS],
             self.store.clone(),
             Arc::new(self.handler()),
-        );
+        )
+        .with_alarm(Arc::new(handlers::DeadLetterAnnouncer::new(self.repo(), self.outbox.clone())));
         tasks.spawn("notifications consumer", consumer.run(tasks.stopped()));
         tasks.spawn("notifications delivery worker", self.worker().run(tasks.stopped()));
         if self.settings.reminders.enabled {

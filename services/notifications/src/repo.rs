@@ -910,6 +910,14 @@ impl Repo {
 
     // ---- projections and reminders ---------------------------------------
 
+    /// The org of a patient, as careplans announced it.
+    pub async fn patient_org(&self, tx: &mut Transaction<'_, Any>, patient: &str) -> Result<Option<String>, RepoError> {
+        Ok(sqlx::query_scalar("SELECT org_id FROM patients WHERE id = $1")
+            .bind(patient.to_owned())
+            .fetch_optional(&mut **tx)
+            .await?)
+    }
+
     /// Records that a patient answered an instrument at `at` (keeps the latest).
     pub async fn project_measure_done(
         &self,

@@ -548,3 +548,55 @@ async fn verification_codes_are_bounded_and_channels_must_be_configured(backend:
     })
     .await;
 }
+
+both_backends!(an_unreadable_escalation_event_is_announced_to_triage_once);
+async fn an_unreadable_escalation_event_is_announced_to_triage_once(backend: Backend) {
+    with_env(backend, fast_settings(), |env| async move {
+        // An escalation change nobody can read, on triage's topic: the alert
+        // it carried would be lost. Notifications does not decide who hears
+        // of it; it tells triage, which pages the crisis contact.
+        let patient = PatientId::new();
+        let event_id = tandem_proto::ids::EventId::new().to_string();
+        let garbage = tandem_events::Record {
+            topic: tandem_events::topics::TRIAGE.to_owned(),
+            key: patient.to_string(),
+            value: b"\xff\xff not an event envelope".to_vec(),
+            headers: vec![
+                (tandem_events::headers::EVENT_ID.to_owned(), event_id.clone()),
+                (tandem_events::headers::EVENT_TYPE.to_owned(), "tandem.events.v1.EscalationChanged".to_owned()),
+                (tandem_events::headers::ORG_ID.to_owned(), "north".to_owned()),
+            ],
+        };
+        for result in env.bus.publish(&[garbage.clone(), garbage]).await {
+            result.unwrap();
+        }
+        let announced = eventually("the dead letter announced to triage", || async {
+            env.outbox().await.into_iter().find(|e| matches!(e.payload, Some(Payload::CrisisEventDeadLettered(_))))
+        })
+        .await;
+        assert_eq!(announced.patient_id.as_ref().unwrap().value, patient.to_string());
+        assert_eq!(announced.org_id.as_ref().unwrap().value, "north");
+        let Some(Payload::CrisisEventDeadLettered(letter)) = &announced.payload else { unreachable!() };
+        assert_eq!((letter.key.as_str(), letter.event_id.as_str()), (event_id.as_str(), event_id.as_str()));
+        assert_eq!(letter.event_type, "tandem.events.v1.EscalationChanged");
+        assert_eq!((letter.topic.as_str(), letter.consumer_group.as_str()), ("tandem.triage.v1", "notifications"));
+        assert!(tandem_events::is_crisis(&announced), "travels as a crisis event");
+
+        // The same record again (a redelivery) is not announced twice:
+        // wait until an event behind it on the same partition is handled.
+        let after = escalation_event(&patient, &new_escalation(), 0, "dr-nobody", "notify");
+        publish_triage(&env.bus, &after).await;
+        eventually("the event behind the dead letters to be handled", || async {
+            env.outbox().await.iter().any(|e| matches!(e.payload, Some(Payload::NotificationFailed(_)))).then_some(())
+        })
+        .await;
+        let count = env
+            .outbox()
+            .await
+            .iter()
+            .filter(|e| matches!(e.payload, Some(Payload::CrisisEventDeadLettered(_))))
+            .count();
+        assert_eq!(count, 1, "one announcement per dead letter");
+    })
+    .await;
+}

@@ -43,6 +43,65 @@ impl From<Refused> for TransitionError {
     }
 }
 
+/// What is known of a crisis event that can never be processed: ids and
+/// where it sat, never its payload.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DeadLetterFacts {
+    /// The dead letter's identity across consumer groups
+    /// ([`tandem_events::DeadLetter::key`]).
+    pub key: String,
+    /// The record's key: the patient's id, if it is one.
+    pub patient: Option<String>,
+    /// The org, from the envelope or the record's header.
+    pub org: Option<String>,
+    /// The event id, if readable.
+    pub event_id: Option<String>,
+    /// The event type, if readable.
+    pub event_type: Option<String>,
+    /// Where the record sat.
+    pub topic: String,
+    /// Its partition.
+    pub partition: i32,
+    /// Its offset.
+    pub offset: i64,
+    /// The consumer group that dead-lettered it.
+    pub group: String,
+}
+
+impl From<&tandem_events::DeadLetter> for DeadLetterFacts {
+    fn from(letter: &tandem_events::DeadLetter) -> Self {
+        Self {
+            key: letter.key(),
+            patient: letter.patient_key.clone(),
+            org: letter.org.clone(),
+            event_id: letter.event_id.clone(),
+            event_type: letter.event_type.clone(),
+            topic: letter.topic.clone(),
+            partition: letter.partition,
+            offset: letter.offset,
+            group: letter.group.clone(),
+        }
+    }
+}
+
+impl DeadLetterFacts {
+    /// The facts another service announced (`CrisisEventDeadLettered`).
+    pub fn announced(event: &events::EventEnvelope, announced: &events::CrisisEventDeadLettered) -> Self {
+        let text = |value: &str| (!value.is_empty()).then(|| value.to_owned());
+        Self {
+            key: announced.key.clone(),
+            patient: event.patient_id.as_ref().map(|id| id.value.clone()),
+            org: event.org_id.as_ref().and_then(|org| text(&org.value)),
+            event_id: text(&announced.event_id),
+            event_type: text(&announced.event_type),
+            topic: announced.topic.clone(),
+            partition: announced.partition,
+            offset: announced.offset,
+            group: announced.consumer_group.clone(),
+        }
+    }
+}
+
 /// Now by the system clock, in unix microseconds, for records outside the
 /// state machine (configuration audit).
 pub fn now_micros() -> i64 {
@@ -276,6 +335,66 @@ impl Engine {
                 "level raised; the holder is alerted again at the new level"
             );
         }
+        Ok(Some(transition.after))
+    }
+
+    /// A crisis event that can never be processed was dead-lettered (by
+    /// triage's consumer, or by another service's, which announces it): the
+    /// org's crisis contact is paged through an escalation of its own (see
+    /// [`escalation::unprocessable`]), once per dead letter however many
+    /// groups report it. `None` when it was opened before.
+    /// [`RepoError::Unpageable`] when there is nobody to page or no patient
+    /// or org to page about.
+    pub async fn dead_lettered(
+        &self,
+        tx: &mut Transaction<'_, Any>,
+        facts: &DeadLetterFacts,
+    ) -> Result<Option<Escalation>, RepoError> {
+        debug_assert!(!facts.key.is_empty());
+        if let Some(paged) = tx::dead_letter_escalation(tx, &facts.key).await? {
+            // Another group met the same record: recorded, not paged again.
+            let detail = format!("the same dead letter, reported by {}", facts.group);
+            tx::add_timeline(tx, &paged.id, self.now(), "joined", "triage", &detail).await?;
+            tracing::info!(key = %facts.key, group = %facts.group, "dead letter already paged; not paged again");
+            return Ok(None);
+        }
+        let patient: PatientId = facts
+            .patient
+            .as_deref()
+            .and_then(|key| key.parse().ok())
+            .ok_or_else(|| RepoError::Unpageable(format!("dead letter {} names no patient", facts.key)))?;
+        // Careplans' word on the patient's org first, then the record's.
+        let org = match tx::patient_org(tx, &patient).await? {
+            Some(org) => org,
+            None => facts.org.as_deref().and_then(|org| org.parse().ok()).ok_or_else(|| {
+                RepoError::Unpageable(format!("dead letter {}: the org of patient {patient} is not known", facts.key))
+            })?,
+        };
+        let (chain, rules) = self.known(tx, &org, &patient).await?;
+        if rules.crisis_contact.trim().is_empty() {
+            return Err(RepoError::Unpageable(format!("org {org} names no crisis contact")));
+        }
+        let ctx = Context { chain: &chain, rules: &rules };
+        let why = format!(
+            "unprocessable crisis event: {} {} on {} (partition {}, offset {}) can never be processed by {} and was dead-lettered; what it said is unknown, so the crisis contact is paged at the highest level",
+            facts.event_type.as_deref().unwrap_or("an event of unknown type"),
+            facts.event_id.as_deref().unwrap_or("without a readable id"),
+            facts.topic,
+            facts.partition,
+            facts.offset,
+            facts.group,
+        );
+        let transition =
+            escalation::unprocessable(EscalationId::new(), &org, &patient, &facts.key, &why, &ctx, self.now());
+        self.apply(tx, &transition).await?;
+        tracing::error!(
+            alert = "crisis_dead_letter_paged",
+            escalation_id = %transition.after.id,
+            key = %facts.key,
+            patient = %patient,
+            recipient = %transition.after.current_recipient,
+            "a dead-lettered crisis event pages the org's crisis contact"
+        );
         Ok(Some(transition.after))
     }
 

@@ -55,6 +55,15 @@ impl Context<'_> {
         }
     }
 
+    /// Who step `step` of `escalation` alerts: an escalation opened for a
+    /// dead letter alerts only the crisis contact.
+    fn recipient_of(&self, escalation: &Escalation, step: u32) -> (String, bool) {
+        if escalation.dead_letter.is_some() {
+            return (self.rules.crisis_contact.clone(), true);
+        }
+        self.recipient(step)
+    }
+
     fn window(&self, level: pb::RiskLevel) -> i64 {
         micros(ack_window(self.rules, level).unwrap_or(FALLBACK_WINDOW))
     }
@@ -190,7 +199,7 @@ impl Transition {
     }
 
     fn notify(&mut self, ctx: &Context<'_>, reason: Reason, previous_level: Option<pb::RiskLevel>, detail: String) {
-        let crisis_contact = self.after.step as usize >= ctx.chain.len();
+        let crisis_contact = self.after.dead_letter.is_some() || self.after.step as usize >= ctx.chain.len();
         self.timeline.push(entry("notify", &self.after.current_recipient, detail));
         self.announce.push(Announcement::Notify { reason, crisis_contact, previous_level });
     }
@@ -236,12 +245,59 @@ pub fn raise(
         acknowledged_by: None,
         resolved_at: None,
         outcome: None,
+        dead_letter: None,
     };
     let mut transition =
         Transition { before: None, after, timeline: vec![entry("raised", "triage", why)], announce: Vec::new() };
     transition.announce.push(Announcement::Raised);
     transition.notify(ctx, Reason::Raised, None, ctx.where_to(0));
     Some(transition)
+}
+
+/// Who a dead letter's escalation alerts, in its timeline.
+const DEAD_LETTER_RECIPIENT: &str = "an unprocessable crisis event: the org's crisis contact";
+
+/// A crisis event that can never be processed (a dead letter, `key`) for
+/// the patient: an escalation of its own, routed straight to the org's
+/// crisis contact and paged again at each deadline until someone
+/// acknowledges. Nobody can read what the event said, so its true level is
+/// unknown and it is treated as the highest (imminent, the shortest
+/// deadline): a signal is never lowered. It stays apart from the patient's
+/// escalation of assessed risk, which keeps alerting the care team for
+/// what can be read.
+pub fn unprocessable(
+    id: EscalationId,
+    org: &OrgId,
+    patient: &PatientId,
+    key: &str,
+    why: &str,
+    ctx: &Context<'_>,
+    now: i64,
+) -> Transition {
+    let level = pb::RiskLevel::Imminent;
+    let after = Escalation {
+        id,
+        org: org.clone(),
+        patient: *patient,
+        level,
+        first_level: level,
+        state: State::Notified,
+        step: 0,
+        attempt: 0,
+        current_recipient: ctx.rules.crisis_contact.clone(),
+        ack_deadline: Some(now.saturating_add(ctx.window(level))),
+        raised_at: now,
+        acknowledged_at: None,
+        acknowledged_by: None,
+        resolved_at: None,
+        outcome: None,
+        dead_letter: Some(key.to_owned()),
+    };
+    let mut transition =
+        Transition { before: None, after, timeline: vec![entry("raised", "triage", why)], announce: Vec::new() };
+    transition.announce.push(Announcement::Raised);
+    transition.notify(ctx, Reason::Raised, None, DEAD_LETTER_RECIPIENT.to_owned());
+    transition
 }
 
 /// Another trigger for a patient with an open escalation joins it instead of
@@ -288,14 +344,15 @@ pub fn advance(
         _ => "deadline_passed",
     };
     let step = current.step + 1;
-    let (recipient, _) = ctx.recipient(step);
+    let (recipient, _) = ctx.recipient_of(current, step);
     let mut transition = Transition::from(current);
     transition.after.step = step;
     transition.after.attempt = attempt + 1;
     transition.after.current_recipient = recipient;
     transition.after.ack_deadline = Some(now.saturating_add(ctx.window(current.level)));
     transition.timeline.push(entry(kind, &current.current_recipient, detail));
-    transition.notify(ctx, reason, None, ctx.where_to(step));
+    let whom = if current.dead_letter.is_some() { DEAD_LETTER_RECIPIENT.to_owned() } else { ctx.where_to(step) };
+    transition.notify(ctx, reason, None, whom);
     Some(transition)
 }
 
@@ -313,7 +370,7 @@ pub fn not_reached(
     if current.state != State::Notified || current.attempt != attempt {
         return None;
     }
-    if (current.step as usize) < ctx.chain.len() {
+    if current.dead_letter.is_none() && (current.step as usize) < ctx.chain.len() {
         return advance(current, attempt, Reason::NotReached, detail, ctx, now);
     }
     let mut transition = Transition::from(current);
@@ -327,7 +384,9 @@ pub fn not_reached(
 /// meanwhile) with a fresh deadline, and the crisis contact is told. If the
 /// chain would already have run out, the crisis contact keeps it.
 pub fn hand_back(current: &Escalation, known_before: &[String], ctx: &Context<'_>, now: i64) -> Option<Transition> {
-    if current.state != State::Notified || !known_before.is_empty() {
+    // A dead letter's escalation stays with the crisis contact: it is not
+    // about a risk the care team could read.
+    if current.state != State::Notified || !known_before.is_empty() || current.dead_letter.is_some() {
         return None;
     }
     let (recipient, past_chain) = ctx.recipient(current.step);
@@ -633,6 +692,34 @@ mod tests {
         // A care team still unknown (an empty version) hands nothing back.
         let lone = raised(pb::RiskLevel::High, &[]);
         assert!(hand_back(&lone, &[], &Context { chain: &[], rules: &rules }, T0).is_none());
+    }
+
+    #[test]
+    fn an_unprocessable_crisis_event_pages_only_the_crisis_contact_at_the_highest_level() {
+        let rules = rules();
+        let chain = team();
+        let ctx = Context { chain: &chain, rules: &rules };
+        let org: OrgId = "north".parse().unwrap();
+        let t = unprocessable(EscalationId::new(), &org, &PatientId::new(), "k1", "unreadable", &ctx, T0);
+        assert_eq!(t.after.dead_letter.as_deref(), Some("k1"));
+        assert_eq!((t.after.level, t.after.current_recipient.as_str()), (pb::RiskLevel::Imminent, "on-call"));
+        assert_eq!(t.after.ack_deadline, Some(T0 + 5 * 60 * SECOND), "the imminent window");
+        assert_eq!(
+            notify_of(&t),
+            Some((Reason::Raised, true, None)),
+            "the crisis contact, though a care team is known"
+        );
+        // A passing deadline pages the crisis contact again, never the care team.
+        let again = advance(&t.after, 0, Reason::DeadlinePassed, "late", &ctx, T0 + 5 * 60 * SECOND).unwrap();
+        assert_eq!((again.after.attempt, again.after.current_recipient.as_str()), (1, "on-call"));
+        assert_eq!(notify_of(&again), Some((Reason::DeadlinePassed, true, None)));
+        // Not reached: recorded, paged again at the deadline.
+        let missed = not_reached(&t.after, 0, "no endpoint", &ctx, T0 + SECOND).unwrap();
+        assert!(!missed.changes_row() && missed.announce.is_empty());
+        // The care team arriving does not take it.
+        assert!(hand_back(&t.after, &[], &ctx, T0 + SECOND).is_none());
+        let acknowledged = acknowledge(&t.after, "on-call", "", T0 + SECOND).unwrap().unwrap();
+        assert_eq!(acknowledged.after.state, State::Acknowledged);
     }
 
     #[test]

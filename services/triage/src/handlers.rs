@@ -1,17 +1,19 @@
 //! Events triage consumes: careplans (who the patient is, the chain),
 //! checkins (check-ins and missed measures, each assessed) and
-//! notifications (a step that could not be reached advances at once).
+//! notifications (a step that could not be reached advances at once; a
+//! crisis event notifications could never process pages the crisis
+//! contact), and triage's own crisis dead letters ([`DeadLetterPager`]).
 
 use async_trait::async_trait;
 use sqlx::{Any, Transaction};
-use tandem_events::{Handler, HandlerError, topics};
+use tandem_events::{DeadLetter, DeadLetterAlarm, Handler, HandlerError, topics};
 use tandem_projections::{Applied, Keep};
 use tandem_proto::events::v1::EventEnvelope;
 use tandem_proto::events::v1::event_envelope::Payload;
 use tandem_proto::ids::{EscalationId, OrgId, PatientId};
 use tandem_proto::triage::v1 as pb;
 
-use crate::engine::Engine;
+use crate::engine::{DeadLetterFacts, Engine};
 use crate::repo::{RepoError, tx};
 use crate::rules::{self, Input};
 
@@ -19,7 +21,43 @@ impl From<RepoError> for HandlerError {
     fn from(error: RepoError) -> Self {
         match error {
             RepoError::Corrupt(what) => HandlerError::permanent(what),
+            error @ RepoError::Unpageable(_) => HandlerError::permanent(error),
             other => HandlerError::transient(other),
+        }
+    }
+}
+
+/// Triage's crisis dead-letter hook: a crisis event its own consumer can
+/// never process pages the org's crisis contact through the escalation
+/// engine, in the consumer's transaction, as a `CrisisEventDeadLettered`
+/// from another service does (`Engine::dead_lettered` decides both).
+#[derive(Debug, Clone)]
+pub struct DeadLetterPager {
+    engine: Engine,
+}
+
+impl DeadLetterPager {
+    /// A hook paging through `engine`.
+    pub fn new(engine: Engine) -> Self {
+        Self { engine }
+    }
+}
+
+#[async_trait]
+impl DeadLetterAlarm for DeadLetterPager {
+    async fn crisis_dead_lettered(
+        &self,
+        tx: &mut Transaction<'_, Any>,
+        letter: &DeadLetter,
+    ) -> Result<(), HandlerError> {
+        self.engine.dead_lettered(tx, &DeadLetterFacts::from(letter)).await?;
+        Ok(())
+    }
+
+    fn after_commit(&self, letter: &DeadLetter) {
+        self.engine.after_commit(&[]);
+        if let Some(org) = letter.org.as_deref().and_then(|org| org.parse::<OrgId>().ok()) {
+            self.engine.org_changed(&org);
         }
     }
 }
@@ -171,6 +209,11 @@ impl Handler for TriageHandler {
                 // Producers that predate attempts sent one alert per step.
                 let attempt = failed.attempt.unwrap_or(failed.step);
                 self.engine.not_reached(tx, &id, attempt, &detail).await?;
+            }
+            Some(Payload::CrisisEventDeadLettered(announced)) => {
+                // Another service could never process a crisis event: the
+                // same decision as for triage's own dead letters.
+                self.engine.dead_lettered(tx, &DeadLetterFacts::announced(event, announced)).await?;
             }
             Some(Payload::NotificationDelivered(delivered)) => {
                 let Some(id) = delivered.escalation_id.as_ref().and_then(|id| EscalationId::try_from(id).ok()) else {

@@ -3,6 +3,12 @@
 //! that climbs the care team (`escalation.rs` decides, `engine.rs` writes,
 //! `scheduler.rs` wakes on deadlines), the events it
 //! consumes (`handlers.rs`), and the clinician worklist (`api.rs`).
+//!
+//! Triage is where a crisis event that can never be processed is decided
+//! on: its own dead letters (through the consumer's hook) and those
+//! notifications announces (`CrisisEventDeadLettered`) each open one
+//! escalation to the org's crisis contact (`Engine::dead_lettered`,
+//! `escalation::unprocessable`).
 
 pub mod api;
 pub mod clock;
@@ -83,7 +89,8 @@ impl Triage {
             &[topics::CAREPLANS, topics::CHECKINS, topics::NOTIFICATIONS],
             self.store.clone(),
             Arc::new(handlers::TriageHandler::new(self.engine.clone())),
-        );
+        )
+        .with_alarm(Arc::new(handlers::DeadLetterPager::new(self.engine.clone())));
         tasks.spawn("triage consumer", consumer.run(tasks.stopped()));
         tasks.spawn("triage deadlines", scheduler::run(self.engine.clone(), tasks.stopped()));
         if self.store.backend() == Backend::Postgres {

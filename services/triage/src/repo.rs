@@ -26,6 +26,10 @@ pub enum RepoError {
     /// caller retries against what is stored now.
     #[error("{0} changed meanwhile")]
     Conflict(String),
+    /// A dead-lettered crisis event carries too little to page anyone for
+    /// it (no patient, no org, no crisis contact): no retry can fix that.
+    #[error("cannot page for a dead letter: {0}")]
+    Unpageable(String),
 }
 
 impl From<sqlx::Error> for RepoError {
@@ -118,9 +122,12 @@ pub struct Escalation {
     pub resolved_at: Option<i64>,
     /// The outcome.
     pub outcome: Option<String>,
+    /// For an escalation opened because a crisis event could never be
+    /// processed: the dead letter's key. It alerts only the crisis contact.
+    pub dead_letter: Option<String>,
 }
 
-const ESCALATION_COLUMNS: &str = "id, org_id, patient_id, level, first_level, state, step, current_recipient, ack_deadline, raised_at, acknowledged_at, acknowledged_by, resolved_at, outcome, attempt";
+const ESCALATION_COLUMNS: &str = "id, org_id, patient_id, level, first_level, state, step, current_recipient, ack_deadline, raised_at, acknowledged_at, acknowledged_by, resolved_at, outcome, attempt, dead_letter";
 
 fn level_of(value: i64, what: &str) -> Result<pb::RiskLevel, RepoError> {
     i32::try_from(value).ok().and_then(|v| pb::RiskLevel::try_from(v).ok()).ok_or_else(|| corrupt(what))
@@ -147,6 +154,7 @@ fn escalation_from_row(row: &AnyRow) -> Result<Escalation, RepoError> {
         acknowledged_by: row.try_get("acknowledged_by")?,
         resolved_at: row.try_get("resolved_at")?,
         outcome: row.try_get("outcome")?,
+        dead_letter: row.try_get("dead_letter")?,
     })
 }
 
@@ -250,10 +258,30 @@ pub mod tx {
         patient: &PatientId,
     ) -> Result<Option<Escalation>, RepoError> {
         let sql = format!(
-            "SELECT {ESCALATION_COLUMNS} FROM escalations WHERE patient_id = $1 AND state <> 'resolved' ORDER BY raised_at DESC LIMIT 1"
+            "SELECT {ESCALATION_COLUMNS} FROM escalations WHERE patient_id = $1 AND state <> 'resolved' AND dead_letter IS NULL ORDER BY raised_at DESC LIMIT 1"
         );
         let row = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(patient.to_string()).fetch_optional(&mut **tx).await?;
         row.map(|row| escalation_from_row(&row)).transpose()
+    }
+
+    /// The escalation opened for a dead letter, if there is one.
+    pub async fn dead_letter_escalation(
+        tx: &mut Transaction<'_, Any>,
+        key: &str,
+    ) -> Result<Option<Escalation>, RepoError> {
+        let sql = format!("SELECT {ESCALATION_COLUMNS} FROM escalations WHERE dead_letter = $1");
+        let row = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(key).fetch_optional(&mut **tx).await?;
+        row.map(|row| escalation_from_row(&row)).transpose()
+    }
+
+    /// The org of a patient, as careplans announced it, read inside the
+    /// transaction.
+    pub async fn patient_org(tx: &mut Transaction<'_, Any>, patient: &PatientId) -> Result<Option<OrgId>, RepoError> {
+        let org: Option<String> = sqlx::query_scalar("SELECT org_id FROM patients WHERE id = $1")
+            .bind(patient.to_string())
+            .fetch_optional(&mut **tx)
+            .await?;
+        org.map(|org| org.parse().map_err(|_| corrupt("patients.org_id"))).transpose()
     }
 
     /// One escalation, read inside the transaction.
@@ -266,7 +294,7 @@ pub mod tx {
     /// Writes a new escalation.
     pub async fn insert_escalation(tx: &mut Transaction<'_, Any>, e: &Escalation) -> Result<(), RepoError> {
         let sql = format!(
-            "INSERT INTO escalations ({ESCALATION_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)"
+            "INSERT INTO escalations ({ESCALATION_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)"
         );
         sqlx::query(sqlx::AssertSqlSafe(sql))
             .bind(e.id.to_string())
@@ -284,6 +312,7 @@ pub mod tx {
             .bind(e.resolved_at)
             .bind(e.outcome.clone())
             .bind(i64::from(e.attempt))
+            .bind(e.dead_letter.clone())
             .execute(&mut **tx)
             .await?;
         Ok(())

@@ -288,3 +288,72 @@ tandem_store::store_test!(an_alert_that_reached_nobody_moves_on_once, &MIGRATION
     let timeline = s.engine.repo().timeline(&raised.id).await.unwrap();
     assert_eq!(timeline.iter().filter(|t| t.kind == "not_reached").count(), 3);
 });
+
+tandem_store::store_test!(
+    a_dead_lettered_crisis_event_pages_the_crisis_contact_once_apart_from_the_care_teams_escalation,
+    &MIGRATIONS,
+    SCHEMA,
+    |store| async move {
+        use tandem_triage::engine::DeadLetterFacts;
+        use tandem_triage::repo::RepoError;
+
+        let s = setup(store).await;
+        s.team(1, &["dr-primary", "dr-backup"]).await;
+        let risk = s.trigger(RiskLevel::High, "phq9-item9: 1").await;
+        let facts = DeadLetterFacts {
+            key: "tandem.checkins.v1/2@17".into(),
+            patient: Some(s.patient.to_string()),
+            org: Some(s.org.to_string()),
+            event_type: Some("tandem.events.v1.CheckInSubmitted".into()),
+            topic: "tandem.checkins.v1".into(),
+            partition: 2,
+            offset: 17,
+            group: "triage".into(),
+            ..Default::default()
+        };
+        let page = |facts: DeadLetterFacts| {
+            let engine = s.engine.clone();
+            async move {
+                let mut tx = engine.repo().store().begin_write().await.unwrap();
+                let paged = engine.dead_lettered(&mut tx, &facts).await;
+                tx.commit().await.unwrap();
+                paged
+            }
+        };
+        let opened = page(facts.clone()).await.unwrap().expect("an escalation for the dead letter");
+        assert_ne!(opened.id, risk.id, "apart from the care team's escalation");
+        assert_eq!((opened.level, opened.current_recipient.as_str()), (RiskLevel::Imminent, "on-call"));
+        // The same dead letter, reported by another group: not paged again.
+        let again = DeadLetterFacts { group: "notifications".into(), ..facts.clone() };
+        assert!(page(again).await.unwrap().is_none());
+        assert_eq!(
+            s.alerts().await,
+            vec![
+                alert(0, 0, "dr-primary", RiskLevel::High, "raised"),
+                alert(0, 0, "on-call", RiskLevel::Imminent, "raised"),
+            ]
+        );
+        let to_contact = s.changes().await.into_iter().rfind(|c| c.change == "notify").unwrap();
+        assert_eq!(to_contact.crisis_contact, "on-call");
+        let timeline = s.engine.repo().timeline(&opened.id).await.unwrap();
+        assert!(timeline[0].detail.contains("unprocessable crisis event"), "{}", timeline[0].detail);
+        assert!(timeline[0].detail.contains("tandem.checkins.v1"));
+        assert_eq!(timeline.last().unwrap().detail, "the same dead letter, reported by notifications");
+
+        // A later trigger joins the care team's escalation, not the dead letter's.
+        let joined = s.trigger(RiskLevel::Imminent, "crisis-language").await;
+        assert_eq!(joined.id, risk.id);
+        // The deadline pages the crisis contact again, never the care team.
+        s.clock.advance(IMMINENT);
+        s.engine.run_due().await.unwrap();
+        let repaged = s.stored(&opened.id).await;
+        assert_eq!((repaged.attempt, repaged.current_recipient.as_str()), (1, "on-call"));
+
+        // Nothing to page about: refused for good (the consumer keeps it alarmed).
+        let nobody = DeadLetterFacts { key: "k2".into(), patient: Some("not-a-patient".into()), ..facts.clone() };
+        assert!(matches!(page(nobody).await, Err(RepoError::Unpageable(_))));
+        let stranger = PatientId::new();
+        let unknown_org = DeadLetterFacts { key: "k3".into(), patient: Some(stranger.to_string()), org: None, ..facts };
+        assert!(matches!(page(unknown_org).await, Err(RepoError::Unpageable(_))));
+    }
+);

@@ -330,17 +330,53 @@ impl tandem_events::HealthReport for RecordingHealth {
     }
 }
 
-/// Records crisis alarms.
+/// Records crisis alarms, and pages through the consumer's transaction:
+/// one `effects` row per page (consumer "alarm", event id = the letter's
+/// key). Can fail transiently a number of times, or refuse letters for good.
 #[derive(Debug, Default)]
 pub struct RecordingAlarm {
     pub letters: Mutex<Vec<DeadLetter>>,
+    /// Transient failures still to report.
+    pub failures: Mutex<u32>,
+    /// Keys of letters refused for good.
+    pub refuse: Mutex<HashSet<String>>,
 }
 
 #[async_trait]
 impl DeadLetterAlarm for RecordingAlarm {
-    async fn crisis_dead_lettered(&self, letter: &DeadLetter) {
+    async fn crisis_dead_lettered(
+        &self,
+        tx: &mut sqlx::Transaction<'_, Any>,
+        letter: &DeadLetter,
+    ) -> Result<(), HandlerError> {
         self.letters.lock().unwrap().push(letter.clone());
+        {
+            let mut failures = self.failures.lock().unwrap();
+            if *failures > 0 {
+                *failures -= 1;
+                return Err(HandlerError::transient("test: the pager's store is away"));
+            }
+        }
+        if self.refuse.lock().unwrap().contains(&letter.key()) {
+            return Err(HandlerError::permanent("test: nothing to page with"));
+        }
+        sqlx::query(
+            "INSERT INTO effects (event_id, event_type, patient, ordinal, consumer) VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(letter.key())
+        .bind(letter.event_type.clone().unwrap_or_default())
+        .bind(letter.patient_key.clone().unwrap_or_default())
+        .bind(0_i64)
+        .bind("alarm")
+        .execute(&mut **tx)
+        .await?;
+        Ok(())
     }
+}
+
+/// The pages a [`RecordingAlarm`] wrote, by letter key, in commit order.
+pub async fn pages(store: &Store) -> Vec<String> {
+    effects(store).await.into_iter().filter(|effect| effect.consumer == "alarm").map(|effect| effect.event_id).collect()
 }
 
 /// Reads everything from `topic` with a fresh group until `count` records
