@@ -241,7 +241,7 @@ impl Vocabulary {
         let mut failures = Vec::new();
         for (index, entry) in self.entries.iter().enumerate() {
             for (example_index, example) in entry.examples.iter().enumerate() {
-                if !self.detect(example).findings.iter().any(|finding| finding.rule == entry.id) {
+                if !self.detect_vocabulary_only(example).findings.iter().any(|finding| finding.rule == entry.id) {
                     failures.push(format!(
                         "entry[{index}].examples[{example_index}]: `{}` did not fire on {example:?}",
                         entry.id
@@ -264,7 +264,7 @@ impl Vocabulary {
                     failures.push(format!("{path}: `{id}` does not match {example:?}"));
                     continue;
                 }
-                let detection = self.detect(example);
+                let detection = self.detect_vocabulary_only(example);
                 let overlapping = detection.findings.iter().find(|finding| {
                     spans.iter().any(|span| finding.span.start < span.end && span.start < finding.span.end)
                 });
