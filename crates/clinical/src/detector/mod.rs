@@ -29,6 +29,7 @@
 //! ```
 
 mod analysis;
+mod learned;
 mod pattern;
 mod text;
 mod vocabulary;
@@ -39,6 +40,9 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
+pub use learned::{
+    BUCKETS as MODEL_BUCKETS, CLASSES as MODEL_CLASSES, LearnedModel, Prediction, features as model_features,
+};
 pub use vocabulary::Vocabulary;
 
 /// How urgent what the text says is, lowest first.
@@ -212,16 +216,20 @@ pub enum Qualifier {
     Echoed,
     /// A timeframe, plan, means or preparation next to another finding: raised by the combination.
     Combined,
+    /// Found by the learned model, not by a vocabulary rule: the span is the sentence it
+    /// read as most of a crisis, and the level is never above moderate.
+    Learned,
 }
 
 impl Qualifier {
-    /// Stable snake_case name: `current`, `resolved_past`, `echoed` or `combined`.
+    /// Stable snake_case name: `current`, `resolved_past`, `echoed`, `combined` or `learned`.
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Current => "current",
             Self::ResolvedPast => "resolved_past",
             Self::Echoed => "echoed",
             Self::Combined => "combined",
+            Self::Learned => "learned",
         }
     }
 }
@@ -326,6 +334,9 @@ impl Detection {
                     }
                     Qualifier::Echoed => "; someone else's words the writer said apply to them".to_owned(),
                     Qualifier::Combined => "; raised by another finding nearby".to_owned(),
+                    Qualifier::Learned => {
+                        "; found by the learned model, not a vocabulary rule: the whole sentence is shown".to_owned()
+                    }
                 };
                 format!(
                     "{} {}: \"{}\" (rule {}{qualifier})",
@@ -348,8 +359,25 @@ pub fn detect(text: &str) -> Detection {
 }
 
 impl Vocabulary {
-    /// Reads `text` with this vocabulary.
+    /// Reads `text` with this vocabulary, then the built-in learned model, which may only add
+    /// a finding (see [`LearnedModel`]).
     pub fn detect(&self, text: &str) -> Detection {
+        let (mut detection, idioms) = analysis::analyze_with_idioms(self, text);
+        // The model is compiled in and checked by its tests; were it ever unreadable the
+        // vocabulary's reading stands on its own.
+        if let Ok(model) = LearnedModel::builtin()
+            && let Some(finding) = model.finding(text, &detection, &idioms)
+        {
+            detection.level = detection.level.max(finding.level);
+            let at = detection.findings.partition_point(|other| other.span.start <= finding.span.start);
+            detection.findings.insert(at, finding);
+        }
+        detection
+    }
+
+    /// Reads `text` with this vocabulary alone, without the learned model: for measuring
+    /// what each stage adds.
+    pub fn detect_vocabulary_only(&self, text: &str) -> Detection {
         analysis::analyze(self, text)
     }
 }

@@ -30,6 +30,11 @@ pub const TRAIN_A: &str = include_str!("../../data/eval/train_a.jsonl");
 /// Training set B (a third writer).
 pub const TRAIN_B: &str = include_str!("../../data/eval/train_b.jsonl");
 
+/// Plain everyday texts generated from templates (`scripts/generate-everyday-texts`): they
+/// train the learned stage only, never measure it.
+#[allow(dead_code)]
+pub const EVERYDAY_GENERATED: &str = include_str!("../../data/eval/everyday_generated.jsonl");
+
 /// The seed of the dev split: changing it changes which texts are dev, so it never changes.
 pub const DEV_SEED: &str = "tandem-detector-dev-split-2026-12-01";
 /// The share of each (category, language) group of train_a and train_b held out as dev.
