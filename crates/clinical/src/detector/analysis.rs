@@ -15,6 +15,9 @@ type Hit = pattern::Hit<usize>;
 use super::{Category, Detection, Finding, Qualifier, Suppressed, SuppressionReason, TextRiskLevel};
 
 /// A negation cue, indexed by its last token.
+/// The writer as a subject: what starts a new statement after a negation cue.
+const SUBJECT_PRONOUNS: [&str; 9] = ["i", "im", "ive", "id", "ill", "imma", "ima", "yo", "we"];
+
 #[derive(Debug, Clone, Copy)]
 struct Cue {
     first: usize,
@@ -200,11 +203,13 @@ impl<'a> Doc<'a> {
             let Some(cue) = self.negation.get(index).copied().flatten() else {
                 continue;
             };
-            // A Spanish clitic right after the cue is the negated verb's own object, not a
-            // new statement: "no me quiero morir", "no me he cortado".
-            let clitic = |k: usize| k == index + 1 && self.tokens.get(k).is_some_and(|token| token.norm == "me");
-            let new_statement = !cue.raising
-                && (index + 1..=first).any(|k| self.pronoun.get(k).copied().unwrap_or(false) && !clitic(k));
+            // Only the writer as a subject starts one: "zero part of me wants to die" and "no me
+            // quiero morir" are still negated.
+            let subject = |k: usize| {
+                self.pronoun.get(k).copied().unwrap_or(false)
+                    && self.tokens.get(k).is_some_and(|token| SUBJECT_PRONOUNS.contains(&token.norm.as_str()))
+            };
+            let new_statement = !cue.raising && (index + 1..=first).any(subject);
             if !new_statement {
                 return Some(self.bytes(cue.first, index));
             }

@@ -16,7 +16,10 @@
 //! Features are the tokens the vocabulary reads (lowercase, accents folded, apostrophes
 //! dropped, stretched letters squeezed): words, word pairs, words after a negation
 //! (marked), and character 3- to 5-grams of each word, so an inflection or a typo shares
-//! most of its features with the spelling seen in training.
+//! most of its features with the spelling seen in training; and what the vocabulary read
+//! (each finding's category, level and rule, each match it set aside and why), so the model
+//! builds on the rules' structure (negation, someone else's words, a resolved past) rather
+//! than relearning it from a few thousand texts.
 
 use std::ops::Range;
 use std::sync::OnceLock;
@@ -101,9 +104,28 @@ fn word(token: &Token) -> &str {
     token.squeezed.as_ref().map_or(token.norm.as_str(), |(_, two)| two.as_str())
 }
 
+/// What the vocabulary read inside `within`, as features: each finding's category, level
+/// and qualifier, and each match it set aside with the reason ("suicide" negated, a wish to
+/// die someone else said, a resolved past), so the model weighs the structure the rules see.
+fn vocabulary_features(vocabulary: &Detection, within: &Range<usize>, out: &mut Vec<u32>) {
+    let inside = |span: &Range<usize>| within.start <= span.start && span.end <= within.end;
+    for finding in vocabulary.findings.iter().filter(|finding| inside(&finding.span)) {
+        let category = finding.category.as_str().as_bytes();
+        out.push(fnv(&[b"vf", category, finding.level.as_str().as_bytes(), finding.qualifier.as_str().as_bytes()]));
+        out.push(fnv(&[b"vr", finding.rule.as_bytes()]));
+    }
+    for item in vocabulary.suppressed.iter().filter(|item| inside(&item.span)) {
+        out.push(fnv(&[b"vs", item.category.as_str().as_bytes(), item.reason.as_str().as_bytes()]));
+        out.push(fnv(&[b"vq", item.rule.as_bytes(), item.reason.as_str().as_bytes()]));
+    }
+}
+
 /// Feature buckets of a run of tokens, sorted and without repeats.
-fn features_of(tokens: &[Token]) -> Vec<u32> {
+fn features_of(tokens: &[Token], vocabulary: &Detection) -> Vec<u32> {
     let mut out = Vec::with_capacity(tokens.len() * 16);
+    if let (Some(first), Some(last)) = (tokens.first(), tokens.last()) {
+        vocabulary_features(vocabulary, &(first.start..last.end), &mut out);
+    }
     let mut negated_until = 0usize;
     let mut previous: Option<&Token> = None;
     for (index, token) in tokens.iter().enumerate() {
@@ -143,10 +165,11 @@ fn features_of(tokens: &[Token]) -> Vec<u32> {
     out
 }
 
-/// Feature buckets of a text, sorted and without repeats: what the trainer and the model
-/// read.
-pub fn features(text: &str) -> Vec<u32> {
-    features_of(&tokenize(text, MAX_QUOTE_WORDS).tokens)
+/// Feature buckets of a text and the vocabulary's reading of it (`vocabulary`, from
+/// [`super::Vocabulary::detect_vocabulary_only`]), sorted and without repeats: what the
+/// trainer and the model read.
+pub fn features(text: &str, vocabulary: &Detection) -> Vec<u32> {
+    features_of(&tokenize(text, MAX_QUOTE_WORDS).tokens, vocabulary)
 }
 
 /// A trained model: per class a bias and one weight per feature bucket.
@@ -269,9 +292,9 @@ impl LearnedModel {
         Prediction { probabilities: softmax(&scores) }
     }
 
-    /// What the model says about `text`.
-    pub fn predict(&self, text: &str) -> Prediction {
-        self.predict_features(&features(text))
+    /// What the model says about `text`, given the vocabulary's reading of it.
+    pub fn predict(&self, text: &str, vocabulary: &Detection) -> Prediction {
+        self.predict_features(&features(text, vocabulary))
     }
 
     /// The finding the model adds to `findings` for `text`, if any: see the module docs.
@@ -285,13 +308,13 @@ impl LearnedModel {
         if tokens.is_empty() {
             return None;
         }
-        let prediction = self.predict_features(&features_of(&tokens));
+        let prediction = self.predict_features(&features_of(&tokens, vocabulary));
         let crisis = prediction.crisis();
         if crisis < self.threshold {
             return None;
         }
         let category = prediction.category();
-        let span = self.strongest_sentence(text, &tokens);
+        let span = self.strongest_sentence(text, &tokens, vocabulary);
         // The vocabulary's negation, quotation, other-person and idiom rules read what a bag
         // of words cannot: where they set a match aside in that sentence, the model adds
         // nothing ("I would never kill myself", "she said she wants to die").
@@ -317,7 +340,7 @@ impl LearnedModel {
     }
 
     /// The byte range of the sentence the model reads as most of a crisis.
-    fn strongest_sentence(&self, text: &str, tokens: &[Token]) -> Range<usize> {
+    fn strongest_sentence(&self, text: &str, tokens: &[Token], vocabulary: &Detection) -> Range<usize> {
         let mut best: Option<(f32, Range<usize>)> = None;
         let mut start = 0;
         while start < tokens.len() {
@@ -327,7 +350,7 @@ impl LearnedModel {
                 end += 1;
             }
             let slice = tokens.get(start..end).unwrap_or_default();
-            let score = self.predict_features(&features_of(slice)).crisis();
+            let score = self.predict_features(&features_of(slice, vocabulary)).crisis();
             if best.as_ref().is_none_or(|(top, _)| score > *top) {
                 let first = slice.first().map_or(0, |token| token.start);
                 let last = slice.last().map_or(text.len(), |token| token.end);
@@ -352,6 +375,7 @@ mod tests {
 
     #[test]
     fn features_tolerate_case_accents_apostrophes_and_stretching() {
+        let features = |text: &str| features(text, &Detection::default());
         assert_eq!(features("I DON'T want to be here"), features("i dont want to be here"));
         assert_eq!(features("ya no quiero vivir más"), features("ya no quiero vivir mas"));
         assert_eq!(features("i want to diiiiie"), features("i want to diie"));
@@ -369,7 +393,7 @@ mod tests {
         assert!(model.threshold > 0.0 && model.threshold < 1.0);
         let again = LearnedModel::from_bytes(&model.to_bytes()).expect("round trip");
         assert_eq!(again.weights, model.weights);
-        let prediction = model.predict("anything at all");
+        let prediction = model.predict("anything at all", &Detection::default());
         assert!((prediction.probabilities.iter().sum::<f32>() - 1.0).abs() < 1e-4);
     }
 

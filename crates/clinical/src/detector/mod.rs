@@ -9,6 +9,14 @@
 //! rules that suppress a match (negation, someone else's words, idioms) or lower it
 //! (resolved past). Everything is documented beside the vocabulary it reads.
 //!
+//! A learned stage reads the text after the vocabulary (a linear model over word and
+//! character n-grams and the vocabulary's own reading, `data/detector_model.bin`, trained
+//! by `scripts/train-detector`; see [`LearnedModel`]). It catches phrasings the vocabulary
+//! does not hold, and it may only add: one finding at moderate, marked `learned`, on a text
+//! the vocabulary left below moderate, never on a sentence whose match the vocabulary set
+//! aside as negated, reported or an idiom. [`Vocabulary::detect_vocabulary_only`] reads
+//! without it.
+//!
 //! The detector only ever raises risk. Callers take the highest of its level and any
 //! structured trigger (PHQ-9 item 9, C-SSRS); a `None` here never lowers those (DESIGN.md,
 //! clinical facts: free text). It is a screen for a human to read, not a diagnosis: it

@@ -283,7 +283,7 @@ fn expand(source: &str, sets: &BTreeMap<String, Vec<String>>) -> Result<Vec<Stri
     let mut done = Vec::new();
     let mut pending = vec![(source.to_owned(), 0usize)];
     while let Some((pattern, depth)) = pending.pop() {
-        if depth > 8 {
+        if depth > 16 {
             return Err("sets or groups nest too deep (a set that refers to itself?)".to_owned());
         }
         let alternatives = match (pattern.find('{'), pattern.find('(')) {
