@@ -341,6 +341,10 @@ impl LearnedModel {
 
     /// The byte range of the sentence the model reads as most of a crisis.
     fn strongest_sentence(&self, text: &str, tokens: &[Token], vocabulary: &Detection) -> Range<usize> {
+        self.strongest(text, tokens, vocabulary).map_or(0..text.len(), |(_, span)| span)
+    }
+
+    fn strongest(&self, text: &str, tokens: &[Token], vocabulary: &Detection) -> Option<(f32, Range<usize>)> {
         let mut best: Option<(f32, Range<usize>)> = None;
         let mut start = 0;
         while start < tokens.len() {
@@ -358,7 +362,7 @@ impl LearnedModel {
             }
             start = end.max(start + 1);
         }
-        best.map_or(0..text.len(), |(_, span)| span)
+        best
     }
 }
 
