@@ -333,7 +333,7 @@ fn frozen_holdout_never_regresses_and_reports_the_gap_to_the_targets() {
 
 /// Crisis texts flagged per category (of 28 each) on the holdout: first sight 2026-12-01
 /// (19, 23, 11, 20, 7, 12, 13, 20, 9, 19, 16), raised (never lowered) to each checkpoint
-/// reached since; the last, checkpoint 3 of branch detector2 (vocabulary and learned stage).
+/// reached since; the last, checkpoint 4 of branch detector2 (vocabulary and learned stage).
 const HOLDOUT_FLOOR_FLAGGED: [(&str, usize); 11] = [
     ("wish_dead", 25),
     ("active_thoughts", 24),
@@ -342,14 +342,14 @@ const HOLDOUT_FLOOR_FLAGGED: [(&str, usize); 11] = [
     ("plan", 25),
     ("preparatory", 24),
     ("attempt", 23),
-    ("nssi", 24),
-    ("harm_others", 24),
+    ("nssi", 25),
+    ("harm_others", 25),
     ("cannot_stay_safe", 28),
     ("entrapment_burden", 26),
 ];
 
 /// Benign texts flagged (of 175) on the holdout: at most this many (10 at first sight, 8 at
-/// checkpoint 3, within the 0.05 target: 8/175 = 0.046).
+/// checkpoints 3 and 4, within the 0.05 target: 8/175 = 0.046).
 const HOLDOUT_CEILING_FALSE_ALARMS: usize = 8;
 
 // ---------------------------------------------------------------------------------------
