@@ -211,7 +211,7 @@ fn cross_writer() {
         let kept: Vec<EvalText> = train_texts.iter().filter(|text| writer(&text.id) != *held).cloned().collect();
         let dev: Vec<EvalText> = dev_texts.iter().filter(|text| writer(&text.id) == *held).cloned().collect();
         let (bias, weights) = train(&examples(&kept));
-        let model = LearnedModel::from_weights(0.5, bias, &weights);
+        let model = LearnedModel::from_weights(0.5, vocabulary().fingerprint(), bias, &weights);
         let crisis = crisis_probabilities(&model, &dev);
         let vocabulary = vocabulary_flags(&dev);
         let threshold = choose_threshold(&dev, &vocabulary, &crisis);
@@ -233,7 +233,7 @@ fn main() {
     let (train_texts, dev_texts) = sets();
     println!("training on {} texts; dev {} texts", train_texts.len(), dev_texts.len());
     let (bias, weights) = train(&examples(&train_texts));
-    let unthresholded = LearnedModel::from_weights(0.5, bias.clone(), &weights);
+    let unthresholded = LearnedModel::from_weights(0.5, vocabulary().fingerprint(), bias.clone(), &weights);
     let (train_crisis, dev_crisis) =
         (crisis_probabilities(&unthresholded, &train_texts), crisis_probabilities(&unthresholded, &dev_texts));
     let (train_vocabulary, dev_vocabulary) = (vocabulary_flags(&train_texts), vocabulary_flags(&dev_texts));
@@ -241,7 +241,7 @@ fn main() {
     let threshold = choose_threshold(&dev_texts, &dev_vocabulary, &dev_crisis);
     report("train", &train_texts, &train_vocabulary, &train_crisis, threshold);
     report("dev", &dev_texts, &dev_vocabulary, &dev_crisis, threshold);
-    let model = LearnedModel::from_weights(threshold, bias, &weights);
+    let model = LearnedModel::from_weights(threshold, vocabulary().fingerprint(), bias, &weights);
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/data/detector_model.bin");
     std::fs::write(path, model.to_bytes()).expect("write the model file");
     println!("wrote {path} (threshold {threshold:.3})");

@@ -177,6 +177,8 @@ pub fn features(text: &str, vocabulary: &Detection) -> Vec<u32> {
 pub struct LearnedModel {
     /// Crisis probability at or above which a text is flagged, chosen on the dev split.
     pub threshold: f32,
+    /// [`super::Vocabulary::fingerprint`] of the vocabulary it was trained against.
+    pub vocabulary: String,
     bias: Vec<f32>,
     scale: f32,
     /// `weights[bucket * CLASSES.len() + class]`, times `scale`.
@@ -211,20 +213,21 @@ impl Prediction {
 impl LearnedModel {
     /// Builds a model from float weights (`weights[bucket * CLASSES.len() + class]`),
     /// quantized to one byte each.
-    pub fn from_weights(threshold: f32, bias: Vec<f32>, weights: &[f32]) -> Self {
+    pub fn from_weights(threshold: f32, vocabulary: String, bias: Vec<f32>, weights: &[f32]) -> Self {
         debug_assert_eq!(weights.len(), BUCKETS * CLASSES.len());
         let largest = weights.iter().fold(0f32, |largest, weight| largest.max(weight.abs()));
         let scale = if largest > 0.0 { largest / 127.0 } else { 1.0 };
         let weights = weights.iter().map(|weight| (weight / scale).round().clamp(-127.0, 127.0) as i8).collect();
-        Self { threshold, bias, scale, weights }
+        Self { threshold, vocabulary, bias, scale, weights }
     }
 
     /// The model file: a text header, then the weights, one signed byte each.
     pub fn to_bytes(&self) -> Vec<u8> {
         let bias: Vec<String> = self.bias.iter().map(|bias| format!("{bias:e}")).collect();
         let mut out = format!(
-            "{MAGIC}\nbuckets {BUCKETS}\nclasses {}\nthreshold {:e}\nscale {:e}\nbias {}\n\n",
+            "{MAGIC}\nbuckets {BUCKETS}\nclasses {}\nvocabulary {}\nthreshold {:e}\nscale {:e}\nbias {}\n\n",
             CLASSES.join(","),
+            self.vocabulary,
             self.threshold,
             self.scale,
             bias.join(",")
@@ -257,6 +260,7 @@ impl LearnedModel {
         if field("classes")? != CLASSES.join(",") {
             return Err("classes differ from the code's".to_owned());
         }
+        let vocabulary = field("vocabulary")?;
         let threshold = float(&field("threshold")?)?;
         let scale = float(&field("scale")?)?;
         let bias = field("bias")?.split(',').map(float).collect::<Result<Vec<f32>, String>>()?;
@@ -264,7 +268,7 @@ impl LearnedModel {
             return Err("weights are not buckets x classes".to_owned());
         }
         let weights = body.iter().map(|byte| i8::from_le_bytes([*byte])).collect();
-        Ok(Self { threshold, bias, scale, weights })
+        Ok(Self { threshold, vocabulary, bias, scale, weights })
     }
 
     /// The model compiled into the build, or why it did not load (a build defect its tests
@@ -399,6 +403,16 @@ mod tests {
         assert_eq!(again.weights, model.weights);
         let prediction = model.predict("anything at all", &Detection::default());
         assert!((prediction.probabilities.iter().sum::<f32>() - 1.0).abs() < 1e-4);
+    }
+
+    #[test]
+    fn the_built_in_model_was_trained_against_the_built_in_vocabulary() {
+        // The model reads the vocabulary's findings and rule ids, and its threshold was
+        // chosen beside the vocabulary's own false alarms: after a vocabulary edit, run
+        // scripts/train-detector.
+        let model = LearnedModel::builtin().expect("the built-in model loads");
+        let vocabulary = super::super::Vocabulary::builtin().expect("the built-in vocabulary");
+        assert_eq!(model.vocabulary, vocabulary.fingerprint(), "retrain: scripts/train-detector");
     }
 
     #[test]
