@@ -263,10 +263,10 @@ fn dev_split_meets_its_floor_and_reports_both_stages() {
     assert!(failures.is_empty(), "dev split: {}", failures.join("; "));
 }
 
-/// What the dev split is held to (vocabulary and model): just under what was reached when
-/// the learned stage landed (2026-12-01: recall 0.62 in its weakest category, preparatory,
-/// 0.85 pooled; false alarms 12 of 205, 0.059), raised as it improves and never lowered.
-const DEV_MIN_RECALL: f64 = 0.60;
+/// What the dev split is held to (vocabulary and model): just under what was reached
+/// (2026-12-01, checkpoint 5: recall 0.69 in its weakest category, preparatory, 0.86 pooled;
+/// false alarms 13 of 205, 0.063), raised as it improves and never lowered.
+const DEV_MIN_RECALL: f64 = 0.65;
 const DEV_MAX_FALSE_ALARM_RATE: f64 = 0.065;
 
 /// Reads the frozen holdout, refusing a file whose SHA-256 is not the frozen one.
@@ -333,14 +333,14 @@ fn frozen_holdout_never_regresses_and_reports_the_gap_to_the_targets() {
 
 /// Crisis texts flagged per category (of 28 each) on the holdout: first sight 2026-12-01
 /// (19, 23, 11, 20, 7, 12, 13, 20, 9, 19, 16), raised (never lowered) to each checkpoint
-/// reached since; the last, checkpoint 4 of branch detector2 (vocabulary and learned stage).
+/// reached since; the last, checkpoint 5 of branch detector2 (vocabulary and learned stage).
 const HOLDOUT_FLOOR_FLAGGED: [(&str, usize); 11] = [
     ("wish_dead", 25),
     ("active_thoughts", 24),
     ("method", 25),
     ("intent", 27),
     ("plan", 25),
-    ("preparatory", 24),
+    ("preparatory", 25),
     ("attempt", 23),
     ("nssi", 25),
     ("harm_others", 25),
@@ -349,7 +349,7 @@ const HOLDOUT_FLOOR_FLAGGED: [(&str, usize); 11] = [
 ];
 
 /// Benign texts flagged (of 175) on the holdout: at most this many (10 at first sight, 8 at
-/// checkpoints 3 and 4, within the 0.05 target: 8/175 = 0.046).
+/// checkpoints 3 to 5, within the 0.05 target: 8/175 = 0.046).
 const HOLDOUT_CEILING_FALSE_ALARMS: usize = 8;
 
 // ---------------------------------------------------------------------------------------

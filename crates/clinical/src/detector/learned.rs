@@ -416,6 +416,22 @@ mod tests {
     }
 
     #[test]
+    fn a_learned_finding_is_marked_and_its_evidence_does_not_quote_the_sentence() {
+        let model = LearnedModel::builtin().expect("the built-in model loads");
+        let text = "rough week. honestly everyone would be so much better off if i just wasnt around anymore";
+        let vocabulary = Detection::default();
+        // Read as if the vocabulary had found nothing, so the model's own finding shows.
+        let finding = model.finding(text, &vocabulary, &[]).expect("a burden statement reads as a crisis");
+        assert_eq!(finding.qualifier, Qualifier::Learned);
+        assert_eq!(finding.level, TextRiskLevel::Moderate);
+        assert_eq!(text.get(finding.span.clone()), Some(finding.matched.as_str()));
+        let detection = Detection { level: finding.level, findings: vec![finding], ..Detection::default() };
+        let evidence = detection.evidence().join("\n");
+        assert!(evidence.contains("learned model"), "{evidence}");
+        assert!(!evidence.contains("better off"), "{evidence}");
+    }
+
+    #[test]
     fn a_malformed_model_file_is_rejected() {
         assert!(LearnedModel::from_bytes(b"hello").is_err());
         assert!(LearnedModel::from_bytes(b"tandem-detector-model 1\nbuckets 3\n\n").is_err());

@@ -327,7 +327,8 @@ pub struct Detection {
 
 impl Detection {
     /// One line per finding for a clinician: level, category, the matched words (and
-    /// nothing more of the text), the rule, and any qualifier.
+    /// nothing more of the text), the rule, and any qualifier; for a finding of the learned
+    /// model, whose span is a sentence, its byte range instead of its words.
     pub fn evidence(&self) -> Vec<String> {
         if self.degraded {
             return vec!["crisis-language vocabulary unavailable; text needs a human read".to_owned()];
@@ -335,6 +336,18 @@ impl Detection {
         self.findings
             .iter()
             .map(|finding| {
+                // A learned finding's span is a whole sentence: the evidence names where it
+                // is, never quotes it, so no more of the text travels than for a rule.
+                if finding.qualifier == Qualifier::Learned {
+                    return format!(
+                        "{} {}: the sentence at bytes {}..{} (rule {}; found by the learned model, not a vocabulary rule: read the text)",
+                        finding.level,
+                        finding.category.label(),
+                        finding.span.start,
+                        finding.span.end,
+                        finding.rule
+                    );
+                }
                 let qualifier = match finding.qualifier {
                     Qualifier::Current => String::new(),
                     Qualifier::ResolvedPast => {
@@ -342,9 +355,7 @@ impl Detection {
                     }
                     Qualifier::Echoed => "; someone else's words the writer said apply to them".to_owned(),
                     Qualifier::Combined => "; raised by another finding nearby".to_owned(),
-                    Qualifier::Learned => {
-                        "; found by the learned model, not a vocabulary rule: the whole sentence is shown".to_owned()
-                    }
+                    Qualifier::Learned => String::new(),
                 };
                 format!(
                     "{} {}: \"{}\" (rule {}{qualifier})",
