@@ -1,13 +1,43 @@
 //! How long the crisis-language detector takes on long text, for BENCHMARKS.md. Check-ins
 //! reads every journal, including one refused for being over the length limit (up to the
 //! 4 MiB gRPC message limit), with `detect_long_text`; `detect` on the whole text is shown
-//! beside it. Measured, never asserted:
+//! beside it; first, an ordinary check-in journal, with and without the learned stage.
+//! Measured, never asserted:
 //! `cargo run --release -p tandem-clinical --example detect_cost`.
 
 use std::time::Instant;
 
 fn text_of(size: usize, unit: &str) -> String {
     unit.repeat(size / unit.len() + 1)
+}
+
+/// A check-in's journal, as most are: per text, the vocabulary alone and with the learned
+/// stage (what `detect` does), the mean of many runs.
+fn check_in_journals() {
+    let vocabulary = tandem_clinical::Vocabulary::builtin().expect("the built-in vocabulary");
+    let short = "rough day. slept badly, skipped lunch, argued with my sister about mom's birthday. \
+                 did the breathing thing before bed and it helped a bit";
+    let flagged = "work was fine i guess. honestly i keep thinking everyone would be better off without me \
+                   and i cant see a way out of this";
+    let long = format!("{short}. ").repeat(12);
+    println!("| check-in journal | chars | vocabulary alone ms | with the model ms | level |");
+    println!("|---|---|---|---|---|");
+    for (name, text) in [("a few lines", short), ("a few lines, flagged", flagged), ("a long entry", long.as_str())] {
+        let runs = 200;
+        let started = Instant::now();
+        for _ in 0..runs {
+            std::hint::black_box(vocabulary.detect_vocabulary_only(text));
+        }
+        let alone = started.elapsed().as_secs_f64() * 1000.0 / f64::from(runs);
+        let started = Instant::now();
+        let mut level = tandem_clinical::TextRiskLevel::None;
+        for _ in 0..runs {
+            level = std::hint::black_box(tandem_clinical::detect(text)).level;
+        }
+        let with_model = started.elapsed().as_secs_f64() * 1000.0 / f64::from(runs);
+        println!("| {name} | {} | {alone:.3} | {with_model:.3} | {level} |", text.chars().count());
+    }
+    println!();
 }
 
 fn main() {
@@ -17,8 +47,9 @@ fn main() {
     let moderate = "Some days I wish I were dead. Other days are better and I go for a walk. ";
     let imminent = "I want to kill myself, I have the pills saved. ";
     let dense = "kill myself not \"kill myself\" i want to die killing me ";
-    // Warm up: the vocabulary is compiled on first use.
+    // Warm up: the vocabulary is compiled and the model read on first use.
     let _ = tandem_clinical::detect("warm up");
+    check_in_journals();
     println!("| text | size | detect ms | detect_long_text ms | level (detect / long) | bytes read |");
     println!("|---|---|---|---|---|---|");
     for (name, unit) in [

@@ -1,16 +1,23 @@
-//! Measures the crisis-language detector, on three sets:
+//! Measures the crisis-language detector (the vocabulary alone, and with the learned stage
+//! that may only add to it), on these sets:
 //!
 //! - `data/eval/tuning.jsonl` (560 texts, English and Spanish, one writer, written from
 //!   `data/eval/CATEGORIES.md` alone): the set the vocabulary is tuned on. Its report lists
 //!   every miss and false alarm with its text: it is the working loop
 //!   (`cargo test -p tandem-clinical --test detector_eval tuning -- --nocapture`).
+//! - `data/eval/train_a.jsonl` and `train_b.jsonl` (two more writers, the same way): three
+//!   quarters of each (category, language) group train the learned stage and tune the
+//!   vocabulary (their report lists the vocabulary's misses); the other quarter, fixed by a
+//!   seed (`support/eval_sets.rs`), is the dev split, never trained or tuned on, reported
+//!   as counts only.
 //! - `data/eval/holdout.jsonl` (483 texts, another writer, the same definitions, frozen
-//!   before any tuning): never read by anyone working on the vocabulary, only by
+//!   before any tuning): never read by anyone working on the detector, only by
 //!   [`frozen_holdout_never_regresses_and_reports_the_gap_to_the_targets`], which prints
 //!   counts only, never a text, and fails when the file is not the frozen one (SHA-256 in
-//!   `holdout.jsonl.sha256`) or when any category falls below its first-sight count.
-//!   Target (issue 8, not yet met): recall >= 0.95 in every crisis category (languages
-//!   pooled) and a benign false-alarm rate <= 0.05; the gap is printed on every run.
+//!   `holdout.jsonl.sha256`) or when any category falls below its floor. Target (issue 8):
+//!   recall >= 0.95 in every crisis category (languages pooled) and a benign false-alarm
+//!   rate <= 0.05; the gap is printed on every run. Running it spends a look at the
+//!   holdout: while working, skip it (`-- --skip frozen_holdout`).
 //! - `data/crisis_labelled.jsonl`: the older labelled set with expected minimum levels.
 //!
 //! A text is flagged when the detector's level is moderate or above: that is what fires the
@@ -18,9 +25,13 @@
 //! flagged is a false alarm; a benign text at `low` is not (a clinician sees it, nobody is
 //! paged).
 
+#[path = "support/eval_sets.rs"]
+mod eval_sets;
+
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
+use eval_sets::{BENIGN_CATEGORIES, CRISIS_CATEGORIES, EvalText, TUNING, eval_texts, train_and_dev};
 use sha2::{Digest, Sha256};
 use tandem_clinical::{TextRiskLevel, Vocabulary, detect};
 
@@ -28,10 +39,9 @@ use tandem_clinical::{TextRiskLevel, Vocabulary, detect};
 const FLAG: TextRiskLevel = TextRiskLevel::Moderate;
 
 // ---------------------------------------------------------------------------------------
-// Tuning set and frozen holdout, per category and language
+// Tuning set, training portions, dev split and frozen holdout, per category and language
 // ---------------------------------------------------------------------------------------
 
-const TUNING: &str = include_str!("../data/eval/tuning.jsonl");
 const HOLDOUT_PATH: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/data/eval/holdout.jsonl");
 const HOLDOUT_SHA256_PATH: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/data/eval/holdout.jsonl.sha256");
 
@@ -46,59 +56,23 @@ const HOLDOUT_MAX_FALSE_ALARM_RATE: f64 = 0.05;
 const TUNING_MIN_RECALL: f64 = 0.90;
 const TUNING_MAX_FALSE_ALARM_RATE: f64 = 0.03;
 
-const CRISIS_CATEGORIES: [&str; 11] = [
-    "wish_dead",
-    "active_thoughts",
-    "method",
-    "intent",
-    "plan",
-    "preparatory",
-    "attempt",
-    "nssi",
-    "harm_others",
-    "cannot_stay_safe",
-    "entrapment_burden",
-];
-const BENIGN_CATEGORIES: [&str; 5] = ["idiom", "negation", "reported", "past_resolved", "everyday"];
-const LANGUAGES: [&str; 2] = ["en", "es"];
-
-#[derive(Debug)]
-struct EvalText {
-    id: String,
-    lang: String,
-    category: String,
-    crisis: bool,
-    text: String,
+/// Which stages read the texts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stages {
+    /// The vocabulary alone.
+    Vocabulary,
+    /// The vocabulary, then the learned model (what `detect` does).
+    WithModel,
 }
 
-fn eval_texts(source: &str, name: &str) -> Vec<EvalText> {
-    source
-        .lines()
-        .enumerate()
-        .filter(|(_, line)| !line.trim().is_empty())
-        .map(|(index, line)| {
-            // Errors name the line, never its text: the holdout is read by this code alone.
-            let value: serde_json::Value =
-                serde_json::from_str(line).unwrap_or_else(|e| panic!("{name} line {}: not JSON: {e}", index + 1));
-            let field = |key: &str| {
-                value
-                    .get(key)
-                    .and_then(serde_json::Value::as_str)
-                    .unwrap_or_else(|| panic!("{name} line {}: no string `{key}`", index + 1))
-                    .to_owned()
-            };
-            let (lang, category, label) = (field("lang"), field("category"), field("label"));
-            let crisis = CRISIS_CATEGORIES.contains(&category.as_str());
-            assert!(
-                crisis || BENIGN_CATEGORIES.contains(&category.as_str()),
-                "{name} line {}: unknown category",
-                index + 1
-            );
-            assert!(LANGUAGES.contains(&lang.as_str()), "{name} line {}: unknown language", index + 1);
-            assert_eq!(label, if crisis { "crisis" } else { "benign" }, "{name} line {}: label", index + 1);
-            EvalText { id: field("id"), lang, category, crisis, text: field("text") }
-        })
-        .collect()
+impl Stages {
+    fn level(self, text: &str) -> TextRiskLevel {
+        match self {
+            Self::WithModel => detect(text).level,
+            Self::Vocabulary => Vocabulary::builtin()
+                .map_or(TextRiskLevel::High, |vocabulary| vocabulary.detect_vocabulary_only(text).level),
+        }
+    }
 }
 
 /// How many texts of one category and language were flagged.
@@ -136,10 +110,10 @@ struct Evaluation {
 }
 
 impl Evaluation {
-    fn of(texts: &[EvalText]) -> Self {
+    fn of(texts: &[EvalText], stages: Stages) -> Self {
         let mut evaluation = Self::default();
         for text in texts {
-            let level = detect(&text.text).level;
+            let level = stages.level(&text.text);
             let flagged = level >= FLAG;
             let tally = evaluation.tallies.entry((text.category.clone(), text.lang.clone())).or_default();
             tally.texts += 1;
@@ -233,18 +207,67 @@ fn revision() -> &'static str {
 fn tuning_set_report_lists_every_miss_and_meets_the_targets() {
     let texts = eval_texts(TUNING, "tuning.jsonl");
     assert_eq!(texts.len(), 560, "the tuning set has 560 texts");
-    let tuning = Evaluation::of(&texts);
+    let vocabulary = Evaluation::of(&texts, Stages::Vocabulary);
+    let tuning = Evaluation::of(&texts, Stages::WithModel);
     println!("crisis-language detector, tuning set (flagged = level >= {FLAG}), vocabulary {}", revision());
-    print!("{}", table(&[("tuning", &tuning)]));
-    if !tuning.wrong.is_empty() {
-        println!("misses and false alarms:");
-        for (id, category, lang, level, text) in &tuning.wrong {
+    print!("{}", table(&[("tuning, vocabulary alone", &vocabulary), ("tuning, with the model", &tuning)]));
+    if !vocabulary.wrong.is_empty() {
+        println!("misses and false alarms of the vocabulary alone:");
+        for (id, category, lang, level, text) in &vocabulary.wrong {
             println!("  {id} [{category} {lang}] got {level}: {text}");
         }
     }
-    let failures = tuning.failures(TUNING_MIN_RECALL, TUNING_MAX_FALSE_ALARM_RATE);
-    assert!(failures.is_empty(), "tuning set: {}", failures.join("; "));
+    // The vocabulary is held to the bar on its own, so the model cannot hide its regressions
+    // on the set it was tuned on; the model only adds.
+    for (name, evaluation) in [("vocabulary alone", &vocabulary), ("with the model", &tuning)] {
+        let failures = evaluation.failures(TUNING_MIN_RECALL, TUNING_MAX_FALSE_ALARM_RATE);
+        assert!(failures.is_empty(), "tuning set, {name}: {}", failures.join("; "));
+    }
 }
+
+/// The training portions of train_a and train_b (another two writers), the vocabulary
+/// alone: every miss and false alarm with its text, the working loop for the vocabulary
+/// (`cargo test -p tandem-clinical --test detector_eval training -- --nocapture`).
+#[test]
+fn training_portions_report_lists_the_vocabularys_misses() {
+    let (train, _) = train_and_dev();
+    let train: Vec<EvalText> = train.into_iter().filter(|text| !text.id.starts_with("t-")).collect();
+    let vocabulary = Evaluation::of(&train, Stages::Vocabulary);
+    let with_model = Evaluation::of(&train, Stages::WithModel);
+    println!("training portions of train_a and train_b (flagged = level >= {FLAG})");
+    print!("{}", table(&[("train, vocabulary alone", &vocabulary), ("train, with the model", &with_model)]));
+    println!("misses and false alarms of the vocabulary alone:");
+    for (id, category, lang, level, text) in &vocabulary.wrong {
+        println!("  {id} [{category} {lang}] got {level}: {text}");
+    }
+    // The model was trained on these texts: it must at least have learned them.
+    let failures = with_model.failures(0.90, 0.05);
+    assert!(failures.is_empty(), "training portions, with the model: {}", failures.join("; "));
+}
+
+/// The dev split: a quarter of every (category, language) group of train_a and train_b,
+/// fixed by a seed, never trained or tuned on. Counts only, never a text, so it stays a
+/// measure: it is how generalisation is read without spending the frozen holdout.
+#[test]
+fn dev_split_meets_its_floor_and_reports_both_stages() {
+    let (_, dev) = train_and_dev();
+    let vocabulary = Evaluation::of(&dev, Stages::Vocabulary);
+    let with_model = Evaluation::of(&dev, Stages::WithModel);
+    println!("dev split of train_a and train_b, never trained on (flagged = level >= {FLAG})");
+    print!("{}", table(&[("dev, vocabulary alone", &vocabulary), ("dev, with the model", &with_model)]));
+    let gap = with_model.failures(HOLDOUT_MIN_RECALL, HOLDOUT_MAX_FALSE_ALARM_RATE);
+    if !gap.is_empty() {
+        println!("dev gap to the issue's targets: {}", gap.join("; "));
+    }
+    let failures = with_model.failures(DEV_MIN_RECALL, DEV_MAX_FALSE_ALARM_RATE);
+    assert!(failures.is_empty(), "dev split: {}", failures.join("; "));
+}
+
+/// What the dev split is held to (vocabulary and model): just under what was reached
+/// (2026-12-01, checkpoint 5: recall 0.69 in its weakest category, preparatory, 0.86 pooled;
+/// false alarms 13 of 205, 0.063), raised as it improves and never lowered.
+const DEV_MIN_RECALL: f64 = 0.65;
+const DEV_MAX_FALSE_ALARM_RATE: f64 = 0.065;
 
 /// Reads the frozen holdout, refusing a file whose SHA-256 is not the frozen one.
 fn frozen_holdout() -> String {
@@ -263,18 +286,30 @@ fn frozen_holdout() -> String {
 fn frozen_holdout_never_regresses_and_reports_the_gap_to_the_targets() {
     // Counts only: never a holdout text, nor an id, so nobody tunes to it by reading this.
     let holdout_texts = eval_texts(&frozen_holdout(), "holdout.jsonl");
-    let holdout = Evaluation::of(&holdout_texts);
-    let tuning = Evaluation::of(&eval_texts(TUNING, "tuning.jsonl"));
+    let holdout_vocabulary = Evaluation::of(&holdout_texts, Stages::Vocabulary);
+    let holdout = Evaluation::of(&holdout_texts, Stages::WithModel);
+    let tuning = Evaluation::of(&eval_texts(TUNING, "tuning.jsonl"), Stages::WithModel);
+    let (train_texts, dev_texts) = train_and_dev();
+    let train_texts: Vec<EvalText> = train_texts.into_iter().filter(|text| !text.id.starts_with("t-")).collect();
+    let train = Evaluation::of(&train_texts, Stages::WithModel);
+    let dev = Evaluation::of(&dev_texts, Stages::WithModel);
     println!(
-        "crisis-language detector, tuning set beside the frozen holdout (flagged = level >= {FLAG}), vocabulary {}",
+        "crisis-language detector, tuning set, training portions and dev split beside the frozen holdout \
+         (flagged = level >= {FLAG}), vocabulary {}",
         revision()
     );
-    print!("{}", table(&[("tuning", &tuning), ("holdout", &holdout)]));
-    // The issue's targets are NOT met yet (first and only sight of the holdout at the
-    // rebuild: recall 0.55, false alarms 0.057). They are reported here, every run, and the
-    // test holds the detector to what it reached on first sight, per category, so that no
-    // change can lose ground while the gap is closed by a better approach. Reaching the
-    // targets is measured on a NEW holdout written the same way, never by tuning to this one.
+    print!(
+        "{}",
+        table(&[
+            ("tuning", &tuning),
+            ("train", &train),
+            ("dev", &dev),
+            ("holdout, vocabulary alone", &holdout_vocabulary),
+            ("holdout", &holdout)
+        ])
+    );
+    // The targets are reported here, every run, and the test holds the detector to the
+    // floors below, per category, so that no change can lose ground while the gap is closed.
     let gap = holdout.failures(HOLDOUT_MIN_RECALL, HOLDOUT_MAX_FALSE_ALARM_RATE);
     if !gap.is_empty() {
         println!(
@@ -283,39 +318,39 @@ fn frozen_holdout_never_regresses_and_reports_the_gap_to_the_targets() {
         );
     }
     let mut regressions = Vec::new();
-    for (category, floor) in HOLDOUT_FIRST_SIGHT_FLAGGED {
+    for (category, floor) in HOLDOUT_FLOOR_FLAGGED {
         let tally = holdout.tally(category, None);
         if tally.flagged < floor {
-            regressions.push(format!("{category}: {} flagged, {floor} at first sight", tally.flagged));
+            regressions.push(format!("{category}: {} flagged, floor {floor}", tally.flagged));
         }
     }
     let benign = holdout.pooled(&BENIGN_CATEGORIES, None);
-    if benign.flagged > HOLDOUT_FIRST_SIGHT_FALSE_ALARMS {
-        regressions.push(format!(
-            "benign: {} false alarms, {HOLDOUT_FIRST_SIGHT_FALSE_ALARMS} at first sight",
-            benign.flagged
-        ));
+    if benign.flagged > HOLDOUT_CEILING_FALSE_ALARMS {
+        regressions.push(format!("benign: {} false alarms, ceiling {HOLDOUT_CEILING_FALSE_ALARMS}", benign.flagged));
     }
     assert!(regressions.is_empty(), "the detector lost ground on the frozen holdout: {}", regressions.join("; "));
 }
 
-/// Crisis texts flagged per category (of 28 each) on the holdout's first sight, 2026-12-01.
-const HOLDOUT_FIRST_SIGHT_FLAGGED: [(&str, usize); 11] = [
-    ("wish_dead", 19),
-    ("active_thoughts", 23),
-    ("method", 11),
-    ("intent", 20),
-    ("plan", 7),
-    ("preparatory", 12),
-    ("attempt", 13),
-    ("nssi", 20),
-    ("harm_others", 9),
-    ("cannot_stay_safe", 19),
-    ("entrapment_burden", 16),
+/// Crisis texts flagged per category (of 28 each) on the holdout: first sight 2026-12-01
+/// (19, 23, 11, 20, 7, 12, 13, 20, 9, 19, 16), raised (never lowered) to each checkpoint
+/// reached since; the last, checkpoint 5 of branch detector2 (vocabulary and learned stage).
+const HOLDOUT_FLOOR_FLAGGED: [(&str, usize); 11] = [
+    ("wish_dead", 25),
+    ("active_thoughts", 24),
+    ("method", 25),
+    ("intent", 27),
+    ("plan", 25),
+    ("preparatory", 25),
+    ("attempt", 23),
+    ("nssi", 25),
+    ("harm_others", 25),
+    ("cannot_stay_safe", 28),
+    ("entrapment_burden", 26),
 ];
 
-/// Benign texts flagged (of 175) on the holdout's first sight.
-const HOLDOUT_FIRST_SIGHT_FALSE_ALARMS: usize = 10;
+/// Benign texts flagged (of 175) on the holdout: at most this many (10 at first sight, 8 at
+/// checkpoints 3 to 5, within the 0.05 target: 8/175 = 0.046).
+const HOLDOUT_CEILING_FALSE_ALARMS: usize = 8;
 
 // ---------------------------------------------------------------------------------------
 // The older labelled set, with expected minimum levels

@@ -1,8 +1,9 @@
 //! Property tests for the crisis-language detector: no input makes it panic, every span is
-//! a real slice of the text, and the level is exactly the highest finding.
+//! a real slice of the text, the level is exactly the highest finding, and the learned stage
+//! only ever adds to what the vocabulary found.
 
 use proptest::prelude::*;
-use tandem_clinical::{TextRiskLevel, detect};
+use tandem_clinical::{Qualifier, TextRiskLevel, Vocabulary, detect};
 
 /// Text built from crisis words, cues, punctuation, quotes and odd characters, so the rules
 /// (negation, quotes, idioms, resolution) actually interact.
@@ -33,6 +34,19 @@ fn check(text: &str) -> Result<(), TestCaseError> {
     }
     let highest = detection.findings.iter().map(|finding| finding.level).max().unwrap_or_default();
     prop_assert_eq!(detection.level, highest);
+    // The learned stage only adds: every vocabulary finding stands as it was, and what the
+    // model adds is one finding at moderate on a text the vocabulary left below it.
+    let vocabulary = Vocabulary::builtin().expect("the built-in vocabulary").detect_vocabulary_only(text);
+    let learned: Vec<_> = detection.findings.iter().filter(|finding| finding.qualifier == Qualifier::Learned).collect();
+    let kept: Vec<_> = detection.findings.iter().filter(|finding| finding.qualifier != Qualifier::Learned).collect();
+    prop_assert_eq!(kept, vocabulary.findings.iter().collect::<Vec<_>>());
+    prop_assert_eq!(&detection.suppressed, &vocabulary.suppressed);
+    prop_assert!(learned.len() <= 1);
+    if let Some(finding) = learned.first() {
+        prop_assert_eq!(finding.level, TextRiskLevel::Moderate);
+        prop_assert!(vocabulary.level < TextRiskLevel::Moderate);
+    }
+    prop_assert!(detection.level >= vocabulary.level);
     Ok(())
 }
 

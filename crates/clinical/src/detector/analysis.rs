@@ -15,6 +15,9 @@ type Hit = pattern::Hit<usize>;
 use super::{Category, Detection, Finding, Qualifier, Suppressed, SuppressionReason, TextRiskLevel};
 
 /// A negation cue, indexed by its last token.
+/// The writer as a subject: what starts a new statement after a negation cue.
+const SUBJECT_PRONOUNS: [&str; 9] = ["i", "im", "ive", "id", "ill", "imma", "ima", "yo", "we"];
+
 #[derive(Debug, Clone, Copy)]
 struct Cue {
     first: usize,
@@ -200,8 +203,13 @@ impl<'a> Doc<'a> {
             let Some(cue) = self.negation.get(index).copied().flatten() else {
                 continue;
             };
-            let new_statement =
-                !cue.raising && (index + 1..=first).any(|k| self.pronoun.get(k).copied().unwrap_or(false));
+            // Only the writer as a subject starts one: "zero part of me wants to die" and "no me
+            // quiero morir" are still negated.
+            let subject = |k: usize| {
+                self.pronoun.get(k).copied().unwrap_or(false)
+                    && self.tokens.get(k).is_some_and(|token| SUBJECT_PRONOUNS.contains(&token.norm.as_str()))
+            };
+            let new_statement = !cue.raising && (index + 1..=first).any(subject);
             if !new_statement {
                 return Some(self.bytes(cue.first, index));
             }
@@ -258,6 +266,16 @@ impl<'a> Doc<'a> {
     /// The subject before a match that says nothing of who, when it is someone else
     /// ("she wants to die"); `None` when it is the writer or unknown.
     fn other_subject(&self, hit: &Hit) -> Option<Range<usize>> {
+        // Spanish "se" right before a verb makes it third person ("se quería morir", she
+        // wanted to die), even when the verb form alone could be the writer's ("quería").
+        let reflexive = hit.first.checked_sub(1).filter(|&before| {
+            self.tokens.get(before).is_some_and(|token| token.norm == "se")
+                && self.clause(before) == self.clause(hit.first)
+                && !self.pronoun.get(hit.first).copied().unwrap_or(false)
+        });
+        if let Some(before) = reflexive {
+            return Some(self.bytes(before, before));
+        }
         if (hit.first..=hit.last).any(|k| self.is_first_person(k)) {
             return None;
         }
@@ -402,9 +420,15 @@ struct Live<'v> {
 }
 
 pub(crate) fn analyze(vocabulary: &Vocabulary, text: &str) -> Detection {
+    analyze_with_idioms(vocabulary, text).0
+}
+
+/// [`analyze`], and the byte spans of the idioms found ("this commute is killing me"),
+/// whether or not they covered a match.
+pub(crate) fn analyze_with_idioms(vocabulary: &Vocabulary, text: &str) -> (Detection, Vec<Range<usize>>) {
     let tokenized = tokenize(text, vocabulary.max_quote_words);
     if tokenized.tokens.is_empty() {
-        return Detection::default();
+        return (Detection::default(), Vec::new());
     }
     let doc = Doc::new(vocabulary, text, tokenized);
     let hits = most_specific(doc.entries.clone(), &vocabulary.entries);
@@ -526,5 +550,6 @@ pub(crate) fn analyze(vocabulary: &Vocabulary, text: &str) -> Detection {
     findings.sort_by_key(|finding| (finding.span.start, finding.span.end));
     suppressed.sort_by_key(|item| (item.span.start, item.span.end));
     let level = findings.iter().map(|finding| finding.level).max().unwrap_or_default();
-    Detection { level, findings, suppressed, degraded: false }
+    let idioms = doc.idioms.iter().map(|idiom| doc.bytes(idiom.first, idiom.last)).collect();
+    (Detection { level, findings, suppressed, degraded: false }, idioms)
 }

@@ -9,6 +9,14 @@
 //! rules that suppress a match (negation, someone else's words, idioms) or lower it
 //! (resolved past). Everything is documented beside the vocabulary it reads.
 //!
+//! A learned stage reads the text after the vocabulary (a linear model over word and
+//! character n-grams and the vocabulary's own reading, `data/detector_model.bin`, trained
+//! by `scripts/train-detector`; see [`LearnedModel`]). It catches phrasings the vocabulary
+//! does not hold, and it may only add: one finding at moderate, marked `learned`, on a text
+//! the vocabulary left below moderate, never on a sentence whose match the vocabulary set
+//! aside as negated, reported or an idiom. [`Vocabulary::detect_vocabulary_only`] reads
+//! without it.
+//!
 //! The detector only ever raises risk. Callers take the highest of its level and any
 //! structured trigger (PHQ-9 item 9, C-SSRS); a `None` here never lowers those (DESIGN.md,
 //! clinical facts: free text). It is a screen for a human to read, not a diagnosis: it
@@ -29,6 +37,7 @@
 //! ```
 
 mod analysis;
+mod learned;
 mod pattern;
 mod text;
 mod vocabulary;
@@ -39,6 +48,9 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
+pub use learned::{
+    BUCKETS as MODEL_BUCKETS, CLASSES as MODEL_CLASSES, LearnedModel, Prediction, features as model_features,
+};
 pub use vocabulary::Vocabulary;
 
 /// How urgent what the text says is, lowest first.
@@ -212,16 +224,20 @@ pub enum Qualifier {
     Echoed,
     /// A timeframe, plan, means or preparation next to another finding: raised by the combination.
     Combined,
+    /// Found by the learned model, not by a vocabulary rule: the span is the sentence it
+    /// read as most of a crisis, and the level is never above moderate.
+    Learned,
 }
 
 impl Qualifier {
-    /// Stable snake_case name: `current`, `resolved_past`, `echoed` or `combined`.
+    /// Stable snake_case name: `current`, `resolved_past`, `echoed`, `combined` or `learned`.
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Current => "current",
             Self::ResolvedPast => "resolved_past",
             Self::Echoed => "echoed",
             Self::Combined => "combined",
+            Self::Learned => "learned",
         }
     }
 }
@@ -311,7 +327,8 @@ pub struct Detection {
 
 impl Detection {
     /// One line per finding for a clinician: level, category, the matched words (and
-    /// nothing more of the text), the rule, and any qualifier.
+    /// nothing more of the text), the rule, and any qualifier; for a finding of the learned
+    /// model, whose span is a sentence, its byte range instead of its words.
     pub fn evidence(&self) -> Vec<String> {
         if self.degraded {
             return vec!["crisis-language vocabulary unavailable; text needs a human read".to_owned()];
@@ -319,6 +336,18 @@ impl Detection {
         self.findings
             .iter()
             .map(|finding| {
+                // A learned finding's span is a whole sentence: the evidence names where it
+                // is, never quotes it, so no more of the text travels than for a rule.
+                if finding.qualifier == Qualifier::Learned {
+                    return format!(
+                        "{} {}: the sentence at bytes {}..{} (rule {}; found by the learned model, not a vocabulary rule: read the text)",
+                        finding.level,
+                        finding.category.label(),
+                        finding.span.start,
+                        finding.span.end,
+                        finding.rule
+                    );
+                }
                 let qualifier = match finding.qualifier {
                     Qualifier::Current => String::new(),
                     Qualifier::ResolvedPast => {
@@ -326,6 +355,7 @@ impl Detection {
                     }
                     Qualifier::Echoed => "; someone else's words the writer said apply to them".to_owned(),
                     Qualifier::Combined => "; raised by another finding nearby".to_owned(),
+                    Qualifier::Learned => String::new(),
                 };
                 format!(
                     "{} {}: \"{}\" (rule {}{qualifier})",
@@ -348,8 +378,25 @@ pub fn detect(text: &str) -> Detection {
 }
 
 impl Vocabulary {
-    /// Reads `text` with this vocabulary.
+    /// Reads `text` with this vocabulary, then the built-in learned model, which may only add
+    /// a finding (see [`LearnedModel`]).
     pub fn detect(&self, text: &str) -> Detection {
+        let (mut detection, idioms) = analysis::analyze_with_idioms(self, text);
+        // The model is compiled in and checked by its tests; were it ever unreadable the
+        // vocabulary's reading stands on its own.
+        if let Ok(model) = LearnedModel::builtin()
+            && let Some(finding) = model.finding(text, &detection, &idioms)
+        {
+            detection.level = detection.level.max(finding.level);
+            let at = detection.findings.partition_point(|other| other.span.start <= finding.span.start);
+            detection.findings.insert(at, finding);
+        }
+        detection
+    }
+
+    /// Reads `text` with this vocabulary alone, without the learned model: for measuring
+    /// what each stage adds.
+    pub fn detect_vocabulary_only(&self, text: &str) -> Detection {
         analysis::analyze(self, text)
     }
 }

@@ -118,7 +118,10 @@ fn intent_plan_means_or_a_timeframe_with_ideation_is_imminent() {
     // Self-harm with means is high, not imminent: it is not suicidal intent.
     assert_eq!(level("I want to cut. I bought new blades."), TextRiskLevel::High);
     // Modifiers alone are nothing, and say so to reviewers.
-    assert_eq!(level("I have the pills the pharmacy gave me. See you tonight!"), TextRiskLevel::None);
+    // (The vocabulary alone: the learned stage reads the whole text and may still flag it.)
+    let vocabulary = Vocabulary::builtin().unwrap();
+    let alone = |text: &str| vocabulary.detect_vocabulary_only(text).level;
+    assert_eq!(alone("I have the pills the pharmacy gave me. See you tonight!"), TextRiskLevel::None);
     // Means beside an implicit action pairs to high; a generic plan and a timeframe never pair.
     assert_eq!(level("I have a knife under my pillow and I keep thinking about using it"), TextRiskLevel::High);
     assert_eq!(level("I made a plan to go running. I'm going to do it this weekend!"), TextRiskLevel::None);

@@ -194,6 +194,8 @@ pub(crate) struct Entry {
 #[derive(Debug, Clone)]
 pub struct Vocabulary {
     pub(crate) revision: String,
+    /// FNV-1a of the file's text: which vocabulary the learned stage was trained against.
+    pub(crate) fingerprint: u64,
     pub(crate) negation_window: usize,
     pub(crate) subject_window: usize,
     pub(crate) max_quote_words: usize,
@@ -215,7 +217,17 @@ impl Vocabulary {
     pub fn parse(source: &str) -> Result<Self, ValidationErrors> {
         let file: VocabularyFile = toml::from_str(source)
             .map_err(|error| ValidationErrors::single("vocabulary", error.to_string().trim_end().to_owned()))?;
-        compile(file)
+        let mut vocabulary = compile(file)?;
+        vocabulary.fingerprint = source
+            .bytes()
+            .fold(0xcbf2_9ce4_8422_2325u64, |hash, byte| (hash ^ u64::from(byte)).wrapping_mul(0x0000_0100_0000_01b3));
+        Ok(vocabulary)
+    }
+
+    /// A fingerprint of the file's text (FNV-1a, hex): the learned stage reads the
+    /// vocabulary's findings, so its model records the vocabulary it was trained against.
+    pub fn fingerprint(&self) -> String {
+        format!("{:016x}", self.fingerprint)
     }
 
     /// The `revision` string of the file, for recording which vocabulary judged a text.
@@ -241,7 +253,7 @@ impl Vocabulary {
         let mut failures = Vec::new();
         for (index, entry) in self.entries.iter().enumerate() {
             for (example_index, example) in entry.examples.iter().enumerate() {
-                if !self.detect(example).findings.iter().any(|finding| finding.rule == entry.id) {
+                if !self.detect_vocabulary_only(example).findings.iter().any(|finding| finding.rule == entry.id) {
                     failures.push(format!(
                         "entry[{index}].examples[{example_index}]: `{}` did not fire on {example:?}",
                         entry.id
@@ -264,7 +276,7 @@ impl Vocabulary {
                     failures.push(format!("{path}: `{id}` does not match {example:?}"));
                     continue;
                 }
-                let detection = self.detect(example);
+                let detection = self.detect_vocabulary_only(example);
                 let overlapping = detection.findings.iter().find(|finding| {
                     spans.iter().any(|span| finding.span.start < span.end && span.start < finding.span.end)
                 });
@@ -283,7 +295,7 @@ fn expand(source: &str, sets: &BTreeMap<String, Vec<String>>) -> Result<Vec<Stri
     let mut done = Vec::new();
     let mut pending = vec![(source.to_owned(), 0usize)];
     while let Some((pattern, depth)) = pending.pop() {
-        if depth > 8 {
+        if depth > 16 {
             return Err("sets or groups nest too deep (a set that refers to itself?)".to_owned());
         }
         let alternatives = match (pattern.find('{'), pattern.find('(')) {
@@ -607,6 +619,7 @@ fn compile(file: VocabularyFile) -> Result<Vocabulary, ValidationErrors> {
     matcher.index_slips();
     let vocabulary = Vocabulary {
         revision: file.revision.clone(),
+        fingerprint: 0,
         negation_window: settings.negation_window,
         subject_window: settings.subject_window,
         max_quote_words: settings.max_quote_words,

@@ -1,0 +1,119 @@
+//! The evaluation sets and the fixed dev split, shared by the evaluation test
+//! (`tests/detector_eval.rs`) and the trainer (`examples/train_detector.rs`), so both read
+//! the same texts and hold out the same ones. The frozen holdout is not read here.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+/// The crisis categories of `data/eval/CATEGORIES.md`.
+pub const CRISIS_CATEGORIES: [&str; 11] = [
+    "wish_dead",
+    "active_thoughts",
+    "method",
+    "intent",
+    "plan",
+    "preparatory",
+    "attempt",
+    "nssi",
+    "harm_others",
+    "cannot_stay_safe",
+    "entrapment_burden",
+];
+/// The benign categories of `data/eval/CATEGORIES.md`.
+pub const BENIGN_CATEGORIES: [&str; 5] = ["idiom", "negation", "reported", "past_resolved", "everyday"];
+/// The languages of the sets.
+pub const LANGUAGES: [&str; 2] = ["en", "es"];
+
+/// The tuning set (one writer).
+pub const TUNING: &str = include_str!("../../data/eval/tuning.jsonl");
+/// Training set A (a second writer).
+pub const TRAIN_A: &str = include_str!("../../data/eval/train_a.jsonl");
+/// Training set B (a third writer).
+pub const TRAIN_B: &str = include_str!("../../data/eval/train_b.jsonl");
+
+/// Plain everyday texts generated from templates (`scripts/generate-everyday-texts`): they
+/// train the learned stage only, never measure it.
+#[allow(dead_code)]
+pub const EVERYDAY_GENERATED: &str = include_str!("../../data/eval/everyday_generated.jsonl");
+
+/// The seed of the dev split: changing it changes which texts are dev, so it never changes.
+pub const DEV_SEED: &str = "tandem-detector-dev-split-2026-12-01";
+/// The share of each (category, language) group of train_a and train_b held out as dev.
+pub const DEV_SHARE: f64 = 0.25;
+
+/// One labelled text.
+#[derive(Debug, Clone)]
+pub struct EvalText {
+    pub id: String,
+    pub lang: String,
+    pub category: String,
+    pub crisis: bool,
+    pub text: String,
+}
+
+/// Parses a JSONL set, checking every line's schema. Errors name the line, never its text.
+pub fn eval_texts(source: &str, name: &str) -> Vec<EvalText> {
+    source
+        .lines()
+        .enumerate()
+        .filter(|(_, line)| !line.trim().is_empty())
+        .map(|(index, line)| {
+            let value: serde_json::Value =
+                serde_json::from_str(line).unwrap_or_else(|e| panic!("{name} line {}: not JSON: {e}", index + 1));
+            let field = |key: &str| {
+                value
+                    .get(key)
+                    .and_then(serde_json::Value::as_str)
+                    .unwrap_or_else(|| panic!("{name} line {}: no string `{key}`", index + 1))
+                    .to_owned()
+            };
+            let (lang, category, label) = (field("lang"), field("category"), field("label"));
+            let crisis = CRISIS_CATEGORIES.contains(&category.as_str());
+            assert!(
+                crisis || BENIGN_CATEGORIES.contains(&category.as_str()),
+                "{name} line {}: unknown category",
+                index + 1
+            );
+            assert!(LANGUAGES.contains(&lang.as_str()), "{name} line {}: unknown language", index + 1);
+            assert_eq!(label, if crisis { "crisis" } else { "benign" }, "{name} line {}: label", index + 1);
+            EvalText { id: field("id"), lang, category, crisis, text: field("text") }
+        })
+        .collect()
+}
+
+fn fnv(text: &str) -> u64 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in DEV_SEED.bytes().chain([0]).chain(text.bytes()) {
+        hash ^= u64::from(byte);
+        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    hash
+}
+
+/// Splits texts into (train, dev): in every (category, language) group, the quarter whose
+/// seeded hash of the id is lowest is dev. Fixed by the seed and the ids alone.
+pub fn split(texts: Vec<EvalText>) -> (Vec<EvalText>, Vec<EvalText>) {
+    let mut groups: BTreeMap<(String, String), Vec<(u64, String)>> = BTreeMap::new();
+    for text in &texts {
+        groups.entry((text.category.clone(), text.lang.clone())).or_default().push((fnv(&text.id), text.id.clone()));
+    }
+    let mut dev_ids = BTreeSet::new();
+    for members in groups.values_mut() {
+        members.sort();
+        let take = (members.len() as f64 * DEV_SHARE).round() as usize;
+        dev_ids.extend(members.iter().take(take).map(|(_, id)| id.clone()));
+    }
+    texts.into_iter().partition(|text| !dev_ids.contains(&text.id))
+}
+
+/// (train, dev): the tuning set and three quarters of train_a and train_b to train on; the
+/// other quarter of train_a and train_b, never trained or tuned on, to measure.
+pub fn train_and_dev() -> (Vec<EvalText>, Vec<EvalText>) {
+    let mut train = eval_texts(TUNING, "tuning.jsonl");
+    let mut dev = Vec::new();
+    for (source, name) in [(TRAIN_A, "train_a.jsonl"), (TRAIN_B, "train_b.jsonl")] {
+        let (more_train, more_dev) = split(eval_texts(source, name));
+        train.extend(more_train);
+        dev.extend(more_dev);
+    }
+    (train, dev)
+}
