@@ -1,6 +1,6 @@
 //! Where an alert's time goes, hop by hop, read after the run from the
-//! timestamps the path writes anyway (outbox rows, inbox rows, the embedded
-//! log, the delivery row), so measuring adds nothing to the path itself.
+//! timestamps the path writes anyway (outbox and inbox rows, the embedded
+//! log), so measuring adds nothing to the path itself.
 
 use std::time::SystemTime;
 
