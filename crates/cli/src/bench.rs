@@ -4,14 +4,17 @@
 //!   webhook received by the care team's endpoint, p50 and p99.
 //! - `events`: event-spine throughput (outbox relay, consumer) on the bus.
 
+mod hops;
+
 use std::net::SocketAddr;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{Context, bail};
 use tandem_auth::Role;
 use tandem_proto::checkins::v1 as checkins;
 use tandem_server::Settings;
 
+pub use self::hops::Breakdown;
 use crate::scenario::{Running, authed, enroll_with_team, register_webhook};
 use crate::webhook::Receiver;
 
@@ -40,9 +43,15 @@ pub struct Latencies {
     pub p99_ms: f64,
     /// Slowest.
     pub max_ms: f64,
+    /// Where the time went, hop by hop.
+    pub breakdown: Breakdown,
 }
 
-fn percentile(sorted: &[f64], q: f64) -> f64 {
+/// The hops of [`Breakdown::hops`], in path order.
+pub const HOPS: [&str; 5] = hops::HOPS;
+
+/// The `q` quantile (0..=1) of sorted values.
+pub fn percentile(sorted: &[f64], q: f64) -> f64 {
     if sorted.is_empty() {
         return 0.0;
     }
@@ -60,7 +69,7 @@ pub async fn alerts(config: &AlertBench) -> anyhow::Result<Latencies> {
         events: config.events.clone(),
         ..Settings::default()
     };
-    let running = Running::start(settings, &[]).await?;
+    let running = Running::start(settings.clone(), &[]).await?;
     let mut clients = running.clients.clone();
     let org = "bench-clinic";
     let ehr = running.token(org, Role::Integration, "ehr")?;
@@ -99,9 +108,11 @@ pub async fn alerts(config: &AlertBench) -> anyhow::Result<Latencies> {
     }
     // Warm-up: the first alert is not counted.
     let mut latencies = Vec::with_capacity(config.alerts);
+    let mut marks = Vec::with_capacity(config.alerts);
     for (n, patient) in patients.iter().enumerate() {
         let token = running.token(org, Role::Patient, &patient.value)?;
         let started = Instant::now();
+        let submitted = SystemTime::now();
         clients
             .checkins
             .submit_check_in(authed(
@@ -124,9 +135,14 @@ pub async fn alerts(config: &AlertBench) -> anyhow::Result<Latencies> {
             })
             .await
             .with_context(|| format!("alert {n} never arrived"))?;
-        let latency = arrived.at.saturating_duration_since(started).as_secs_f64() * 1e3;
+        let took = arrived.at.saturating_duration_since(started);
         if n > 0 {
-            latencies.push(latency);
+            latencies.push(took.as_secs_f64() * 1e3);
+            marks.push(hops::Marks {
+                patient: patient.value.clone(),
+                submitted: hops::micros(submitted),
+                arrived: hops::micros(submitted + took),
+            });
         }
     }
     watching.abort_all();
@@ -134,11 +150,13 @@ pub async fn alerts(config: &AlertBench) -> anyhow::Result<Latencies> {
     if latencies.is_empty() {
         bail!("run at least 2 alerts: the first one only warms up");
     }
+    let breakdown = hops::read(&settings, &marks).await?;
     latencies.sort_by(f64::total_cmp);
     Ok(Latencies {
         count: latencies.len(),
         p50_ms: percentile(&latencies, 0.5),
         p99_ms: percentile(&latencies, 0.99),
         max_ms: latencies.last().copied().unwrap_or(0.0),
+        breakdown,
     })
 }

@@ -189,6 +189,18 @@ async fn bench_alerts(alerts: usize, database_url: String, events: String, watch
         latencies.p99_ms,
         latencies.max_ms
     );
+    let breakdown = &latencies.breakdown;
+    let named = tandem_cli::bench::HOPS.iter().map(|name| (*name).to_owned()).zip(&breakdown.hops);
+    let extra = breakdown.appends.iter().map(|(name, values)| (format!("(embedded log) {name}"), values));
+    println!();
+    println!("| hop | p50 ms | p99 ms | max ms |");
+    println!("|---|---|---|---|");
+    for (name, values) in named.chain(extra) {
+        let mut sorted = values.clone();
+        sorted.sort_by(f64::total_cmp);
+        let quantile = |q| tandem_cli::bench::percentile(&sorted, q);
+        println!("| {name} | {:.1} | {:.1} | {:.1} |", quantile(0.5), quantile(0.99), quantile(1.0));
+    }
     Ok(())
 }
 

@@ -12,7 +12,15 @@
 //!   rebalance and on close; a process that dies loses at most the stored
 //!   but uncommitted offsets, and those records are delivered again.
 //! - Appends and membership changes wake waiting members through a
-//!   `tokio::sync::watch`; a slow safety poll covers anything missed.
+//!   `tokio::sync::watch`; a slow safety poll covers anything missed. A
+//!   woken member reads only the partitions whose end moved past its
+//!   position (each partition's end is kept in memory).
+//! - Writers (appends, offset commits) take turns on an async lock, never
+//!   in SQLite's busy handler, which sleeps between tries. Offsets are
+//!   committed without syncing the file (their connection runs
+//!   `synchronous = NORMAL`): an OS crash may lose the last ones, and those
+//!   records are delivered again, as when a process dies; the next append
+//!   syncs them with its own records.
 //!
 //! One process owns a log file. Every `EmbeddedBus` opened on the same path
 //! in a process shares one instance, so group membership is never split.
@@ -62,9 +70,15 @@ type TopicPartition = (String, i32);
 struct Inner {
     config: EmbeddedConfig,
     pool: SqlitePool,
+    // One connection, synchronous = NORMAL: offset commits need no sync.
+    offsets_pool: SqlitePool,
     topics: Mutex<HashMap<String, i32>>,
-    // Serialises appends so offsets are assigned without lock contention.
-    append: tokio::sync::Mutex<()>,
+    // The next offset of each partition that has records; advanced after
+    // each append commits, before members are woken.
+    ends: Mutex<HashMap<TopicPartition, i64>>,
+    // Writers take turns here: offsets are assigned without contention, and
+    // nobody waits in SQLite's busy handler.
+    write: tokio::sync::Mutex<()>,
     // Bumped on every append and membership change; members wait on it.
     changed: watch::Sender<u64>,
     groups: Mutex<HashMap<String, Group>>,
@@ -137,8 +151,21 @@ impl EmbeddedBus {
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Full)
             .busy_timeout(Duration::from_secs(10));
-        let pool = SqlitePoolOptions::new().max_connections(4).connect_with(options).await.map_err(open_error)?;
+        let pool =
+            SqlitePoolOptions::new().max_connections(4).connect_with(options.clone()).await.map_err(open_error)?;
         sqlx::raw_sql(SCHEMA).execute(&pool).await.map_err(open_error)?;
+        let offsets_pool = SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect_with(options.synchronous(SqliteSynchronous::Normal))
+            .await
+            .map_err(open_error)?;
+        let ends: HashMap<TopicPartition, i64> =
+            sqlx::query("SELECT topic, partition_no, MAX(log_offset) + 1 FROM log GROUP BY topic, partition_no")
+                .fetch_all(&pool)
+                .await?
+                .into_iter()
+                .map(|row| ((row.get::<String, _>(0), row.get::<i32, _>(1)), row.get::<i64, _>(2)))
+                .collect();
         let topics: HashMap<String, i32> = sqlx::query("SELECT name, partitions FROM topics")
             .fetch_all(&pool)
             .await?
@@ -148,8 +175,10 @@ impl EmbeddedBus {
         let inner = Arc::new(Inner {
             config,
             pool,
+            offsets_pool,
             topics: Mutex::new(topics),
-            append: tokio::sync::Mutex::new(()),
+            ends: Mutex::new(ends),
+            write: tokio::sync::Mutex::new(()),
             changed: watch::Sender::new(0),
             groups: Mutex::new(HashMap::new()),
             next_member: AtomicU64::new(1),
@@ -211,7 +240,7 @@ impl EmbeddedBus {
     }
 
     async fn append_valid(&self, records: &[Record], valid: &[Result<()>]) -> Result<()> {
-        let _turn = self.inner.append.lock().await;
+        let _turn = self.inner.write.lock().await;
         let mut tx = self.inner.pool.begin_with("BEGIN IMMEDIATE").await?;
         let mut next: HashMap<TopicPartition, i64> = HashMap::new();
         let now = tandem_store::unix_micros(SystemTime::now());
@@ -249,6 +278,12 @@ impl EmbeddedBus {
             next.insert(tp, offset + 1);
         }
         tx.commit().await?;
+        let mut ends = lock(&self.inner.ends);
+        for (tp, end) in next {
+            let known = ends.entry(tp).or_insert(end);
+            *known = (*known).max(end);
+        }
+        drop(ends);
         Ok(())
     }
 
@@ -284,11 +319,13 @@ impl EventBus for EmbeddedBus {
             if topic.partitions < 1 {
                 return Err(Error::BadConfig(format!("topic {} with {} partitions", topic.name, topic.partitions)));
             }
+            let turn = self.inner.write.lock().await;
             sqlx::query("INSERT INTO topics (name, partitions) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING")
                 .bind(&topic.name)
                 .bind(topic.partitions)
                 .execute(&self.inner.pool)
                 .await?;
+            drop(turn);
             let partitions: i32 = sqlx::query_scalar("SELECT partitions FROM topics WHERE name = $1")
                 .bind(&topic.name)
                 .fetch_one(&self.inner.pool)
@@ -453,7 +490,8 @@ impl EmbeddedSubscription {
 
     async fn write_offsets(&self, offsets: &[(TopicPartition, i64)]) -> Result<()> {
         let now = tandem_store::unix_micros(SystemTime::now());
-        let mut tx = self.bus.inner.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let _turn = self.bus.inner.write.lock().await;
+        let mut tx = self.bus.inner.offsets_pool.begin_with("BEGIN IMMEDIATE").await?;
         for ((topic, partition), offset) in offsets {
             // MAX guards against two members' commits landing out of order.
             sqlx::query(
@@ -488,8 +526,16 @@ impl EmbeddedSubscription {
     }
 
     async fn fetch(&mut self, max: usize) -> Result<Vec<Delivered>> {
-        let held: Vec<(TopicPartition, i64)> =
-            self.positions.iter().map(|(tp, position)| (tp.clone(), *position)).collect();
+        // Only partitions with records past this member's position: a
+        // member holding many partitions reads one when one has news.
+        let held: Vec<(TopicPartition, i64)> = {
+            let ends = lock(&self.bus.inner.ends);
+            self.positions
+                .iter()
+                .filter(|(tp, position)| ends.get(*tp).is_some_and(|end| end > *position))
+                .map(|(tp, position)| (tp.clone(), *position))
+                .collect()
+        };
         if held.is_empty() || max == 0 {
             return Ok(Vec::new());
         }
@@ -715,6 +761,7 @@ mod tests {
             member.store_offset(&batch[0]).unwrap();
             member.close().await.unwrap();
             bus.inner.pool.close().await;
+            bus.inner.offsets_pool.close().await;
             lock(registry()).clear();
         }
         let bus = EmbeddedBus::open(EmbeddedConfig::new(&path)).await.unwrap();

@@ -97,6 +97,9 @@ pub struct Migrations {
 #[derive(Debug, Clone)]
 pub struct Store {
     pool: AnyPool,
+    // SQLite: the one connection write transactions take turns on, shared
+    // with separate pools (see `begin_write`); PostgreSQL: `pool`.
+    writer: AnyPool,
     backend: Backend,
     schema: String,
     // How the pool was made, for a separate pool on the same database.
@@ -191,13 +194,22 @@ impl Store {
             });
         let pool =
             pool_options.clone().connect(&url).await.map_err(|source| StoreError::Connect { backend, source })?;
+        let writer = match backend {
+            Backend::Sqlite => pool_options
+                .clone()
+                .max_connections(1)
+                .connect(&url)
+                .await
+                .map_err(|source| StoreError::Connect { backend, source })?,
+            Backend::Postgres => pool.clone(),
+        };
         let migrator = match backend {
             Backend::Sqlite => migrations.sqlite,
             Backend::Postgres => migrations.postgres,
         };
         migrator.run(&pool).await.map_err(|source| StoreError::Migrate { schema: schema.clone(), source })?;
         tracing::debug!(%backend, schema = %schema, "store ready");
-        Ok(Self { pool, backend, schema, url, pool_options })
+        Ok(Self { pool, writer, backend, schema, url, pool_options })
     }
 
     /// Another pool of `max_connections` on the same database and schema
@@ -214,7 +226,12 @@ impl Store {
             .connect(&self.url)
             .await
             .map_err(|source| StoreError::Connect { backend, source })?;
-        Ok(Self { pool, ..self.clone() })
+        let writer = match backend {
+            // One writer per SQLite file, whichever pool asks.
+            Backend::Sqlite => self.writer.clone(),
+            Backend::Postgres => pool.clone(),
+        };
+        Ok(Self { pool, writer, ..self.clone() })
     }
 
     /// The pool.
@@ -232,20 +249,27 @@ impl Store {
         &self.schema
     }
 
-    /// Begins a transaction that will write. On SQLite it takes the write
-    /// lock up front (`BEGIN IMMEDIATE`), so two writers queue on the busy
-    /// timeout instead of failing on a lock upgrade.
+    /// Begins a transaction that will write. On SQLite, where a file has
+    /// one writer at a time, write transactions take turns on one
+    /// connection of their own (shared with [`Store::separate_pool`]s): a
+    /// writer waits in line and is woken when the one before it ends,
+    /// instead of polling SQLite's lock in its busy handler, which sleeps
+    /// 1, 2, 5, 10... ms between tries. It takes the write lock up front
+    /// (`BEGIN IMMEDIATE`), so a writer never fails on a lock upgrade.
     pub async fn begin_write(&self) -> Result<sqlx::Transaction<'static, sqlx::Any>, StoreError> {
         let tx = match self.backend {
-            Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await?,
+            Backend::Sqlite => self.writer.begin_with("BEGIN IMMEDIATE").await?,
             Backend::Postgres => self.pool.begin().await?,
         };
         Ok(tx)
     }
 
-    /// Closes the pool, waiting for connections to be returned.
+    /// Closes the pool, waiting for connections to be returned. On SQLite
+    /// this closes the writer its separate pools share too: close them
+    /// together, when the service stops.
     pub async fn close(&self) {
         self.pool.close().await;
+        self.writer.close().await;
     }
 }
 
