@@ -369,7 +369,7 @@ impl EventBus for EmbeddedBus {
         // of every group that has consumed its partition. A partition no
         // group has committed on keeps everything, and its last record always
         // stays: the next append numbers its offset after it.
-        let _turn = self.inner.append.lock().await;
+        let _turn = self.inner.write.lock().await;
         let pruned = sqlx::query(
             "DELETE FROM log WHERE appended_at < $1
                AND log_offset < (SELECT MIN(g.next_offset) FROM group_offsets g
