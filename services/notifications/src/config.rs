@@ -29,6 +29,32 @@ pub struct NotificationsSettings {
     pub worker: WorkerSettings,
     /// Reminders of due measures and homework.
     pub reminders: ReminderSettings,
+    /// How long finished deliveries and in-app messages are kept.
+    pub retention: RetentionSettings,
+}
+
+/// How long notifications keeps what it sent (section
+/// `notifications.retention`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct RetentionSettings {
+    /// Time between passes.
+    #[serde(with = "humantime_serde")]
+    pub every: Duration,
+    /// How long a delivery that ended (delivered, failed, cancelled) is kept
+    /// after it was queued; pending ones are never removed.
+    #[serde(with = "humantime_serde")]
+    pub deliveries: Duration,
+    /// How long an in-app message is kept after it was created.
+    #[serde(with = "humantime_serde")]
+    pub in_app: Duration,
+}
+
+impl Default for RetentionSettings {
+    fn default() -> Self {
+        const DAY: Duration = Duration::from_secs(24 * 3600);
+        Self { every: Duration::from_secs(3600), deliveries: DAY * 90, in_app: DAY * 90 }
+    }
 }
 
 /// How the SMTP connection is secured.

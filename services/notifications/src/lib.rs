@@ -122,6 +122,7 @@ impl Notifications {
         if self.settings.reminders.enabled {
             tasks.spawn("notifications reminder scheduler", self.scheduler().run(tasks.stopped()));
         }
+        tasks.spawn("notifications retention", retention(self.repo(), self.settings.clone(), tasks.stopped()));
         if self.store.backend() == Backend::Postgres {
             // Inbox rows written by other replicas wake this one's streams.
             tasks.spawn("notifications inbox listener", self.inbox.feed().clone().listen(tasks.stopped()));
@@ -198,5 +199,29 @@ impl Notifications {
     pub async fn close(&self) {
         self.api_store.close().await;
         self.store.close().await;
+    }
+}
+
+/// Removes finished deliveries and old in-app messages on a timer
+/// (`notifications.retention`); a failed pass is tried again next time.
+async fn retention(
+    repo: repo::Repo,
+    settings: Arc<NotificationsSettings>,
+    stop: impl std::future::Future<Output = ()> + Send,
+) -> Result<(), repo::RepoError> {
+    tokio::pin!(stop);
+    loop {
+        let now = repo::now_micros();
+        let age = |kept: std::time::Duration| now.saturating_sub(i64::try_from(kept.as_micros()).unwrap_or(i64::MAX));
+        let retention = &settings.retention;
+        match repo.prune(age(retention.deliveries), age(retention.in_app)).await {
+            Ok((0, 0)) => {}
+            Ok((deliveries, in_app)) => tracing::info!(deliveries, in_app, "notifications retention pass"),
+            Err(error) => tracing::warn!(%error, "notifications retention pass failed; trying again next pass"),
+        }
+        tokio::select! {
+            () = &mut stop => return Ok(()),
+            () = tokio::time::sleep(retention.every) => {}
+        }
     }
 }

@@ -908,6 +908,27 @@ impl Repo {
         Ok(())
     }
 
+    // ---- retention -------------------------------------------------------
+
+    /// Deletes deliveries that ended and were queued before
+    /// `deliveries_before`, and in-app messages created before
+    /// `in_app_before` (unix micros); returns how many of each.
+    pub async fn prune(&self, deliveries_before: i64, in_app_before: i64) -> Result<(u64, u64), RepoError> {
+        let mut tx = self.store.begin_write().await?;
+        let deliveries = sqlx::query("DELETE FROM deliveries WHERE state <> 'pending' AND queued_at < $1")
+            .bind(deliveries_before)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        let in_app = sqlx::query("DELETE FROM inbox_notifications WHERE created_at < $1")
+            .bind(in_app_before)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        tx.commit().await?;
+        Ok((deliveries, in_app))
+    }
+
     // ---- projections and reminders ---------------------------------------
 
     /// The org of a patient, as careplans announced it.

@@ -600,3 +600,50 @@ async fn an_unreadable_escalation_event_is_announced_to_triage_once(backend: Bac
     })
     .await;
 }
+
+both_backends!(retention_removes_old_finished_deliveries_and_in_app_messages_only);
+async fn retention_removes_old_finished_deliveries_and_in_app_messages_only(backend: Backend) {
+    with_env(backend, fast_settings(), |env| async move {
+        let store = env.service.store();
+        let now = tandem_notifications::repo::now_micros();
+        let old = now - 100 * 24 * 3600 * 1_000_000;
+        for (id, state, queued_at) in [("old-done", "delivered", old), ("old-pending", "pending", old), ("new-done", "delivered", now)] {
+            sqlx::query(
+                "INSERT INTO deliveries (id, purpose, dedup_key, org_id, patient_id, recipient, endpoint_id, channel, message, \
+                 state, attempts, next_attempt_at, queued_at, last_error) \
+                 VALUES ($1, 'reminder', $1, 'org', 'patient', 'someone', 'endpoint', 'webhook', '', $2, 1, $3, $4, '')",
+            )
+            .bind(id)
+            .bind(state)
+            // Not due for a year: the delivery worker leaves the pending one alone.
+            .bind(now + 365 * 24 * 3600 * 1_000_000)
+            .bind(queued_at)
+            .execute(store.pool())
+            .await
+            .unwrap();
+        }
+        for (id, created_at) in [("old-message", old), ("new-message", now)] {
+            sqlx::query(
+                "INSERT INTO inbox_notifications (id, org_id, subject, kind, title, body, created_at) \
+                 VALUES ($1, 'org', 'someone', 'reminder', 't', 'b', $2)",
+            )
+            .bind(id)
+            .bind(created_at)
+            .execute(store.pool())
+            .await
+            .unwrap();
+        }
+        let day = 24 * 3600 * 1_000_000;
+        // The service's own retention task may take its first pass meanwhile:
+        // what is left is what counts.
+        env.service.repo().prune(now - 90 * day, now - 90 * day).await.unwrap();
+        let mut deliveries: Vec<String> =
+            sqlx::query_scalar("SELECT id FROM deliveries").fetch_all(store.pool()).await.unwrap();
+        deliveries.sort();
+        assert_eq!(deliveries, ["new-done", "old-pending"], "a pending delivery is never removed");
+        let messages: Vec<String> =
+            sqlx::query_scalar("SELECT id FROM inbox_notifications").fetch_all(store.pool()).await.unwrap();
+        assert_eq!(messages, ["new-message"]);
+    })
+    .await;
+}
