@@ -147,7 +147,7 @@ fn report(name: &str, texts: &[EvalText], vocabulary: &[bool], crisis: &[f32], t
     let (alone, alone_benign) = tally(texts, vocabulary, crisis, f32::INFINITY);
     println!("{name} (vocabulary alone -> with the model at {threshold:.3}):");
     let (mut all, mut all_alone) = ((0, 0), 0);
-    for category in CRISIS_CATEGORIES {
+    for &category in CRISIS_CATEGORIES {
         let (flagged, total) = per_category.get(category).copied().unwrap_or_default();
         let before = alone.get(category).map_or(0, |cell| cell.0);
         all.0 += flagged;

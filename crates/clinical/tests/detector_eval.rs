@@ -153,13 +153,13 @@ impl Evaluation {
     /// false-alarm rate when above `max`, as readable failures.
     fn failures(&self, min_recall: f64, max_false_alarms: f64) -> Vec<String> {
         let mut failures = Vec::new();
-        for category in CRISIS_CATEGORIES {
+        for &category in CRISIS_CATEGORIES {
             let tally = self.tally(category, None);
             if tally.rate() < min_recall {
                 failures.push(format!("recall in {category} is {:.3}, below {min_recall}", tally.rate()));
             }
         }
-        let benign = self.pooled(&BENIGN_CATEGORIES, None);
+        let benign = self.pooled(BENIGN_CATEGORIES, None);
         if benign.rate() > max_false_alarms {
             failures.push(format!("benign false-alarm rate is {:.3}, above {max_false_alarms}", benign.rate()));
         }
@@ -186,15 +186,15 @@ fn table(columns: &[(&str, &Evaluation)]) -> String {
     };
     let _ = writeln!(out, "{}", header.trim_end());
     let _ = writeln!(out, "recall (flagged / crisis texts)");
-    for category in CRISIS_CATEGORIES {
+    for &category in CRISIS_CATEGORIES {
         row(&mut out, &format!("  {category}"), &|evaluation, lang| evaluation.tally(category, lang));
     }
-    row(&mut out, "  all crisis", &|evaluation, lang| evaluation.pooled(&CRISIS_CATEGORIES, lang));
+    row(&mut out, "  all crisis", &|evaluation, lang| evaluation.pooled(CRISIS_CATEGORIES, lang));
     let _ = writeln!(out, "false alarms (flagged / benign texts)");
-    for category in BENIGN_CATEGORIES {
+    for &category in BENIGN_CATEGORIES {
         row(&mut out, &format!("  {category}"), &|evaluation, lang| evaluation.tally(category, lang));
     }
-    row(&mut out, "  all benign", &|evaluation, lang| evaluation.pooled(&BENIGN_CATEGORIES, lang));
+    row(&mut out, "  all benign", &|evaluation, lang| evaluation.pooled(BENIGN_CATEGORIES, lang));
     out
 }
 
@@ -324,7 +324,7 @@ fn frozen_holdout_never_regresses_and_reports_the_gap_to_the_targets() {
             regressions.push(format!("{category}: {} flagged, floor {floor}", tally.flagged));
         }
     }
-    let benign = holdout.pooled(&BENIGN_CATEGORIES, None);
+    let benign = holdout.pooled(BENIGN_CATEGORIES, None);
     if benign.flagged > HOLDOUT_CEILING_FALSE_ALARMS {
         regressions.push(format!("benign: {} false alarms, ceiling {HOLDOUT_CEILING_FALSE_ALARMS}", benign.flagged));
     }

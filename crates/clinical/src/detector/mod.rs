@@ -49,7 +49,8 @@ use std::str::FromStr;
 use serde::{Deserialize, Serialize};
 
 pub use learned::{
-    BUCKETS as MODEL_BUCKETS, CLASSES as MODEL_CLASSES, LearnedModel, Prediction, features as model_features,
+    BUCKETS as MODEL_BUCKETS, CLASSES as MODEL_CLASSES, CRISIS_CLASSES as MODEL_CRISIS_CLASSES, LearnedModel,
+    Prediction, features as model_features,
 };
 pub use vocabulary::Vocabulary;
 

@@ -4,22 +4,13 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-/// The crisis categories of `data/eval/CATEGORIES.md`.
-pub const CRISIS_CATEGORIES: [&str; 11] = [
-    "wish_dead",
-    "active_thoughts",
-    "method",
-    "intent",
-    "plan",
-    "preparatory",
-    "attempt",
-    "nssi",
-    "harm_others",
-    "cannot_stay_safe",
-    "entrapment_burden",
-];
-/// The benign categories of `data/eval/CATEGORIES.md`.
-pub const BENIGN_CATEGORIES: [&str; 5] = ["idiom", "negation", "reported", "past_resolved", "everyday"];
+use tandem_clinical::{MODEL_CLASSES, MODEL_CRISIS_CLASSES};
+
+/// The crisis categories of `data/eval/CATEGORIES.md`: the learned model's first classes,
+/// so the evaluation, the trainer and the model name the same categories.
+pub const CRISIS_CATEGORIES: &[&str] = MODEL_CLASSES.split_at(MODEL_CRISIS_CLASSES).0;
+/// The benign categories of `data/eval/CATEGORIES.md`: the model's other classes.
+pub const BENIGN_CATEGORIES: &[&str] = MODEL_CLASSES.split_at(MODEL_CRISIS_CLASSES).1;
 /// The languages of the sets.
 pub const LANGUAGES: [&str; 2] = ["en", "es"];
 
