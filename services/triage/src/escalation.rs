@@ -229,7 +229,22 @@ pub fn raise(
 ) -> Option<Transition> {
     let window = ack_window(ctx.rules, level)?;
     let (recipient, _) = ctx.recipient(0);
-    let after = Escalation {
+    let after = notified(id, org, patient, level, recipient, now.saturating_add(micros(window)), now);
+    Some(opened(after, why, ctx, ctx.where_to(0)))
+}
+
+/// A new escalation at `level`, notified at its first step: `recipient`
+/// holds it until `ack_deadline`.
+fn notified(
+    id: EscalationId,
+    org: &OrgId,
+    patient: &PatientId,
+    level: pb::RiskLevel,
+    recipient: String,
+    ack_deadline: i64,
+    now: i64,
+) -> Escalation {
+    Escalation {
         id,
         org: org.clone(),
         patient: *patient,
@@ -239,19 +254,24 @@ pub fn raise(
         step: 0,
         attempt: 0,
         current_recipient: recipient,
-        ack_deadline: Some(now.saturating_add(micros(window))),
+        ack_deadline: Some(ack_deadline),
         raised_at: now,
         acknowledged_at: None,
         acknowledged_by: None,
         resolved_at: None,
         outcome: None,
         dead_letter: None,
-    };
+    }
+}
+
+/// The transition that opens `after`: raised, announced, and its first
+/// alert sent to `to` (as the timeline names it).
+fn opened(after: Escalation, why: &str, ctx: &Context<'_>, to: String) -> Transition {
     let mut transition =
         Transition { before: None, after, timeline: vec![entry("raised", "triage", why)], announce: Vec::new() };
     transition.announce.push(Announcement::Raised);
-    transition.notify(ctx, Reason::Raised, None, ctx.where_to(0));
-    Some(transition)
+    transition.notify(ctx, Reason::Raised, None, to);
+    transition
 }
 
 /// Who a dead letter's escalation alerts, in its timeline.
@@ -275,29 +295,12 @@ pub fn unprocessable(
     now: i64,
 ) -> Transition {
     let level = pb::RiskLevel::Imminent;
+    let deadline = now.saturating_add(ctx.window(level));
     let after = Escalation {
-        id,
-        org: org.clone(),
-        patient: *patient,
-        level,
-        first_level: level,
-        state: State::Notified,
-        step: 0,
-        attempt: 0,
-        current_recipient: ctx.rules.crisis_contact.clone(),
-        ack_deadline: Some(now.saturating_add(ctx.window(level))),
-        raised_at: now,
-        acknowledged_at: None,
-        acknowledged_by: None,
-        resolved_at: None,
-        outcome: None,
         dead_letter: Some(key.to_owned()),
+        ..notified(id, org, patient, level, ctx.rules.crisis_contact.clone(), deadline, now)
     };
-    let mut transition =
-        Transition { before: None, after, timeline: vec![entry("raised", "triage", why)], announce: Vec::new() };
-    transition.announce.push(Announcement::Raised);
-    transition.notify(ctx, Reason::Raised, None, DEAD_LETTER_RECIPIENT.to_owned());
-    transition
+    opened(after, why, ctx, DEAD_LETTER_RECIPIENT.to_owned())
 }
 
 /// Another trigger for a patient with an open escalation joins it instead of
