@@ -527,6 +527,11 @@ mod tests {
     fn matches(pattern: &str, text: &str) -> Vec<String> {
         let mut matcher = Matcher::default();
         matcher.add(Pattern::parse(pattern).unwrap(), 0usize);
+        found(&matcher, text)
+    }
+
+    /// The text of each match of `matcher` in `text`.
+    fn found(matcher: &Matcher<usize>, text: &str) -> Vec<String> {
         let tokens = tokenize(text, 60).tokens;
         matcher
             .find(&tokens)
@@ -565,12 +570,7 @@ mod tests {
         matcher.add(Pattern::parse(pattern).unwrap(), 0usize);
         matcher.know("fridge");
         matcher.index_slips();
-        let tokens = tokenize(text, 60).tokens;
-        matcher
-            .find(&tokens)
-            .into_iter()
-            .map(|hit| text[tokens[hit.first].start..tokens[hit.last].end].to_owned())
-            .collect()
+        found(&matcher, text)
     }
 
     #[test]
