@@ -4,6 +4,10 @@
 //! check-in) turns wire answers into [`Responses`], which are valid by construction;
 //! [`score`] turns them into a [`Score`] with its band and any [`CrisisTrigger`]s.
 //! Every invalid input is a [`ValidationErrors`] with field paths; nothing here panics.
+//! A whole check-in is assessed once, at submission, by [`assess_check_in`]: the scores and
+//! the crisis-language detector's reading of the journal, as facts that travel to triage
+//! without the journal's words; triage weighs them with the patient's history by
+//! [`rule_firings`]. Trigger names, their levels and the crisis policy live here alone.
 //!
 //! ```
 //! use tandem_clinical::{parse_responses_at, score};
@@ -22,6 +26,7 @@
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing))]
 #![warn(missing_docs)]
 
+mod assessment;
 mod checkin;
 mod detector;
 mod error;
@@ -32,6 +37,11 @@ mod schedule;
 mod score;
 mod trend;
 
+pub use assessment::{
+    CRISIS_LANGUAGE_TRIGGER, CSSRS_MODERATE_RULE, CheckInAssessment, DISENGAGEMENT_RULE, PHQ9_SEVERE_RULE,
+    RELIABLE_DETERIORATION_RULE, RiskInput, assess_check_in, assess_unvalidated, crisis_signals, crisis_triggers,
+    journal_facts, journal_signal, overall, phq9_total, refused_signal_firings, rule_firings, unread_journal_signal,
+};
 pub use checkin::{
     JOURNAL_MAX_CHARS, Journal, MOOD_MAX, MOOD_MIN, Mood, journal_from_bytes, parse_instruments, validate_journal,
     validate_mood,

@@ -4,6 +4,7 @@
 
 use std::collections::HashSet;
 
+use tandem_clinical::Instrument;
 use tandem_proto::careplans::v1 as pb;
 use tandem_server::status::Violations;
 
@@ -15,8 +16,20 @@ const MAX_EVERY_DAYS: u32 = 366;
 /// A missed-measure window longer than a month no longer tells anyone anything.
 const MAX_EXPIRY_HOURS: u32 = 24 * 31;
 
-/// Instruments a measure schedule may name (API codes).
-pub const INSTRUMENTS: [&str; 3] = ["44249-1", "69737-5", "cssrs-screener"];
+/// Whether a measure schedule may name `code`: an instrument's API code
+/// exactly (tandem-clinical's, not an alias), as check-ins reports it.
+fn schedulable(code: &str) -> bool {
+    Instrument::ALL.iter().any(|instrument| instrument.code() == code)
+}
+
+/// The instruments a measure schedule may name, in words for an error.
+fn schedulable_codes() -> String {
+    let codes: Vec<String> = Instrument::ALL
+        .iter()
+        .map(|instrument| format!("{} ({})", instrument.code(), instrument.short_name()))
+        .collect();
+    format!("unknown instrument; use one of {}", codes.join(", "))
+}
 
 /// A plan's content, valid by construction.
 #[derive(Debug, Clone, PartialEq)]
@@ -145,11 +158,8 @@ pub fn parse_content(
         .enumerate()
         .map(|(i, measure)| {
             let field = format!("measures[{i}]");
-            if !INSTRUMENTS.contains(&measure.instrument.as_str()) {
-                violations.add(
-                    format!("{field}.instrument"),
-                    "unknown instrument; use 44249-1 (PHQ-9), 69737-5 (GAD-7) or cssrs-screener",
-                );
+            if !schedulable(&measure.instrument) {
+                violations.add(format!("{field}.instrument"), schedulable_codes());
             }
             recurrence(violations, &format!("{field}.recurrence"), measure.recurrence.as_ref());
             if measure.expiry_window_hours == 0 || measure.expiry_window_hours > MAX_EXPIRY_HOURS {
@@ -275,7 +285,7 @@ mod tests {
                 ..Default::default()
             }],
             &[pb::MeasureSchedule {
-                instrument: "44249-1".into(),
+                instrument: Instrument::Phq9.code().into(),
                 recurrence: Some(daily()),
                 expiry_window_hours: 48,
                 ..Default::default()

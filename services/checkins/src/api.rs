@@ -19,8 +19,7 @@ use tonic::{Request, Response, Status};
 use tonic_types::StatusExt;
 
 use crate::config::CheckInsSettings;
-pub use crate::refused::CRISIS_LANGUAGE_TRIGGER;
-use crate::refused::{CRISIS_LANGUAGE_LEVEL, Refusal};
+use crate::refused::Refusal;
 use crate::repo::{FirstStep, NewCheckIn, NewRefusedSignal, Repo, RepoError, StoredCheckIn};
 use crate::submit::Submitter;
 
@@ -452,26 +451,17 @@ impl CheckInService for CheckInApi {
         {
             return self.replay(&caller, &message, &existing, (&org, &patient), &fingerprint).await.map(Response::new);
         }
-        let scores: Vec<tandem_clinical::Score> = parsed.responses.iter().map(tandem_clinical::score).collect();
-        let mut crisis_triggers: Vec<String> = Vec::new();
-        for score in &scores {
-            for trigger in &score.crisis_triggers {
-                if !crisis_triggers.iter().any(|t| t == trigger.id()) {
-                    crisis_triggers.push(trigger.id().to_owned());
-                }
-            }
-        }
-        // The crisis-language detector only ever adds a trigger; it never
-        // removes a structured one.
-        if !parsed.journal.is_empty() && tandem_clinical::detect(&parsed.journal).level >= CRISIS_LANGUAGE_LEVEL {
-            crisis_triggers.push(CRISIS_LANGUAGE_TRIGGER.to_owned());
-        }
+        // The one assessment of this check-in: scores, triggers and the
+        // crisis-language detector's reading of the journal (which only ever
+        // adds a trigger, never removes a structured one).
+        let assessment = tandem_clinical::assess_check_in(&parsed.responses, &parsed.journal);
+        let crisis_triggers = assessment.crisis_triggers();
         let check_in = pb::CheckIn {
             id: Some(CheckInId::new().into()),
             patient_id: Some(patient.into()),
             submitted_at: Some(now.into()),
             mood: parsed.mood,
-            scores: scores.iter().map(score_to_pb).collect(),
+            scores: assessment.scores.iter().map(score_to_pb).collect(),
             has_journal: !parsed.journal.is_empty(),
             homework: parsed.homework,
         };
@@ -482,6 +472,7 @@ impl CheckInService for CheckInApi {
             idempotency_key: message.idempotency_key.clone(),
             request_hash: fingerprint.clone(),
             crisis_triggers,
+            facts: assessment.facts,
         };
         let stored = match self.submitter.submit(&self.repo, &patient, &new, &message.instruments).await {
             Ok(stored) => stored,

@@ -136,7 +136,7 @@ mod tests {
             }],
             measures: vec![plans::MeasureSchedule {
                 schedule_id: "phq".into(),
-                instrument: "44249-1".into(),
+                instrument: tandem_clinical::Instrument::Phq9.code().into(),
                 recurrence: Some(recurrence(7)),
                 expiry_window_hours: 72,
             }],
@@ -166,7 +166,7 @@ mod tests {
     #[test]
     fn done_items_drop_off_until_their_next_occurrence() {
         let mut done = Done::default();
-        done.measures.insert("44249-1".into(), at(2));
+        done.measures.insert(tandem_clinical::Instrument::Phq9.code().into(), at(2));
         done.tasks.insert(("plan".into(), "breathe".into()), at(2));
         assert!(due_items(&[plan()], &done, Tz::UTC, at(3)).is_empty());
         // The daily task comes back the next day; the weekly measure does not.

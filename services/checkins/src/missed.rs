@@ -142,7 +142,7 @@ mod tests {
             status: plans::CarePlanStatus::Active as i32,
             measures: vec![plans::MeasureSchedule {
                 schedule_id: "phq".into(),
-                instrument: "44249-1".into(),
+                instrument: tandem_clinical::Instrument::Phq9.code().into(),
                 recurrence: Some(plans::Recurrence { every_days: 1, starts_at: Some(start.into()), ends_at: None }),
                 expiry_window_hours: 12,
             }],

@@ -6,20 +6,8 @@
 //! answers of the items that fired, the detector's levels, rule ids and byte
 //! spans, never the journal's words.
 
-use tandem_clinical::{CrisisTrigger, TextRiskLevel};
 use tandem_proto::checkins::v1 as pb;
 use tandem_proto::events::v1 as events;
-
-/// The trigger id of the crisis-language detector.
-pub const CRISIS_LANGUAGE_TRIGGER: &str = "crisis-language";
-
-/// The lowest detector level that is a crisis signal: passive ideation in
-/// the journal ("wish I were dead") shows the safety response, as PHQ-9
-/// item 9, which asks about exactly that, does.
-pub const CRISIS_LANGUAGE_LEVEL: TextRiskLevel = TextRiskLevel::Moderate;
-
-/// Most detector findings carried with one signal; the level counts them all.
-const MAX_FINDINGS: usize = 20;
 
 /// Why a submission was refused, as recorded with its signal.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -40,76 +28,11 @@ impl Refusal {
     }
 }
 
-/// The items whose answers fired `trigger`, numbered from 1.
-fn items_of(trigger: &CrisisTrigger) -> Vec<events::ItemAnswer> {
-    match trigger {
-        CrisisTrigger::Phq9Item9 { answer } => vec![events::ItemAnswer { item: 9, answer: i32::from(answer.value()) }],
-        CrisisTrigger::CssrsHighRisk { intent, plan_with_intent, behaviour_past_3_months } => {
-            [(4, *intent), (5, *plan_with_intent), (6, *behaviour_past_3_months)]
-                .into_iter()
-                .filter(|(_, yes)| *yes)
-                .map(|(item, _)| events::ItemAnswer { item, answer: 1 })
-                .collect()
-        }
-    }
-}
-
-/// The crisis-language signal of a journal of any length, if it has one.
-pub fn journal_signal(journal: &str) -> Option<events::CrisisSignal> {
-    if journal.is_empty() {
-        return None;
-    }
-    let read = tandem_clinical::detect_long_text(journal);
-    if read.detection.level < CRISIS_LANGUAGE_LEVEL {
-        return None;
-    }
-    // The most urgent findings first, then in text order.
-    let mut findings = read.detection.findings;
-    findings.sort_by_key(|finding| std::cmp::Reverse(finding.level));
-    findings.truncate(MAX_FINDINGS);
-    findings.sort_by_key(|finding| finding.span.start);
-    let offset = |at: usize| u64::try_from(at).unwrap_or(u64::MAX);
-    Some(events::CrisisSignal {
-        trigger: CRISIS_LANGUAGE_TRIGGER.to_owned(),
-        field: "journal".to_owned(),
-        text_level: read.detection.level.as_str().to_owned(),
-        findings: findings
-            .iter()
-            .map(|finding| events::TextFinding {
-                category: finding.category.as_str().to_owned(),
-                level: finding.level.as_str().to_owned(),
-                rule: finding.rule.clone(),
-                start: offset(finding.span.start),
-                end: offset(finding.span.end),
-            })
-            .collect(),
-        text_bytes_read: offset(read.bytes_read),
-        text_bytes: offset(journal.len()),
-        ..Default::default()
-    })
-}
-
 /// Every crisis signal in a submission, read from the raw request so that
-/// nothing it failed validation on can hide one.
+/// nothing it failed validation on can hide one (`tandem_clinical` decides
+/// what a signal is).
 pub fn crisis_signals(request: &pb::SubmitCheckInRequest) -> Vec<events::CrisisSignal> {
-    let mut signals: Vec<events::CrisisSignal> = request
-        .instruments
-        .iter()
-        .enumerate()
-        .flat_map(|(index, instrument)| {
-            tandem_clinical::crisis_triggers_in_unparsed(&instrument.instrument, &instrument.answers).into_iter().map(
-                move |trigger| events::CrisisSignal {
-                    trigger: trigger.id().to_owned(),
-                    field: format!("instruments[{index}]"),
-                    instrument: instrument.instrument.clone(),
-                    items: items_of(&trigger),
-                    ..Default::default()
-                },
-            )
-        })
-        .collect();
-    signals.extend(journal_signal(&request.journal));
-    signals
+    tandem_clinical::crisis_signals(&request.instruments, &request.journal)
 }
 
 /// Journals up to this many bytes are read on the calling task; a longer
@@ -132,13 +55,7 @@ pub async fn crisis_signals_off_runtime(request: &pb::SubmitCheckInRequest) -> V
             // rather than not at all.
             tracing::error!(%error, "the crisis-language detector failed on a long journal; escalating it unread");
             let mut signals = crisis_signals(&pb::SubmitCheckInRequest { journal: String::new(), ..request.clone() });
-            signals.push(events::CrisisSignal {
-                trigger: CRISIS_LANGUAGE_TRIGGER.to_owned(),
-                field: "journal".to_owned(),
-                text_level: TextRiskLevel::High.as_str().to_owned(),
-                text_bytes: u64::try_from(request.journal.len()).unwrap_or(u64::MAX),
-                ..Default::default()
-            });
+            signals.push(tandem_clinical::unread_journal_signal(&request.journal));
             signals
         }
     }
@@ -158,6 +75,11 @@ pub fn trigger_ids(signals: &[events::CrisisSignal]) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tandem_clinical::CRISIS_LANGUAGE_TRIGGER;
+
+    fn phq9_code() -> &'static str {
+        tandem_clinical::Instrument::Phq9.code()
+    }
 
     fn request(instruments: Vec<pb::InstrumentResponse>, journal: &str) -> pb::SubmitCheckInRequest {
         pb::SubmitCheckInRequest { instruments, journal: journal.to_owned(), ..Default::default() }
@@ -165,19 +87,22 @@ mod tests {
 
     #[test]
     fn a_malformed_phq9_with_item_nine_positive_is_a_signal_with_only_that_answer() {
-        let phq9 = pb::InstrumentResponse { instrument: "44249-1".into(), answers: vec![0, 0, 0, 0, 0, 0, 0, 9, 2] };
+        let phq9 = pb::InstrumentResponse { instrument: phq9_code().into(), answers: vec![0, 0, 0, 0, 0, 0, 0, 9, 2] };
         let signals = crisis_signals(&request(vec![phq9], ""));
         assert_eq!(signals.len(), 1);
-        assert_eq!(signals[0].trigger, "phq9-item9");
+        assert_eq!(signals[0].trigger, tandem_clinical::PHQ9_ITEM9_TRIGGER);
         assert_eq!(signals[0].field, "instruments[0]");
         assert_eq!(signals[0].items, vec![events::ItemAnswer { item: 9, answer: 2 }]);
     }
 
     #[test]
     fn a_cssrs_high_risk_answer_keeps_which_items_fired() {
-        let cssrs = pb::InstrumentResponse { instrument: "cssrs-screener".into(), answers: vec![1, 1, 0, -1, 1, 7] };
+        let cssrs = pb::InstrumentResponse {
+            instrument: tandem_clinical::CSSRS_SCREENER_CODE.into(),
+            answers: vec![1, 1, 0, -1, 1, 7],
+        };
         let signals = crisis_signals(&request(vec![cssrs], ""));
-        assert_eq!(signals[0].trigger, "cssrs-high-risk");
+        assert_eq!(signals[0].trigger, tandem_clinical::CSSRS_HIGH_RISK_TRIGGER);
         assert_eq!(signals[0].items, vec![events::ItemAnswer { item: 5, answer: 1 }]);
     }
 
@@ -187,7 +112,7 @@ mod tests {
         let journal = format!("{filler}I want to kill myself. {filler}");
         assert!(journal.chars().count() > tandem_clinical::JOURNAL_MAX_CHARS);
         let signals = crisis_signals(&request(Vec::new(), &journal));
-        assert_eq!(trigger_ids(&signals), ["crisis-language"]);
+        assert_eq!(trigger_ids(&signals), [CRISIS_LANGUAGE_TRIGGER]);
         let signal = &signals[0];
         assert!(signal.text_level == "high" || signal.text_level == "imminent", "{}", signal.text_level);
         assert_eq!(signal.text_bytes, journal.len() as u64);
@@ -202,17 +127,18 @@ mod tests {
     #[tokio::test]
     async fn a_long_journal_is_read_off_the_runtime_with_the_same_result() {
         let filler = "Went for a walk and cooked dinner. ".repeat(3000);
-        let phq9 = pb::InstrumentResponse { instrument: "44249-1".into(), answers: vec![0, 0, 0, 0, 0, 0, 0, 1] };
+        let phq9 = pb::InstrumentResponse { instrument: phq9_code().into(), answers: vec![0, 0, 0, 0, 0, 0, 0, 1] };
         let long = request(vec![phq9], &format!("{filler}I want to kill myself. {filler}"));
         assert!(long.journal.len() > READ_INLINE_BYTES);
         let signals = crisis_signals_off_runtime(&long).await;
         assert_eq!(signals, crisis_signals(&long));
-        assert_eq!(trigger_ids(&signals), ["crisis-language"], "an 8-answer PHQ-9 has no item 9");
+        assert_eq!(trigger_ids(&signals), [CRISIS_LANGUAGE_TRIGGER], "an 8-answer PHQ-9 has no item 9");
     }
 
     #[test]
     fn calm_or_negated_text_and_calm_answers_are_no_signal() {
-        let phq9 = pb::InstrumentResponse { instrument: "44249-1".into(), answers: vec![3, 3, 3, 3, 3, 3, 3, 3, 0, 1] };
+        let phq9 =
+            pb::InstrumentResponse { instrument: phq9_code().into(), answers: vec![3, 3, 3, 3, 3, 3, 3, 3, 0, 1] };
         assert!(crisis_signals(&request(vec![phq9], "I'm not going to hurt myself.")).is_empty());
     }
 }

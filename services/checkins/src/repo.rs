@@ -63,6 +63,8 @@ pub struct NewCheckIn {
     pub request_hash: String,
     /// Crisis triggers that fired.
     pub crisis_triggers: Vec<String>,
+    /// What the assessment at submission found, for the event.
+    pub facts: tandem_proto::events::v1::CheckInFacts,
 }
 
 /// A crisis signal from a refused submission, about to be stored.

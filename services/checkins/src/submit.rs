@@ -37,11 +37,13 @@ impl Submitter {
             tx.rollback().await?;
             return Ok(existing);
         }
+        // Facts, never the journal's words: the journal stays in this store.
         let submitted = events::CheckInSubmitted {
             check_in: Some(new.check_in.clone()),
-            journal: new.journal.clone(),
             instruments: instruments.to_vec(),
             crisis_triggers: new.crisis_triggers.clone(),
+            facts: Some(new.facts.clone()),
+            ..Default::default()
         };
         let event = self.outbox.envelope(&new.org, patient, Payload::CheckInSubmitted(submitted));
         self.outbox.enqueue(&mut tx, topics::CHECKINS, &event).await?;

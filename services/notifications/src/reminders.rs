@@ -258,7 +258,7 @@ mod tests {
             }],
             measures: vec![plans::MeasureSchedule {
                 schedule_id: "phq".into(),
-                instrument: "44249-1".into(),
+                instrument: tandem_clinical::Instrument::Phq9.code().into(),
                 recurrence: Some(recurrence(7)),
                 expiry_window_hours: 72,
             }],
@@ -288,7 +288,7 @@ mod tests {
     #[test]
     fn done_since_the_occurrence_skips_it() {
         let mut done = Done::default();
-        done.measures.insert("44249-1".into(), at(2));
+        done.measures.insert(tandem_clinical::Instrument::Phq9.code().into(), at(2));
         done.tasks.insert(("plan".into(), "breathe".into()), at(2));
         assert!(due_occurrences(&[plan()], &done, Tz::UTC, at(3), 24 * HOUR).is_empty());
         // Done before the occurrence does not count.

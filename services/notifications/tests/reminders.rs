@@ -104,6 +104,8 @@ async fn reminders_go_once_per_occurrence_skip_what_was_done_and_wait_out_quiet_
             scores: vec![checkins::ScoredInstrument { instrument: "44249-1".into(), ..Default::default() }],
             ..Default::default()
         };
+        // An event as an older check-ins wrote it, with the journal on it.
+        #[allow(deprecated)]
         apply(
             service,
             &first,

@@ -588,7 +588,7 @@ mod tests {
         let open = raised(pb::RiskLevel::Moderate, &chain);
         assert_eq!(open.ack_deadline, Some(T0 + 24 * 3600 * SECOND));
         let at = T0 + 60 * SECOND;
-        let t = join(&open, pb::RiskLevel::Imminent, "crisis-language", &ctx, at);
+        let t = join(&open, pb::RiskLevel::Imminent, tandem_clinical::CRISIS_LANGUAGE_TRIGGER, &ctx, at);
         assert_eq!(t.after.level, pb::RiskLevel::Imminent);
         assert_eq!(t.after.first_level, pb::RiskLevel::Moderate);
         assert_eq!(t.after.ack_deadline, Some(at + 5 * 60 * SECOND), "the imminent window from now");

@@ -15,7 +15,7 @@ use tandem_proto::triage::v1 as pb;
 
 use crate::engine::{DeadLetterFacts, Engine};
 use crate::repo::{RepoError, tx};
-use crate::rules::{self, Input};
+use tandem_clinical::RiskInput;
 
 impl From<RepoError> for HandlerError {
     fn from(error: RepoError) -> Self {
@@ -83,11 +83,11 @@ impl TriageHandler {
         org: &OrgId,
         patient: &PatientId,
         check_in_id: Option<tandem_proto::common::v1::CheckInId>,
-        input: Input<'_>,
+        input: RiskInput<'_>,
         at: i64,
     ) -> Result<(), HandlerError> {
         let rules = self.engine.rules_for(tx, org, Some(patient)).await?;
-        let fired = rules::assess(&input, &rules);
+        let fired = tandem_clinical::rule_firings(&input, &rules);
         self.escalate(tx, org, patient, check_in_id, fired, at).await
     }
 
@@ -102,7 +102,7 @@ impl TriageHandler {
         fired: Vec<pb::RuleFiring>,
         at: i64,
     ) -> Result<(), HandlerError> {
-        let level = rules::overall(&fired);
+        let level = tandem_clinical::overall(&fired);
         let assessment = pb::RiskAssessment {
             assessment_id: tandem_proto::ids::EventId::new().to_string(),
             patient_id: Some((*patient).into()),
@@ -161,43 +161,41 @@ impl Handler for TriageHandler {
             Some(Payload::CheckInSubmitted(submitted)) => {
                 let org = org_of(event)?;
                 let check_in = submitted.check_in.clone().unwrap_or_default();
+                // Check-ins assessed the check-in once, at submission; an event
+                // an older version wrote carries the answers and the journal
+                // instead, assessed here the same way.
+                #[allow(deprecated)]
+                let legacy = || tandem_clinical::assess_unvalidated(&submitted.instruments, &submitted.journal);
+                let facts = submitted.facts.clone().unwrap_or_else(legacy);
                 let history = tx::phq9_history(tx, &patient).await?;
                 // Answering any measure ends a run of missed ones.
-                let missed = if submitted.instruments.is_empty() {
-                    tx::missed(tx, &patient).await?
-                } else {
-                    tx::set_missed(tx, &patient, 0).await?
-                };
-                let input = Input {
-                    crisis_triggers: &submitted.crisis_triggers,
-                    instruments: &submitted.instruments,
+                if !facts.instruments.is_empty() {
+                    tx::set_missed(tx, &patient, 0).await?;
+                }
+                let input = RiskInput {
+                    facts: Some(&facts),
+                    reported_triggers: &submitted.crisis_triggers,
                     phq9_history: &history,
                     at,
                     missed_in_a_row: 0,
-                    journal: &submitted.journal,
                 };
-                debug_assert!(missed == 0 || submitted.instruments.is_empty());
                 self.assess(tx, &org, &patient, check_in.id.clone(), input, at).await?;
-                for score in &check_in.scores {
-                    if score.instrument == "44249-1"
-                        && let Some(total) = score.total.and_then(|t| u8::try_from(t).ok())
-                    {
-                        let id = check_in.id.as_ref().map(|id| id.value.clone()).unwrap_or_default();
-                        tx::add_phq9(tx, &patient, &id, total, at).await?;
-                    }
+                if let Some(total) = tandem_clinical::phq9_total(&facts) {
+                    let id = check_in.id.as_ref().map(|id| id.value.clone()).unwrap_or_default();
+                    tx::add_phq9(tx, &patient, &id, total, at).await?;
                 }
             }
             Some(Payload::RefusedCrisisSignal(refused)) => {
                 // A submission check-ins refused carried a crisis signal:
                 // escalate the signal as the check-in would have been.
                 let org = org_of(event)?;
-                self.escalate(tx, &org, &patient, None, rules::refused_signal_firings(refused), at).await?;
+                self.escalate(tx, &org, &patient, None, tandem_clinical::refused_signal_firings(refused), at).await?;
             }
             Some(Payload::MeasureMissed(_)) => {
                 let org = org_of(event)?;
                 let missed = tx::missed(tx, &patient).await? + 1;
                 tx::set_missed(tx, &patient, missed).await?;
-                let input = Input { missed_in_a_row: missed, at, ..Default::default() };
+                let input = RiskInput { missed_in_a_row: missed, at, ..Default::default() };
                 self.assess(tx, &org, &patient, None, input, at).await?;
             }
             Some(Payload::NotificationFailed(failed)) => {

@@ -17,7 +17,6 @@ pub mod engine;
 pub mod escalation;
 pub mod handlers;
 pub mod repo;
-pub mod rules;
 pub mod scheduler;
 
 use std::sync::Arc;
