@@ -9,7 +9,6 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use sqlx::Any;
-use sqlx::migrate::Migrator;
 use tandem_proto::events::v1::event_envelope::Payload;
 use tandem_proto::events::v1::{EventEnvelope, MeasureMissed};
 use tandem_proto::ids::{OrgId, PatientId};
@@ -20,8 +19,7 @@ use crate::consumer::{Consumer, ConsumerOptions, Handler, HandlerError};
 use crate::error::{Error, Result};
 use crate::outbox::{Outbox, Relay, RelayOptions, install};
 
-static NO_MIGRATIONS: Migrator = Migrator::DEFAULT;
-static MIGRATIONS: Migrations = Migrations { sqlite: &NO_MIGRATIONS, postgres: &NO_MIGRATIONS };
+static MIGRATIONS: Migrations = Migrations::none();
 
 /// What to measure.
 #[derive(Debug, Clone)]

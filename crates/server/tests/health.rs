@@ -7,7 +7,6 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use sqlx::Any;
-use sqlx::migrate::Migrator;
 use tandem_events::testing::TestBus;
 use tandem_events::{Consumer, EventBus, Handler, HandlerError, Record, TopicSpec, new_envelope, topics};
 use tandem_proto::events::v1::EventEnvelope;
@@ -21,9 +20,7 @@ use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 
-static SQLITE: Migrator = sqlx::migrate!("tests/migrations/sqlite");
-static POSTGRES: Migrator = sqlx::migrate!("tests/migrations/postgres");
-static MIGRATIONS: Migrations = Migrations { sqlite: &SQLITE, postgres: &POSTGRES };
+static MIGRATIONS: Migrations = tandem_store::migrations![in "tests/migrations": "0001_handled.sql"];
 
 const TRIAGE: &str = "tandem.triage.v1.TriageService";
 const CHECKINS: &str = "tandem.checkins.v1.CheckInService";

@@ -7,11 +7,9 @@
 
 use std::time::Instant;
 
-use sqlx::migrate::Migrator;
 use tandem_store::{Migrations, Store, StoreOptions, Synchronous};
 
-static ROWS: Migrator = sqlx::migrate!("./examples/sync_cost_migrations");
-static MIGRATIONS: Migrations = Migrations { sqlite: &ROWS, postgres: &ROWS };
+static MIGRATIONS: Migrations = tandem_store::migrations![in "examples/sync_cost_migrations": "0001_rows.sql"];
 
 fn percentile(sorted: &[f64], q: f64) -> f64 {
     let index = ((sorted.len() as f64 - 1.0) * q).round() as usize;

@@ -192,8 +192,7 @@ mod tests {
     use crate::testing::TestDatabase;
     use crate::{Migrations, StoreOptions};
 
-    static NONE: sqlx::migrate::Migrator = sqlx::migrate::Migrator::DEFAULT;
-    static NO_MIGRATIONS: Migrations = Migrations { sqlite: &NONE, postgres: &NONE };
+    static NO_MIGRATIONS: Migrations = Migrations::none();
     const BOUND: Duration = Duration::from_secs(30);
 
     async fn open(database: &TestDatabase) -> Store {

@@ -7,6 +7,7 @@
 //! on SQLite each service has its own file.
 
 pub mod changes;
+mod migrations;
 pub mod paging;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
@@ -15,10 +16,10 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use sqlx::any::{AnyPoolOptions, install_default_drivers};
-use sqlx::migrate::Migrator;
 use sqlx::{AnyPool, Executor};
 
 pub use changes::{ChangeFeed, Changes};
+pub use migrations::{MigrationFile, Migrations, render as render_migration};
 pub use sqlx;
 
 /// Errors of this crate.
@@ -40,6 +41,9 @@ pub enum StoreError {
         /// The driver's error.
         source: sqlx::Error,
     },
+    /// A migration file cannot be read as one (a build defect its tests catch).
+    #[error("the service's migration files are invalid: {0}")]
+    Migrations(String),
     /// Migrations failed.
     #[error("migrating schema `{schema}` failed: {source}")]
     Migrate {
@@ -82,15 +86,6 @@ impl FromStr for Backend {
             other => Err(StoreError::UnsupportedUrl(other.to_owned())),
         }
     }
-}
-
-/// A service's migrations, one set per backend (their SQL dialects differ).
-#[derive(Debug)]
-pub struct Migrations {
-    /// Applied on SQLite.
-    pub sqlite: &'static Migrator,
-    /// Applied on PostgreSQL.
-    pub postgres: &'static Migrator,
 }
 
 /// A pool for one service's data, migrated and ready.
@@ -203,10 +198,7 @@ impl Store {
                 .map_err(|source| StoreError::Connect { backend, source })?,
             Backend::Postgres => pool.clone(),
         };
-        let migrator = match backend {
-            Backend::Sqlite => migrations.sqlite,
-            Backend::Postgres => migrations.postgres,
-        };
+        let migrator = migrations.migrator(backend).map_err(StoreError::Migrations)?;
         migrator.run(&pool).await.map_err(|source| StoreError::Migrate { schema: schema.clone(), source })?;
         tracing::debug!(%backend, schema = %schema, "store ready");
         Ok(Self { pool, writer, backend, schema, url, pool_options })
@@ -319,8 +311,7 @@ mod tests {
     use super::*;
     use crate::testing::TestDatabase;
 
-    static NONE: Migrator = Migrator::DEFAULT;
-    static NO_MIGRATIONS: Migrations = Migrations { sqlite: &NONE, postgres: &NONE };
+    static NO_MIGRATIONS: Migrations = Migrations::none();
 
     /// Work on a separate pool (the API, its streams) can hold every one of
     /// its connections and the store's own pool (event consumers) still

@@ -155,3 +155,23 @@ mod tests {
         assert_eq!(replace_database("postgres://u@h:5432", "t1"), "postgres://u@h:5432/t1");
     }
 }
+
+/// Panics unless `migrations` lists every `.sql` file in `dir` (a service's
+/// `migrations/` directory) and renders for both backends: a migration
+/// added to the directory but not to `tandem_store::migrations![...]` would
+/// otherwise never run.
+pub fn assert_every_migration_listed(migrations: &Migrations, dir: &str) {
+    let mut on_disk: Vec<String> = std::fs::read_dir(dir)
+        .unwrap_or_else(|error| panic!("read {dir}: {error}"))
+        .filter_map(|entry| entry.ok().map(|entry| entry.file_name().to_string_lossy().into_owned()))
+        .filter(|name| name.ends_with(".sql"))
+        .collect();
+    on_disk.sort();
+    let listed: Vec<String> = migrations.files().iter().map(|file| file.name.to_owned()).collect();
+    assert_eq!(listed, on_disk, "list every file of {dir} in migrations![...], in order");
+    for backend in [Backend::Sqlite, Backend::Postgres] {
+        if let Err(error) = migrations.migrator(backend) {
+            panic!("{dir} on {backend}: {error}");
+        }
+    }
+}

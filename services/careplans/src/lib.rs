@@ -11,7 +11,6 @@ pub mod repo;
 
 use std::sync::Arc;
 
-use sqlx::migrate::Migrator;
 use tandem_auth::{AuthInterceptor, Verifier};
 use tandem_events::{EventBus, Outbox, Relay};
 use tandem_proto::careplans::v1::care_plan_service_server::CarePlanServiceServer;
@@ -24,11 +23,9 @@ pub const SERVICE_NAME: &str = "tandem.careplans.v1.CarePlanService";
 /// The PostgreSQL schema this service owns.
 pub const SCHEMA: &str = "careplans";
 
-static SQLITE: Migrator = sqlx::migrate!("./migrations/sqlite");
-static POSTGRES: Migrator = sqlx::migrate!("./migrations/postgres");
 
 /// This service's migrations.
-pub static MIGRATIONS: Migrations = Migrations { sqlite: &SQLITE, postgres: &POSTGRES };
+pub static MIGRATIONS: Migrations = tandem_store::migrations!["0001_patients.sql", "0002_care_plans.sql", "0003_scoped_idempotency.sql"];
 
 /// Why the service could not start.
 #[derive(Debug, thiserror::Error)]
@@ -80,5 +77,16 @@ impl CarePlans {
     /// Stops using the database.
     pub async fn close(&self) {
         self.store.close().await;
+    }
+}
+
+#[cfg(test)]
+mod migration_tests {
+    #[test]
+    fn every_migration_file_is_listed() {
+        tandem_store::testing::assert_every_migration_listed(
+            &super::MIGRATIONS,
+            concat!(env!("CARGO_MANIFEST_DIR"), "/migrations"),
+        );
     }
 }

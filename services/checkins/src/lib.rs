@@ -17,7 +17,6 @@ pub mod submit;
 
 use std::sync::Arc;
 
-use sqlx::migrate::Migrator;
 use tandem_auth::{AuthInterceptor, Verifier};
 use tandem_events::{Consumer, EventBus, Outbox, Relay, topics};
 use tandem_proto::checkins::v1::check_in_service_server::CheckInServiceServer;
@@ -30,11 +29,9 @@ pub const SERVICE_NAME: &str = "tandem.checkins.v1.CheckInService";
 /// The PostgreSQL schema this service owns.
 pub const SCHEMA: &str = "checkins";
 
-static SQLITE: Migrator = sqlx::migrate!("./migrations/sqlite");
-static POSTGRES: Migrator = sqlx::migrate!("./migrations/postgres");
 
 /// This service's migrations.
-pub static MIGRATIONS: Migrations = Migrations { sqlite: &SQLITE, postgres: &POSTGRES };
+pub static MIGRATIONS: Migrations = tandem_store::migrations!["0001_checkins.sql", "0002_missed_measures.sql", "0003_request_hash.sql", "0004_refused_crisis_signals.sql"];
 
 /// Why the service could not start.
 #[derive(Debug, thiserror::Error)]
@@ -101,5 +98,16 @@ impl CheckIns {
     /// Stops using the database.
     pub async fn close(&self) {
         self.store.close().await;
+    }
+}
+
+#[cfg(test)]
+mod migration_tests {
+    #[test]
+    fn every_migration_file_is_listed() {
+        tandem_store::testing::assert_every_migration_listed(
+            &super::MIGRATIONS,
+            concat!(env!("CARGO_MANIFEST_DIR"), "/migrations"),
+        );
     }
 }

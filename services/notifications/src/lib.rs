@@ -27,7 +27,6 @@ pub mod worker;
 
 use std::sync::Arc;
 
-use sqlx::migrate::Migrator;
 use tandem_auth::{AuthInterceptor, Verifier};
 use tandem_events::{Consumer, EventBus, Outbox, Relay, topics};
 use tandem_proto::notifications::v1::notification_service_server::NotificationServiceServer;
@@ -48,11 +47,9 @@ pub const CONSUMER_GROUP: &str = "notifications";
 /// wait on these, never on the ones the consumer and the worker use.
 pub const API_CONNECTIONS: u32 = 8;
 
-static SQLITE: Migrator = sqlx::migrate!("./migrations/sqlite");
-static POSTGRES: Migrator = sqlx::migrate!("./migrations/postgres");
 
 /// This service's migrations.
-pub static MIGRATIONS: Migrations = Migrations { sqlite: &SQLITE, postgres: &POSTGRES };
+pub static MIGRATIONS: Migrations = tandem_store::migrations!["0001_notifications.sql", "0002_alert_attempts.sql"];
 
 /// Why the service could not start.
 #[derive(Debug, thiserror::Error)]
@@ -223,5 +220,16 @@ async fn retention(
             () = &mut stop => return Ok(()),
             () = tokio::time::sleep(retention.every) => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod migration_tests {
+    #[test]
+    fn every_migration_file_is_listed() {
+        tandem_store::testing::assert_every_migration_listed(
+            &super::MIGRATIONS,
+            concat!(env!("CARGO_MANIFEST_DIR"), "/migrations"),
+        );
     }
 }

@@ -21,7 +21,6 @@ pub mod scheduler;
 
 use std::sync::Arc;
 
-use sqlx::migrate::Migrator;
 use tandem_auth::{AuthInterceptor, Verifier};
 use tandem_events::{Consumer, EventBus, Outbox, Relay, topics};
 use tandem_proto::triage::v1::triage_service_server::TriageServiceServer;
@@ -37,11 +36,9 @@ pub const SCHEMA: &str = "triage";
 /// on these, never on the ones the consumer and the deadline scheduler use.
 pub const API_CONNECTIONS: u32 = 8;
 
-static SQLITE: Migrator = sqlx::migrate!("./migrations/sqlite");
-static POSTGRES: Migrator = sqlx::migrate!("./migrations/postgres");
 
 /// This service's migrations.
-pub static MIGRATIONS: Migrations = Migrations { sqlite: &SQLITE, postgres: &POSTGRES };
+pub static MIGRATIONS: Migrations = tandem_store::migrations!["0001_triage.sql", "0002_escalation_attempts.sql", "0003_dead_letter_escalations.sql", "0004_shared_projection.sql"];
 
 /// Why the service could not start.
 #[derive(Debug, thiserror::Error)]
@@ -122,5 +119,16 @@ impl Triage {
     pub async fn close(&self) {
         self.api_store.close().await;
         self.store.close().await;
+    }
+}
+
+#[cfg(test)]
+mod migration_tests {
+    #[test]
+    fn every_migration_file_is_listed() {
+        tandem_store::testing::assert_every_migration_listed(
+            &super::MIGRATIONS,
+            concat!(env!("CARGO_MANIFEST_DIR"), "/migrations"),
+        );
     }
 }

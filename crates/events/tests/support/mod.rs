@@ -9,7 +9,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use sqlx::migrate::Migrator;
 use sqlx::{Any, Row};
 use tandem_events::{
     Consumer, ConsumerOptions, DeadLetter, DeadLetterAlarm, EventBus, Handler, HandlerError, Outbox, Relay,
@@ -23,11 +22,9 @@ use tandem_store::{Backend, Migrations, Store, StoreOptions};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
-static SQLITE: Migrator = sqlx::migrate!("tests/migrations/sqlite");
-static POSTGRES: Migrator = sqlx::migrate!("tests/migrations/postgres");
 
 /// The test service's migrations: the `effects` table handlers write.
-pub static MIGRATIONS: Migrations = Migrations { sqlite: &SQLITE, postgres: &POSTGRES };
+pub static MIGRATIONS: Migrations = tandem_store::migrations![in "tests/migrations": "0001_effects.sql"];
 
 /// A service database with the outbox and inbox installed.
 pub struct Service {

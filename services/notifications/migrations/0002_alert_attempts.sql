@@ -2,6 +2,13 @@
 -- (escalation, step): triage re-alerts the same step at a higher level, or
 -- hands an alert back to the care team, under a new attempt. Rows written
 -- before had one alert per step, so their attempt is their step.
+-- dialect: postgres
+ALTER TABLE alerts ADD COLUMN attempt BIGINT;
+UPDATE alerts SET attempt = step;
+ALTER TABLE alerts ALTER COLUMN attempt SET NOT NULL;
+ALTER TABLE alerts DROP CONSTRAINT alerts_pkey;
+ALTER TABLE alerts ADD PRIMARY KEY (escalation_id, attempt);
+-- dialect: sqlite
 CREATE TABLE alerts_by_attempt (
     escalation_id TEXT NOT NULL,
     attempt BIGINT NOT NULL,
@@ -22,6 +29,7 @@ SELECT escalation_id, step, step, org_id, patient_id, recipient, level, ack_dead
 FROM alerts;
 DROP TABLE alerts;
 ALTER TABLE alerts_by_attempt RENAME TO alerts;
+-- dialect: all
 
 ALTER TABLE deliveries ADD COLUMN attempt BIGINT;
 UPDATE deliveries SET attempt = step WHERE escalation_id IS NOT NULL;
