@@ -300,6 +300,8 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let listener = bind(&settings).await?;
     let addr = listener.local_addr()?;
     println!("tandem serve {service} listening on {addr} ({})", store(&settings, &[service]));
+    // Also logged: in a container, the logs are what people read.
+    tracing::info!(service = service.as_str(), %addr, "serving");
     let served =
         tandem_cli::serve::run(&[service], &settings, &figment, listener, tandem_server::shutdown_signal()).await;
     telemetry.shutdown();
