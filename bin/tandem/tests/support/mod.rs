@@ -1,5 +1,6 @@
-//! What the tests of the `tandem` binary share: `tandem up` as a child
-//! process on a free port, and authenticated requests.
+//! What the tests of the `tandem` binary share: `tandem up` or `tandem
+//! serve <service>` as a child process on a free port, and authenticated
+//! requests.
 
 #![allow(dead_code)]
 
@@ -11,7 +12,8 @@ use std::process::{Child, Command, Stdio};
 /// The binary under test.
 pub const TANDEM: &str = env!("CARGO_BIN_EXE_tandem");
 
-/// A `tandem up` child process, killed (SIGKILL) if still running when dropped.
+/// A `tandem up` or `tandem serve` child process, killed (SIGKILL) if still
+/// running when dropped.
 pub struct Running {
     pub child: Child,
     /// Where it listens, as it printed on its first line.
@@ -28,9 +30,19 @@ impl Drop for Running {
 /// Starts `tandem up` on a free loopback port with `data_dir`, logging at
 /// warn (embedded unless `env` names a database), and the extra `env`.
 pub fn start_up<K: AsRef<OsStr>, V: AsRef<OsStr>>(data_dir: &Path, env: &[(K, V)]) -> Running {
+    start(&["up"], data_dir, env)
+}
+
+/// Starts `tandem serve <service>` as [`start_up`] starts `tandem up`.
+pub fn start_serve<K: AsRef<OsStr>, V: AsRef<OsStr>>(service: &str, data_dir: &Path, env: &[(K, V)]) -> Running {
+    start(&["serve", service], data_dir, env)
+}
+
+fn start<K: AsRef<OsStr>, V: AsRef<OsStr>>(command_args: &[&str], data_dir: &Path, env: &[(K, V)]) -> Running {
     let mut command = Command::new(TANDEM);
     command
-        .args(["up", "--listen", "127.0.0.1:0", "--data-dir"])
+        .args(command_args)
+        .args(["--listen", "127.0.0.1:0", "--data-dir"])
         .arg(data_dir)
         .env_remove("TANDEM_DATABASE_URL")
         .env("TANDEM_LOG", "warn")
@@ -39,14 +51,15 @@ pub fn start_up<K: AsRef<OsStr>, V: AsRef<OsStr>>(data_dir: &Path, env: &[(K, V)
     for (key, value) in env {
         command.env(key, value);
     }
-    let mut child = command.spawn().expect("start tandem up");
+    let mut child = command.spawn().unwrap_or_else(|error| panic!("start tandem {command_args:?}: {error}"));
     let stdout = child.stdout.take().expect("stdout");
     let mut lines = BufReader::new(stdout).lines();
     let first = lines.next().expect("a first line").expect("readable stdout");
-    // "tandem listening on 127.0.0.1:PORT (...)"
+    // "tandem listening on 127.0.0.1:PORT (...)" or
+    // "tandem serve triage listening on 127.0.0.1:PORT (...)"
     let addr = first
-        .strip_prefix("tandem listening on ")
-        .and_then(|rest| rest.split_whitespace().next())
+        .split_once(" listening on ")
+        .and_then(|(_, rest)| rest.split_whitespace().next())
         .unwrap_or_else(|| panic!("unexpected first line: {first}"))
         .to_owned();
     // Keep draining stdout so the child never blocks on a full pipe.

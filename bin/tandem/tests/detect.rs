@@ -89,9 +89,11 @@ fn min_level_filters_and_explain_shows_what_was_set_aside() {
 #[test]
 fn an_edited_vocabulary_can_be_backtested_without_rebuilding() {
     let dir = tempfile::tempdir().unwrap();
-    let builtin =
-        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../clinical/data/crisis_vocabulary.toml"))
-            .expect("the built-in vocabulary");
+    let builtin = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../crates/clinical/data/crisis_vocabulary.toml"
+    ))
+    .expect("the built-in vocabulary");
     let edited = dir.path().join("edited.toml");
     let added = concat!(
         "\n[[entry]]\nid = \"si-test-phrase\"\ncategory = \"wish_dead\"\nlevel = \"moderate\"\n",

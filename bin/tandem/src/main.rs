@@ -8,6 +8,7 @@ use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
 use figment::providers::Serialized;
 use tandem_auth::Role;
+use tandem_cli::serve::ServiceName;
 use tandem_proto::ids::OrgId;
 use tandem_server::Settings;
 
@@ -25,6 +26,18 @@ enum Command {
     /// files in the data dir (or PostgreSQL with TANDEM_DATABASE_URL).
     #[command(after_help = tandem_server::config::settings_help())]
     Up(UpArgs),
+    /// Runs one service in this process: careplans, checkins, triage or
+    /// notifications, one container each in a distributed deployment.
+    ///
+    /// The service's gRPC API with health and reflection, its relays,
+    /// consumers and schedulers, and retention of its inbox, on PostgreSQL
+    /// (TANDEM_DATABASE_URL) and Kafka (TANDEM_EVENTS), or on a SQLite file
+    /// and the embedded log in the data dir. On SIGTERM or SIGINT it drains
+    /// like `tandem up`: health NOT_SERVING, TANDEM_SHUTDOWN_DRAIN, open
+    /// streams ended, in-flight calls finished, background work stopped,
+    /// unsent events flushed.
+    #[command(after_help = serve_help())]
+    Serve(ServeArgs),
     /// Mints a development token signed with the key `tandem up` uses, and
     /// prints it on stdout.
     Token(TokenArgs),
@@ -112,6 +125,31 @@ struct UpArgs {
 }
 
 #[derive(Debug, clap::Args)]
+struct ServeArgs {
+    /// The service to run.
+    #[arg(value_enum)]
+    service: ServiceName,
+    #[command(flatten)]
+    common: CommonArgs,
+    /// Overrides TANDEM_LISTEN; port 0 picks a free port.
+    #[arg(long)]
+    listen: Option<SocketAddr>,
+}
+
+/// `tandem serve --help`: the settings every service reads, then the sections of its own.
+fn serve_help() -> String {
+    let mut help = tandem_server::config::settings_help();
+    help.push_str(
+        "\nEach service also reads a section of its own (file [checkins], environment TANDEM_CHECKINS__..., \
+         and so on; the README lists the keys):\n  \
+         checkins       crisis resources shown to patients; also triage.crisis_contact\n  \
+         triage         acknowledgement deadlines, deterioration and disengagement rules, crisis_contact\n  \
+         notifications  SMTP, SMS provider, alert retries, reminders and quiet hours, retention\n",
+    );
+    help
+}
+
+#[derive(Debug, clap::Args)]
 struct TokenArgs {
     #[command(flatten)]
     common: CommonArgs,
@@ -149,6 +187,7 @@ async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Up(args) => up(args).await,
+        Command::Serve(args) => serve(args).await,
         Command::Token(args) => token(args),
         Command::Demo => demo().await,
         Command::Bench(args) => bench(args).await,
@@ -242,21 +281,47 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
     let telemetry = tandem_telemetry::init(&tandem_telemetry::TelemetrySettings::from_env("tandem"))?;
     let figment = load_figment(&args.common, args.listen)?;
     let settings: Settings = figment.extract().context("invalid configuration")?;
-    let listener = tokio::net::TcpListener::bind(settings.listen).await.with_context(|| {
-        format!("cannot listen on {}; is another tandem running? try --listen 127.0.0.1:0", settings.listen)
-    })?;
+    let listener = bind(&settings).await?;
     let addr = listener.local_addr()?;
-    let store = if settings.database_url.is_empty() {
-        format!("sqlite files in {}", settings.data_dir.display())
-    } else {
-        "postgresql".to_owned()
-    };
     // Printed on stdout, for people and for scripts that wait for it.
-    println!("tandem listening on {addr} ({store})");
+    println!("tandem listening on {addr} ({})", store(&settings, &tandem_cli::up::SERVICES));
     println!("  try: grpcurl -plaintext {addr} list");
     let served = tandem_cli::up::serve(&settings, &figment, listener, tandem_server::shutdown_signal()).await;
     telemetry.shutdown();
     served
+}
+
+async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let service = args.service;
+    let telemetry =
+        tandem_telemetry::init(&tandem_telemetry::TelemetrySettings::from_env(&format!("tandem-{service}")))?;
+    let figment = load_figment(&args.common, args.listen)?;
+    let settings: Settings = figment.extract().context("invalid configuration")?;
+    let listener = bind(&settings).await?;
+    let addr = listener.local_addr()?;
+    println!("tandem serve {service} listening on {addr} ({})", store(&settings, &[service]));
+    // Also logged: in a container, the logs are what people read.
+    tracing::info!(service = service.as_str(), %addr, "serving");
+    let served =
+        tandem_cli::serve::run(&[service], &settings, &figment, listener, tandem_server::shutdown_signal()).await;
+    telemetry.shutdown();
+    served
+}
+
+async fn bind(settings: &Settings) -> anyhow::Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind(settings.listen).await.with_context(|| {
+        format!("cannot listen on {}; is another tandem running? try --listen 127.0.0.1:0", settings.listen)
+    })
+}
+
+/// Where `services` keep their data, as people read it.
+fn store(settings: &Settings, services: &[ServiceName]) -> String {
+    let url = |service: &ServiceName| settings.database_url_for(service.as_str()).unwrap_or_default();
+    if services.iter().any(|service| url(service).starts_with("postgres")) {
+        "postgresql".to_owned()
+    } else {
+        format!("sqlite files in {}", settings.data_dir.display())
+    }
 }
 
 fn token(args: TokenArgs) -> anyhow::Result<()> {

@@ -1,0 +1,23 @@
+//! `tandem up`: all four services in one process, on one port.
+
+use std::future::Future;
+
+use tandem_server::Settings;
+use tokio::net::TcpListener;
+
+use crate::serve::ServiceName;
+
+/// The services `tandem up` runs, in the order their background work starts.
+pub const SERVICES: [ServiceName; 4] =
+    [ServiceName::Careplans, ServiceName::Checkins, ServiceName::Notifications, ServiceName::Triage];
+
+/// Serves all four services on `listener` until `shutdown` completes, then
+/// drains and closes the stores.
+pub async fn serve(
+    settings: &Settings,
+    figment: &figment::Figment,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    crate::serve::run(&SERVICES, settings, figment, listener, shutdown).await
+}

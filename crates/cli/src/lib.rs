@@ -1,8 +1,0 @@
-//! The `tandem` command's library: what `tandem up` runs, so tests can run
-//! the very same thing on port 0.
-
-pub mod bench;
-pub mod demo;
-pub mod scenario;
-pub mod up;
-pub mod webhook;
