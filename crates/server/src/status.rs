@@ -1,4 +1,6 @@
-//! Building the statuses callers see.
+//! Building the statuses callers see: field violations, details beside
+//! them, typed ids. Which code a failure gets is decided in one place,
+//! [`crate::error::ServiceError`].
 
 use prost::{Message, Name};
 use tonic::{Code, Status};
@@ -77,10 +79,10 @@ pub fn invalid_field(field: impl Into<String>, description: impl Into<String>) -
     violations.into_status()
 }
 
-/// Internal, without leaking the cause to the caller; the cause is logged.
+/// INTERNAL for `error` (see [`crate::ServiceError::Internal`]); kept until
+/// every service converts its errors into [`crate::ServiceError`].
 pub fn internal(error: &dyn std::error::Error) -> Status {
-    tracing::error!(error = %error, "internal error");
-    Status::internal("internal error; it was logged, try again or contact your Tandem operator")
+    crate::ServiceError::internal(error.to_string()).into()
 }
 
 /// A required typed id from its wire message: InvalidArgument on `field`
