@@ -79,12 +79,6 @@ pub fn invalid_field(field: impl Into<String>, description: impl Into<String>) -
     violations.into_status()
 }
 
-/// INTERNAL for `error` (see [`crate::ServiceError::Internal`]); kept until
-/// every service converts its errors into [`crate::ServiceError`].
-pub fn internal(error: &dyn std::error::Error) -> Status {
-    crate::ServiceError::internal(error.to_string()).into()
-}
-
 /// A required typed id from its wire message: InvalidArgument on `field`
 /// when absent (saying `what` to send) or on `field.value` when malformed.
 pub fn required_id<W, T>(field: &str, id: Option<&W>, what: &str) -> Result<T, Status>
