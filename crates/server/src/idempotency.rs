@@ -6,8 +6,9 @@
 
 use prost::Message;
 use sha2::{Digest, Sha256};
-use tonic::{Code, Status};
-use tonic_types::{ErrorDetails, StatusExt};
+use tonic::Status;
+
+use crate::ServiceError;
 
 /// The `ErrorInfo.reason` of a key conflict, for clients that branch on it.
 pub const KEY_REUSED: &str = "IDEMPOTENCY_KEY_REUSED";
@@ -25,18 +26,17 @@ pub fn same_request(stored: Option<&str>, new: &str) -> bool {
     stored.is_none_or(|stored| stored == new)
 }
 
-/// FAILED_PRECONDITION for a key reused with a different request.
+/// FAILED_PRECONDITION for a key reused with a different request
+/// ([`ServiceError::KeyReused`]), with an `ErrorInfo` whose reason is
+/// [`KEY_REUSED`].
 pub fn key_conflict() -> Status {
-    Status::with_error_details(
-        Code::FailedPrecondition,
-        "idempotency_key was already used for a different request: send a new key for a new request, \
-         or resend the first request unchanged to get its result",
-        ErrorDetails::with_error_info(KEY_REUSED, "tandem", std::collections::HashMap::new()),
-    )
+    ServiceError::KeyReused.into()
 }
 
 #[cfg(test)]
 mod tests {
+    use tonic::Code;
+
     use super::*;
 
     #[test]

@@ -1,9 +1,11 @@
 //! What every Tandem gRPC server shares: configuration, authentication,
-//! health, reflection, request tracing and graceful shutdown. Services plug
-//! their tonic services in; they never import each other.
+//! health, reflection, request tracing, graceful shutdown and the one
+//! mapping from errors to statuses ([`ServiceError`]). Services plug their
+//! tonic services in; they never import each other.
 
 pub mod bus;
 pub mod config;
+pub mod error;
 pub mod health;
 pub mod idempotency;
 pub mod status;
@@ -18,6 +20,7 @@ use tokio_stream::wrappers::TcpListenerStream;
 use tonic::service::Routes;
 
 pub use config::{AuthSettings, Settings};
+pub use error::ServiceError;
 pub use health::Health;
 pub use streams::{StreamLease, StreamSettings, Streams};
 pub use tasks::Tasks;

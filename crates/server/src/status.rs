@@ -1,4 +1,6 @@
-//! Building the statuses callers see.
+//! Building the statuses callers see: field violations, details beside
+//! them, typed ids. Which code a failure gets is decided in one place,
+//! [`crate::error::ServiceError`].
 
 use prost::{Message, Name};
 use tonic::{Code, Status};
@@ -75,12 +77,6 @@ pub fn invalid_field(field: impl Into<String>, description: impl Into<String>) -
     let mut violations = Violations::new();
     violations.add(field, description);
     violations.into_status()
-}
-
-/// Internal, without leaking the cause to the caller; the cause is logged.
-pub fn internal(error: &dyn std::error::Error) -> Status {
-    tracing::error!(error = %error, "internal error");
-    Status::internal("internal error; it was logged, try again or contact your Tandem operator")
 }
 
 /// A required typed id from its wire message: InvalidArgument on `field`

@@ -304,6 +304,75 @@ pub fn is_unique_violation(error: &sqlx::Error) -> bool {
     error.as_database_error().is_some_and(|db| db.is_unique_violation())
 }
 
+impl StoreError {
+    /// Whether the database is away rather than the request or the data
+    /// wrong: a retry of the same call may succeed (see [`is_unavailable`]).
+    pub fn is_unavailable(&self) -> bool {
+        match self {
+            StoreError::Connect { .. } => true,
+            StoreError::Sql(error) => is_unavailable(error),
+            StoreError::UnsupportedUrl(_) | StoreError::BadSchema(_) | StoreError::Migrate { .. } => false,
+        }
+    }
+}
+
+/// Whether an error says the database is away (down, unreachable, out of
+/// connections, locked past its busy timeout) rather than that the request
+/// or the data is wrong: the same call may succeed when it is back.
+pub fn is_unavailable(error: &sqlx::Error) -> bool {
+    match error {
+        sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed => true,
+        sqlx::Error::Database(db) => {
+            if let Some(sqlite) = db.try_downcast_ref::<sqlx::sqlite::SqliteError>() {
+                return sqlite_unavailable(sqlite);
+            }
+            if let Some(postgres) = db.try_downcast_ref::<sqlx::postgres::PgDatabaseError>() {
+                return postgres_unavailable(postgres);
+            }
+            false
+        }
+        _ => false,
+    }
+}
+
+/// SQLite result codes (https://sqlite.org/rescode.html); the driver reports
+/// the extended code, whose low byte is the primary one.
+fn sqlite_unavailable(error: &sqlx::sqlite::SqliteError) -> bool {
+    const BUSY: i64 = 5;
+    const LOCKED: i64 = 6;
+    const IOERR: i64 = 10;
+    const FULL: i64 = 13;
+    const CANTOPEN: i64 = 14;
+    let Some(code) = sqlx::error::DatabaseError::code(error).and_then(|code| code.parse::<i64>().ok()) else {
+        return false;
+    };
+    matches!(code & 0xff, BUSY | LOCKED | IOERR | FULL | CANTOPEN)
+}
+
+/// PostgreSQL SQLSTATEs (https://www.postgresql.org/docs/current/errcodes-appendix.html).
+fn postgres_unavailable(error: &sqlx::postgres::PgDatabaseError) -> bool {
+    let code = error.code();
+    // 08: connection exception; 53: insufficient resources (too many
+    // connections, disk full); 58: system error (I/O).
+    if code.starts_with("08") || code.starts_with("53") || code.starts_with("58") {
+        return true;
+    }
+    // 57P01 admin_shutdown (the server stops, or an operator ended the
+    // session), 57P02 crash_shutdown, 57P03 cannot_connect_now (starting
+    // up), 57P05 idle_session_timeout.
+    if matches!(code, "57P01" | "57P02" | "57P03" | "57P05") {
+        return true;
+    }
+    // A database that refuses connections (ALLOW_CONNECTIONS false during
+    // maintenance) answers object_not_in_prerequisite_state from the check
+    // at connect time; the same code elsewhere is a real error.
+    code == "55000" && error.routine() == Some("CheckMyDatabase")
+}
+
 #[cfg(test)]
 mod tests {
     use std::time::Duration;
@@ -361,6 +430,69 @@ mod tests {
         api.close().await;
         store.close().await;
         level
+    }
+
+    /// A database that is away reads as unavailable; a bad query or a
+    /// constraint does not.
+    async fn an_outage_is_unavailable_and_a_bad_query_is_not(backend: Backend) {
+        use sqlx::Connection;
+        let database = TestDatabase::create(backend).await;
+        let store = Store::open(StoreOptions::new(database.url.clone(), "outage"), &NO_MIGRATIONS).await.unwrap();
+        sqlx::raw_sql("CREATE TABLE t (id BIGINT PRIMARY KEY)").execute(store.pool()).await.unwrap();
+        sqlx::raw_sql("INSERT INTO t (id) VALUES (1)").execute(store.pool()).await.unwrap();
+        let duplicate = sqlx::raw_sql("INSERT INTO t (id) VALUES (1)").execute(store.pool()).await.unwrap_err();
+        assert!(is_unique_violation(&duplicate) && !is_unavailable(&duplicate), "{duplicate}");
+        let syntax = sqlx::raw_sql("SELEKT 1").execute(store.pool()).await.unwrap_err();
+        assert!(!is_unavailable(&syntax), "{syntax}");
+        assert!(!is_unavailable(&sqlx::Error::RowNotFound));
+        match backend {
+            Backend::Sqlite => {
+                // Another process holds the write lock past our busy timeout.
+                let mut holder = sqlx::AnyConnection::connect(&database.url).await.unwrap();
+                sqlx::raw_sql("BEGIN EXCLUSIVE").execute(&mut holder).await.unwrap();
+                let mut writer = sqlx::AnyConnection::connect(&database.url).await.unwrap();
+                sqlx::raw_sql("PRAGMA busy_timeout = 50").execute(&mut writer).await.unwrap();
+                let busy = sqlx::raw_sql("BEGIN IMMEDIATE").execute(&mut writer).await.unwrap_err();
+                assert!(is_unavailable(&busy), "{busy}");
+                assert!(StoreError::Sql(busy).is_unavailable());
+                sqlx::raw_sql("COMMIT").execute(&mut holder).await.unwrap();
+            }
+            Backend::Postgres => {
+                // An operator ends the sessions and refuses new ones.
+                let mut session = sqlx::AnyConnection::connect(&database.url).await.unwrap();
+                let mut admin = sqlx::AnyConnection::connect(&testing::postgres_admin_url()).await.unwrap();
+                let name = database.url.rsplit('/').next().unwrap().to_owned();
+                sqlx::raw_sql(sqlx::AssertSqlSafe(format!("ALTER DATABASE \"{name}\" ALLOW_CONNECTIONS false")))
+                    .execute(&mut admin)
+                    .await
+                    .unwrap();
+                sqlx::query("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1")
+                    .bind(&name)
+                    .execute(&mut admin)
+                    .await
+                    .unwrap();
+                let ended = sqlx::raw_sql("SELECT 1").execute(&mut session).await.unwrap_err();
+                assert!(is_unavailable(&ended), "{ended}");
+                let refused = sqlx::AnyConnection::connect(&database.url).await.unwrap_err();
+                assert!(is_unavailable(&refused), "{refused}");
+                sqlx::raw_sql(sqlx::AssertSqlSafe(format!("ALTER DATABASE \"{name}\" ALLOW_CONNECTIONS true")))
+                    .execute(&mut admin)
+                    .await
+                    .unwrap();
+            }
+        }
+        store.close().await;
+        database.drop_database().await;
+    }
+
+    #[tokio::test]
+    async fn an_outage_is_unavailable_and_a_bad_query_is_not_sqlite() {
+        an_outage_is_unavailable_and_a_bad_query_is_not(Backend::Sqlite).await;
+    }
+
+    #[tokio::test]
+    async fn an_outage_is_unavailable_and_a_bad_query_is_not_postgres() {
+        an_outage_is_unavailable_and_a_bad_query_is_not(Backend::Postgres).await;
     }
 
     #[tokio::test]

@@ -1,17 +1,19 @@
 //! The gRPC surface: validation, authorization and mapping to the domain.
+//! Failures are [`ServiceError`]s: repository errors convert with `?`
+//! (their mapping is beside them, in `repo` and `plans_repo`).
 
 use tandem_auth::{Caller, Role};
 use tandem_proto::careplans::v1 as pb;
 use tandem_proto::careplans::v1::care_plan_service_server::CarePlanService;
 use tandem_proto::common::v1 as common;
 use tandem_proto::ids::{CarePlanId, PatientId};
-use tandem_server::status::{Violations, internal, invalid_field, patient_id, required_id};
+use tandem_server::ServiceError;
+use tandem_server::status::{Violations, invalid_field, patient_id, required_id};
 use tandem_store::paging::{Cursor, page_size};
 use tonic::{Request, Response, Status};
 
 use crate::domain::{NewPatient, Patient};
 use crate::plan::{parse_care_team, parse_content, parse_safety_plan};
-use crate::plans_repo::UpdateError;
 use crate::repo::{Enrolled, Repo, RepoError};
 
 const MAX_KEY_LEN: usize = 128;
@@ -33,7 +35,7 @@ impl CarePlanApi {
     /// The patient, if the caller may see them. A patient of another org and
     /// a patient that does not exist look the same to the caller.
     async fn visible_patient(&self, caller: &Caller, id: &PatientId) -> Result<Patient, Status> {
-        let patient = self.repo.patient(id).await.map_err(repo_status)?;
+        let patient = self.repo.patient(id).await?;
         let Some(patient) = patient else {
             return Err(no_access());
         };
@@ -43,7 +45,7 @@ impl CarePlanApi {
         let allowed = match caller.role {
             Role::Patient => caller.subject == patient.id.to_string(),
             Role::Integration | Role::Admin | Role::Supervisor => true,
-            Role::Clinician => self.repo.on_care_team(&patient.id, &caller.subject).await.map_err(repo_status)?,
+            Role::Clinician => self.repo.on_care_team(&patient.id, &caller.subject).await?,
         };
         if !allowed {
             return Err(no_access());
@@ -56,7 +58,7 @@ impl CarePlanApi {
     async fn plan_writer(&self, caller: &Caller, id: &PatientId) -> Result<Patient, Status> {
         let patient = self.visible_patient(caller, id).await?;
         if caller.role == Role::Patient {
-            return Err(Status::permission_denied("patients read their care plans; their clinician changes them"));
+            return Err(ServiceError::denied("patients read their care plans; their clinician changes them").into());
         }
         Ok(patient)
     }
@@ -64,12 +66,12 @@ impl CarePlanApi {
     /// The current plan and its patient, if the caller may see it. Patients
     /// never see drafts.
     async fn visible_plan(&self, caller: &Caller, id: &CarePlanId) -> Result<(Patient, pb::CarePlan), Status> {
-        let stored = self.repo.plan(id).await.map_err(repo_status)?;
+        let stored = self.repo.plan(id).await?;
         let Some(stored) = stored.filter(|stored| stored.org == caller.org) else {
             return Err(no_plan_access());
         };
         let patient_id = patient_id("care_plan.patient_id", stored.plan.patient_id.as_ref())
-            .map_err(|_| internal(&RepoError::Corrupt("care plan without patient".into())))?;
+            .map_err(|_| RepoError::Corrupt("care plan without patient".into()))?;
         let patient = self.visible_patient(caller, &patient_id).await.map_err(|_| no_plan_access())?;
         if caller.role == Role::Patient && stored.plan.status() == pb::CarePlanStatus::Draft {
             return Err(no_plan_access());
@@ -79,27 +81,11 @@ impl CarePlanApi {
 }
 
 fn no_plan_access() -> Status {
-    Status::permission_denied("the caller may not access this care plan; check the id and your role")
-}
-
-fn update_status(error: UpdateError) -> Status {
-    match error {
-        UpdateError::Stale { .. } => Status::aborted(error.to_string()),
-        UpdateError::Transition { .. } => Status::failed_precondition(error.to_string()),
-        UpdateError::Repo(error) => repo_status(error),
-    }
+    ServiceError::denied("the caller may not access this care plan; check the id and your role").into()
 }
 
 fn no_access() -> Status {
-    Status::permission_denied("the caller may not access this patient; check the patient id and your role")
-}
-
-fn repo_status(error: RepoError) -> Status {
-    match error {
-        RepoError::DuplicateExternalId => Status::already_exists(error.to_string()),
-        RepoError::IdempotencyConflict => tandem_server::idempotency::key_conflict(),
-        RepoError::Corrupt(_) | RepoError::Store(_) | RepoError::Events(_) => internal(&error),
-    }
+    ServiceError::denied("the caller may not access this patient; check the patient id and your role").into()
 }
 
 fn care_plan_id(field: &str, id: Option<&common::CarePlanId>) -> Result<CarePlanId, Status> {
@@ -167,7 +153,7 @@ impl CarePlanService for CarePlanApi {
         let caller = Caller::from_request(&request)?.clone();
         caller.require_role(&[Role::Integration, Role::Admin])?;
         let new = parse_enrolment(request.get_ref())?;
-        let enrolled = self.repo.enroll_patient(&caller.org, &new).await.map_err(repo_status)?;
+        let enrolled = self.repo.enroll_patient(&caller.org, &new).await?;
         let patient = match enrolled {
             Enrolled::Created(patient) => {
                 tracing::info!(patient_id = %patient.id, org = %caller.org, "patient enrolled");
@@ -203,7 +189,7 @@ impl CarePlanService for CarePlanApi {
             // A patient's list is themself.
             let own = caller.subject.parse::<PatientId>().ok();
             let patient = match own {
-                Some(id) if cursor.is_none() => self.repo.patient(&id).await.map_err(repo_status)?,
+                Some(id) if cursor.is_none() => self.repo.patient(&id).await?,
                 _ => None,
             };
             let patients = patient.filter(|p| p.org == caller.org).iter().map(patient_to_pb).collect();
@@ -212,8 +198,7 @@ impl CarePlanService for CarePlanApi {
         if caller.role == Role::Clinician {
             return self.list_caseload(&caller, cursor.as_ref(), limit).await.map(Response::new);
         }
-        let (patients, next) =
-            self.repo.list_patients(&caller.org, cursor.as_ref(), limit).await.map_err(repo_status)?;
+        let (patients, next) = self.repo.list_patients(&caller.org, cursor.as_ref(), limit).await?;
         Ok(Response::new(pb::ListPatientsResponse {
             patients: patients.iter().map(patient_to_pb).collect(),
             next_page_token: next.map(|cursor| cursor.encode()).unwrap_or_default(),
@@ -256,8 +241,7 @@ impl CarePlanService for CarePlanApi {
                 status,
                 caller.actor(),
             )
-            .await
-            .map_err(repo_status)?;
+            .await?;
         Ok(Response::new(pb::CreateCarePlanResponse { care_plan: Some(created.into_inner()) }))
     }
 
@@ -302,8 +286,7 @@ impl CarePlanService for CarePlanApi {
                 message.status(),
                 caller.actor(),
             )
-            .await
-            .map_err(update_status)?;
+            .await?;
         Ok(Response::new(pb::UpdateCarePlanResponse { care_plan: Some(plan) }))
     }
 
@@ -317,8 +300,7 @@ impl CarePlanService for CarePlanApi {
         let (cursor, limit) = page_of(request.get_ref().page.as_ref())?;
         let patient = self.visible_patient(&caller, &id).await?;
         let include_drafts = caller.role != Role::Patient;
-        let (care_plans, next) =
-            self.repo.list_plans(&patient.id, include_drafts, cursor.as_ref(), limit).await.map_err(repo_status)?;
+        let (care_plans, next) = self.repo.list_plans(&patient.id, include_drafts, cursor.as_ref(), limit).await?;
         Ok(Response::new(pb::ListCarePlansResponse {
             care_plans,
             next_page_token: next.map(|cursor| cursor.encode()).unwrap_or_default(),
@@ -338,7 +320,7 @@ impl CarePlanService for CarePlanApi {
         violations.into_result()?;
         let patient = self.visible_patient(&caller, &id).await?;
         caller.require_role(&[Role::Integration, Role::Admin, Role::Supervisor])?;
-        let team = self.repo.set_care_team(&patient.org, &patient.id, members).await.map_err(repo_status)?;
+        let team = self.repo.set_care_team(&patient.org, &patient.id, members).await?;
         Ok(Response::new(pb::SetCareTeamResponse { care_team: Some(team) }))
     }
 
@@ -350,7 +332,7 @@ impl CarePlanService for CarePlanApi {
         let caller = Caller::from_request(&request)?.clone();
         let id = patient_id("patient_id", request.get_ref().patient_id.as_ref())?;
         let patient = self.visible_patient(&caller, &id).await?;
-        let team = self.repo.care_team(&patient.id).await.map_err(repo_status)?;
+        let team = self.repo.care_team(&patient.id).await?;
         let team =
             team.unwrap_or(pb::CareTeam { patient_id: Some(patient.id.into()), members: Vec::new(), version: 0 });
         Ok(Response::new(pb::GetCareTeamResponse { care_team: Some(team) }))
@@ -374,13 +356,9 @@ impl CarePlanService for CarePlanApi {
         // clinicians may both save a version.
         let patient = self.visible_patient(&caller, &id).await?;
         if caller.role == Role::Integration {
-            return Err(Status::permission_denied("a safety plan is written by the patient and their clinician"));
+            return Err(ServiceError::denied("a safety plan is written by the patient and their clinician").into());
         }
-        let saved = self
-            .repo
-            .put_safety_plan(&patient.org, &patient.id, message.expected_version, plan)
-            .await
-            .map_err(update_status)?;
+        let saved = self.repo.put_safety_plan(&patient.org, &patient.id, message.expected_version, plan).await?;
         Ok(Response::new(pb::PutSafetyPlanResponse { safety_plan: Some(saved) }))
     }
 
@@ -392,9 +370,11 @@ impl CarePlanService for CarePlanApi {
         let caller = Caller::from_request(&request)?.clone();
         let id = patient_id("patient_id", request.get_ref().patient_id.as_ref())?;
         let patient = self.visible_patient(&caller, &id).await?;
-        let plan = self.repo.safety_plan(&patient.id).await.map_err(repo_status)?;
+        let plan = self.repo.safety_plan(&patient.id).await?;
         let Some(plan) = plan else {
-            return Err(Status::not_found("this patient has no safety plan yet; write one with PutSafetyPlan"));
+            return Err(
+                ServiceError::not_found("this patient has no safety plan yet; write one with PutSafetyPlan").into()
+            );
         };
         Ok(Response::new(pb::GetSafetyPlanResponse { safety_plan: Some(plan) }))
     }
@@ -407,10 +387,10 @@ impl CarePlanApi {
         cursor: Option<&Cursor>,
         limit: u32,
     ) -> Result<pb::ListPatientsResponse, Status> {
-        let ids = self.repo.caseload(&caller.subject).await.map_err(repo_status)?;
+        let ids = self.repo.caseload(&caller.subject).await?;
         let mut patients = Vec::with_capacity(ids.len());
         for id in ids {
-            if let Some(patient) = self.repo.patient(&id).await.map_err(repo_status)?
+            if let Some(patient) = self.repo.patient(&id).await?
                 && patient.org == caller.org
             {
                 patients.push(patient);

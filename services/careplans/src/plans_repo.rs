@@ -66,6 +66,22 @@ pub enum UpdateError {
     Repo(#[from] RepoError),
 }
 
+impl From<UpdateError> for tandem_server::ServiceError {
+    fn from(error: UpdateError) -> Self {
+        match error {
+            UpdateError::Stale { .. } => Self::Stale(error.to_string()),
+            UpdateError::Transition { .. } => Self::precondition(error.to_string()),
+            UpdateError::Repo(error) => error.into(),
+        }
+    }
+}
+
+impl From<UpdateError> for tonic::Status {
+    fn from(error: UpdateError) -> Self {
+        tandem_server::ServiceError::from(error).into()
+    }
+}
+
 impl From<tandem_store::StoreError> for UpdateError {
     fn from(error: tandem_store::StoreError) -> Self {
         UpdateError::Repo(error.into())

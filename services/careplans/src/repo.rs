@@ -8,6 +8,7 @@ use tandem_events::{Outbox, topics};
 use tandem_proto::events::v1 as events;
 use tandem_proto::events::v1::event_envelope::Payload;
 use tandem_proto::ids::{OrgId, PatientId};
+use tandem_server::ServiceError;
 use tandem_store::paging::Cursor;
 use tandem_store::{Store, StoreError, from_unix_micros, is_unique_violation, unix_micros};
 
@@ -36,6 +37,26 @@ pub enum RepoError {
 impl From<sqlx::Error> for RepoError {
     fn from(error: sqlx::Error) -> Self {
         RepoError::Store(StoreError::Sql(error))
+    }
+}
+
+/// What a caller hears of a repository error: the one place this service
+/// chooses (see `tandem_server::error`).
+impl From<RepoError> for ServiceError {
+    fn from(error: RepoError) -> Self {
+        match error {
+            RepoError::DuplicateExternalId => ServiceError::exists(error.to_string()),
+            RepoError::IdempotencyConflict => ServiceError::KeyReused,
+            RepoError::Corrupt(_) => ServiceError::internal(error),
+            RepoError::Store(error) => error.into(),
+            RepoError::Events(error) => error.into(),
+        }
+    }
+}
+
+impl From<RepoError> for tonic::Status {
+    fn from(error: RepoError) -> Self {
+        ServiceError::from(error).into()
     }
 }
 

@@ -12,7 +12,8 @@ use tandem_proto::checkins::v1::check_in_service_server::CheckInService;
 use tandem_proto::common::v1 as common;
 use tandem_proto::events::v1 as events;
 use tandem_proto::ids::{CarePlanId, CheckInId, EventId, OrgId, PatientId};
-use tandem_server::status::{Violations, internal, invalid_field, patient_id};
+use tandem_server::ServiceError;
+use tandem_server::status::{Violations, invalid_field, patient_id};
 use tandem_store::paging::{Cursor, page_size};
 use tandem_store::unix_micros;
 use tonic::{Request, Response, Status};
@@ -96,11 +97,13 @@ pub struct CheckInApi {
 }
 
 fn no_access() -> Status {
-    Status::permission_denied("the caller may not access this patient's check-ins; check the patient id and your role")
+    ServiceError::denied("the caller may not access this patient's check-ins; check the patient id and your role")
+        .into()
 }
 
+/// A repository error as the caller hears it (the mapping is in `repo`).
 fn repo_status(error: RepoError) -> Status {
-    internal(&error)
+    error.into()
 }
 
 fn add_clinical(violations: &mut Violations, errors: ValidationErrors) {
@@ -198,12 +201,12 @@ impl CheckInApi {
             }
             return Err(no_access());
         }
-        let org = self.repo.patient_org(patient).await.map_err(repo_status)?;
+        let org = self.repo.patient_org(patient).await?;
         let Some(org) = org.filter(|org| *org == caller.org) else {
             return Err(no_access());
         };
         let allowed = match caller.role {
-            Role::Clinician => self.repo.on_care_team(patient, &caller.subject).await.map_err(repo_status)?,
+            Role::Clinician => self.repo.on_care_team(patient, &caller.subject).await?,
             Role::Integration | Role::Admin | Role::Supervisor => true,
             Role::Patient => false,
         };
@@ -217,9 +220,10 @@ impl CheckInApi {
     /// patient, a clinician on the care team (in session), or the org's EHR.
     async fn submittable(&self, caller: &Caller, patient: &PatientId) -> Result<OrgId, Status> {
         if matches!(caller.role, Role::Admin | Role::Supervisor) {
-            return Err(Status::permission_denied(
+            return Err(ServiceError::denied(
                 "check-ins are submitted by the patient, a clinician on their care team, or the EHR integration",
-            ));
+            )
+            .into());
         }
         self.readable(caller, patient).await
     }
@@ -512,7 +516,7 @@ impl CheckInService for CheckInApi {
             return Err(invalid_field("check_in_id", "required: the check-in's id"));
         };
         let id = CheckInId::try_from(id).map_err(|error| invalid_field("check_in_id.value", error.to_string()))?;
-        let stored = self.repo.check_in(&id).await.map_err(repo_status)?;
+        let stored = self.repo.check_in(&id).await?;
         let Some(stored) = stored else {
             return Err(no_access());
         };
@@ -550,11 +554,8 @@ impl CheckInService for CheckInApi {
             return Err(invalid_field("range.end", "must not be before range.start"));
         }
         self.readable(&caller, &patient).await?;
-        let (check_ins, next) = self
-            .repo
-            .list(&patient, start, end, cursor.as_ref(), page_size(page.page_size))
-            .await
-            .map_err(repo_status)?;
+        let (check_ins, next) =
+            self.repo.list(&patient, start, end, cursor.as_ref(), page_size(page.page_size)).await?;
         Ok(Response::new(pb::ListCheckInsResponse {
             check_ins,
             next_page_token: next.map(|cursor| cursor.encode()).unwrap_or_default(),
@@ -569,9 +570,9 @@ impl CheckInService for CheckInApi {
         let caller = Caller::from_request(&request)?.clone();
         let patient = patient_id("patient_id", request.get_ref().patient_id.as_ref())?;
         self.readable(&caller, &patient).await?;
-        let plans = self.repo.active_plans(&patient).await.map_err(repo_status)?;
-        let done = self.repo.done(&patient).await.map_err(repo_status)?;
-        let zone = Schedule::zone(&self.repo.time_zone(&patient).await.map_err(repo_status)?);
+        let plans = self.repo.active_plans(&patient).await?;
+        let done = self.repo.done(&patient).await?;
+        let zone = Schedule::zone(&self.repo.time_zone(&patient).await?);
         let items = crate::due::due_items(&plans, &done, zone, SystemTime::now());
         Ok(Response::new(pb::GetDueItemsResponse { items }))
     }

@@ -9,6 +9,7 @@ use tandem_proto::careplans::v1 as plans;
 use tandem_proto::checkins::v1 as pb;
 use tandem_proto::events::v1 as events;
 use tandem_proto::ids::{CheckInId, OrgId, PatientId};
+use tandem_server::ServiceError;
 use tandem_store::paging::Cursor;
 use tandem_store::{Store, StoreError, from_unix_micros, is_unique_violation, unix_micros};
 
@@ -31,6 +32,24 @@ pub enum RepoError {
 impl From<sqlx::Error> for RepoError {
     fn from(error: sqlx::Error) -> Self {
         RepoError::Store(StoreError::Sql(error))
+    }
+}
+
+/// What a caller hears of a repository error: the one place this service
+/// chooses (see `tandem_server::error`).
+impl From<RepoError> for ServiceError {
+    fn from(error: RepoError) -> Self {
+        match error {
+            RepoError::Corrupt(_) => ServiceError::internal(error),
+            RepoError::Store(error) => error.into(),
+            RepoError::Events(error) => error.into(),
+        }
+    }
+}
+
+impl From<RepoError> for tonic::Status {
+    fn from(error: RepoError) -> Self {
+        ServiceError::from(error).into()
     }
 }
 

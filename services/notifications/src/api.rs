@@ -6,7 +6,8 @@
 //! and delete endpoints of other subjects of their organisation (such as the
 //! on-call crisis contact). Another org's or subject's endpoint answers
 //! PermissionDenied, as does an id that does not exist, so a denial reveals
-//! nothing.
+//! nothing. Failures are `tandem_server::ServiceError`s; repository errors
+//! convert with `?` (their mapping is in `repo`).
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -18,8 +19,9 @@ use tandem_auth::{Caller, Role};
 use tandem_events::Outbox;
 use tandem_proto::notifications::v1 as pb;
 use tandem_proto::notifications::v1::notification_service_server::NotificationService;
+use tandem_server::ServiceError;
 use tandem_server::Streams;
-use tandem_server::status::{internal, invalid_field};
+use tandem_server::status::invalid_field;
 use tandem_store::{Changes, from_unix_micros, unix_micros};
 use tokio::sync::{Notify, mpsc};
 use tokio_stream::Stream;
@@ -30,7 +32,7 @@ use crate::config::NotificationsSettings;
 use crate::endpoint::{Channel, parse_registration};
 use crate::inbox::{InboxHub, inbox_key};
 use crate::message::{self, Purpose};
-use crate::repo::{InboxItem, NewDelivery, Repo, RepoError, StoredEndpoint};
+use crate::repo::{InboxItem, NewDelivery, Repo, StoredEndpoint};
 use crate::signing;
 
 /// Endpoints one subject may have; enough for every device and channel.
@@ -53,19 +55,10 @@ pub struct Api {
 }
 
 fn no_access() -> Status {
-    Status::permission_denied(
+    ServiceError::denied(
         "the caller may not use this endpoint: it belongs to another subject or does not exist; check the endpoint id",
     )
-}
-
-fn repo_status(error: RepoError) -> Status {
-    match error {
-        RepoError::Duplicate => Status::already_exists(
-            "this address is already registered on this channel for the subject; list the endpoints to find it, \
-             verify it, or delete it and register again",
-        ),
-        other => internal(&other),
-    }
+    .into()
 }
 
 fn manages_org(caller: &Caller) -> bool {
@@ -138,7 +131,7 @@ impl Api {
     }
 
     async fn owned_endpoint(&self, caller: &Caller, id: &str) -> Result<StoredEndpoint, Status> {
-        let endpoint = self.repo.endpoint(id).await.map_err(repo_status)?;
+        let endpoint = self.repo.endpoint(id).await?;
         match endpoint {
             Some(endpoint) if may_use(caller, &endpoint) => Ok(endpoint),
             _ => Err(no_access()),
@@ -161,21 +154,24 @@ impl NotificationService for Api {
         let parsed = parse_registration(request.get_ref()).map_err(|violations| violations.into_status())?;
         let subject = parsed.subject.clone().unwrap_or_else(|| caller.subject.clone());
         if subject != caller.subject && !manages_org(&caller) {
-            return Err(Status::permission_denied(
+            return Err(ServiceError::denied(
                 "only admins and integrations may register endpoints for another subject; leave subject empty to \
                  register your own",
-            ));
+            )
+            .into());
         }
         if !self.channels.available(parsed.channel) {
-            return Err(Status::failed_precondition(
+            return Err(ServiceError::precondition(
                 not_configured(parsed.channel).unwrap_or("channel is not available"),
-            ));
+            )
+            .into());
         }
-        let existing = self.repo.endpoints(caller.org.as_str(), Some(&subject)).await.map_err(repo_status)?;
+        let existing = self.repo.endpoints(caller.org.as_str(), Some(&subject)).await?;
         if existing.len() >= MAX_ENDPOINTS_PER_SUBJECT {
-            return Err(Status::failed_precondition(format!(
+            return Err(ServiceError::precondition(format!(
                 "the subject already has {MAX_ENDPOINTS_PER_SUBJECT} endpoints; delete one before registering another"
-            )));
+            ))
+            .into());
         }
         let now = unix_micros(SystemTime::now());
         let id = uuid::Uuid::now_v7().to_string();
@@ -201,8 +197,8 @@ impl NotificationService for Api {
             registered_by: caller.subject.clone(),
             created_at: now,
         };
-        let mut tx = self.repo.store().begin_write().await.map_err(|error| internal(&error))?;
-        self.repo.insert_endpoint(&mut tx, &endpoint).await.map_err(repo_status)?;
+        let mut tx = self.repo.store().begin_write().await.map_err(ServiceError::from)?;
+        self.repo.insert_endpoint(&mut tx, &endpoint).await?;
         if let Some(code) = &code {
             let rendered = message::verification(code, ttl.as_secs().div_ceil(60));
             let delivery = NewDelivery {
@@ -214,13 +210,13 @@ impl NotificationService for Api {
                 recipient: subject.clone(),
                 endpoint_id: id.clone(),
                 channel: parsed.channel,
-                message: serde_json::to_string(&rendered).map_err(|error| internal(&error))?,
+                message: serde_json::to_string(&rendered).map_err(ServiceError::internal)?,
                 not_before: now,
                 queued_at: now,
             };
-            self.repo.insert_delivery(&mut tx, &delivery).await.map_err(repo_status)?;
+            self.repo.insert_delivery(&mut tx, &delivery).await?;
         }
-        tx.commit().await.map_err(|error| internal(&error))?;
+        tx.commit().await.map_err(ServiceError::from)?;
         self.wake.notify_one();
         tracing::info!(endpoint_id = %id, channel = %parsed.channel, "endpoint registered");
         Ok(Response::new(pb::RegisterEndpointResponse {
@@ -247,25 +243,27 @@ impl NotificationService for Api {
         }
         let max_attempts = i64::from(self.settings.verification.max_attempts.max(1));
         if endpoint.code_attempts >= max_attempts {
-            return Err(Status::failed_precondition(
+            return Err(ServiceError::precondition(
                 "too many wrong codes for this endpoint: delete it and register it again for a new code",
-            ));
+            )
+            .into());
         }
         let now = unix_micros(SystemTime::now());
         if endpoint.code_expires_at.is_none_or(|expires| expires < now) {
-            return Err(Status::failed_precondition(
+            return Err(ServiceError::precondition(
                 "the verification code expired: delete the endpoint and register it again for a new code",
-            ));
+            )
+            .into());
         }
         if !same(&endpoint.code_hash, &code_hash(&id, code)) {
-            self.repo.count_wrong_code(&id).await.map_err(repo_status)?;
+            self.repo.count_wrong_code(&id).await?;
             let left = max_attempts - endpoint.code_attempts - 1;
             return Err(invalid_field(
                 "code",
                 format!("does not match the code sent to the endpoint; {left} attempts left"),
             ));
         }
-        self.repo.mark_verified(&id, now).await.map_err(repo_status)?;
+        self.repo.mark_verified(&id, now).await?;
         tracing::info!(endpoint_id = %id, "endpoint verified");
         let verified = StoredEndpoint { verified_at: Some(now), ..endpoint };
         Ok(Response::new(pb::VerifyEndpointResponse { endpoint: Some(endpoint_to_pb(&verified)) }))
@@ -278,7 +276,7 @@ impl NotificationService for Api {
     ) -> Result<Response<pb::ListEndpointsResponse>, Status> {
         let caller = Caller::from_request(&request)?.clone();
         let subject = (!manages_org(&caller)).then_some(caller.subject.as_str());
-        let endpoints = self.repo.endpoints(caller.org.as_str(), subject).await.map_err(repo_status)?;
+        let endpoints = self.repo.endpoints(caller.org.as_str(), subject).await?;
         Ok(Response::new(pb::ListEndpointsResponse { endpoints: endpoints.iter().map(endpoint_to_pb).collect() }))
     }
 
@@ -290,7 +288,7 @@ impl NotificationService for Api {
         let caller = Caller::from_request(&request)?.clone();
         let id = endpoint_id("endpoint_id", &request.get_ref().endpoint_id)?;
         self.owned_endpoint(&caller, &id).await?;
-        self.repo.delete_endpoint(&self.outbox, &id, unix_micros(SystemTime::now())).await.map_err(repo_status)?;
+        self.repo.delete_endpoint(&self.outbox, &id, unix_micros(SystemTime::now())).await?;
         tracing::info!(endpoint_id = %id, "endpoint deleted");
         Ok(Response::new(pb::DeleteEndpointResponse {}))
     }
@@ -306,7 +304,7 @@ impl NotificationService for Api {
         let subject = caller.subject.clone();
         // Listen before reading, so a row committed in between is announced.
         let changes = self.inbox.subscribe();
-        let head = self.repo.inbox_head(&org, &subject).await.map_err(repo_status)?;
+        let head = self.repo.inbox_head(&org, &subject).await?;
         let repo = self.repo.clone();
         let poll = self.streams.safety_poll();
         let stream = lease.spawn(move |sender| stream_inbox(repo, org, subject, head, changes, poll, sender));
@@ -332,7 +330,7 @@ async fn stream_inbox(
         let items = match repo.inbox_items(&org, &subject, cursor, Some(cursor)).await {
             Ok(items) => items,
             Err(error) => {
-                let _ = sender.send(Err(internal(&error))).await;
+                let _ = sender.send(Err(error.into())).await;
                 return;
             }
         };

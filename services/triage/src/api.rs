@@ -1,6 +1,8 @@
 //! The gRPC surface of triage: the clinician worklist and its watch, one
 //! escalation with its timeline, acknowledge and resolve, assessments,
-//! acknowledgement statistics and the audited rule configuration.
+//! acknowledgement statistics and the audited rule configuration. Failures
+//! are `tandem_server::ServiceError`s; repository and transition errors
+//! convert with `?` (their mapping is beside them, in `repo` and `engine`).
 
 use std::collections::HashMap;
 use std::pin::Pin;
@@ -11,15 +13,16 @@ use tandem_proto::common::v1 as common;
 use tandem_proto::ids::{EscalationId, OrgId, PatientId};
 use tandem_proto::triage::v1 as pb;
 use tandem_proto::triage::v1::triage_service_server::TriageService;
+use tandem_server::ServiceError;
 use tandem_server::Streams;
-use tandem_server::status::{Violations, internal, invalid_field, patient_id, required_id};
+use tandem_server::status::{Violations, invalid_field, patient_id, required_id};
 use tandem_store::Changes;
 use tandem_store::paging::page_size;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
-use crate::engine::{Engine, TransitionError, now_micros};
-use crate::repo::{Escalation, RepoError, State, tx};
+use crate::engine::{Engine, now_micros};
+use crate::repo::{Escalation, State, tx};
 
 const MAX_NOTE: usize = 2_000;
 /// The kind of stream WatchWorklist opens, for the per-caller cap.
@@ -38,12 +41,8 @@ pub struct TriageApi {
     streams: Streams,
 }
 
-fn repo_status(error: RepoError) -> Status {
-    internal(&error)
-}
-
 fn no_access() -> Status {
-    Status::permission_denied("the caller may not see this escalation or patient; check the id and your role")
+    ServiceError::denied("the caller may not see this escalation or patient; check the id and your role").into()
 }
 
 fn escalation_id(field: &str, id: Option<&common::EscalationId>) -> Result<EscalationId, Status> {
@@ -91,19 +90,13 @@ impl TriageApi {
                 // The alerted person (e.g. the on-call crisis contact) always
                 // sees what they were alerted to.
                 escalation.is_some_and(|e| e.current_recipient == caller.subject)
-                    || self
-                        .engine
-                        .repo()
-                        .caseload(&caller.subject)
-                        .await
-                        .map_err(repo_status)?
-                        .contains(&patient.to_string())
+                    || self.engine.repo().caseload(&caller.subject).await?.contains(&patient.to_string())
             }
         })
     }
 
     async fn visible(&self, caller: &Caller, id: &EscalationId) -> Result<Escalation, Status> {
-        let escalation = self.engine.repo().escalation(id).await.map_err(repo_status)?;
+        let escalation = self.engine.repo().escalation(id).await?;
         let Some(escalation) = escalation else { return Err(no_access()) };
         if !self.may_see(caller, &escalation.org, Some(&escalation), &escalation.patient).await? {
             return Err(no_access());
@@ -112,7 +105,7 @@ impl TriageApi {
     }
 
     async fn with_timeline(&self, escalation: &Escalation) -> Result<pb::Escalation, Status> {
-        let timeline = self.engine.repo().timeline(&escalation.id).await.map_err(repo_status)?;
+        let timeline = self.engine.repo().timeline(&escalation.id).await?;
         Ok(self.engine.to_pb(escalation, timeline))
     }
 
@@ -120,11 +113,11 @@ impl TriageApi {
     /// first, then oldest.
     async fn worklist(&self, caller: &Caller) -> Result<Vec<Escalation>, Status> {
         if caller.role == Role::Patient {
-            return Err(Status::permission_denied("the worklist is for clinicians"));
+            return Err(ServiceError::denied("the worklist is for clinicians").into());
         }
-        let open = self.engine.repo().open_escalations(&caller.org).await.map_err(repo_status)?;
+        let open = self.engine.repo().open_escalations(&caller.org).await?;
         let caseload = if caller.role == Role::Clinician {
-            self.engine.repo().caseload(&caller.subject).await.map_err(repo_status)?
+            self.engine.repo().caseload(&caller.subject).await?
         } else {
             Vec::new()
         };
@@ -200,7 +193,7 @@ impl TriageApi {
         match caller.role {
             Role::Clinician | Role::Supervisor | Role::Admin => Ok(()),
             Role::Patient | Role::Integration => {
-                Err(Status::permission_denied("an escalation is acknowledged and resolved by a clinician"))
+                Err(ServiceError::denied("an escalation is acknowledged and resolved by a clinician").into())
             }
         }
     }
@@ -210,16 +203,16 @@ impl TriageApi {
         org: &OrgId,
         patient: Option<&PatientId>,
     ) -> Result<pb::GetTriageConfigResponse, Status> {
-        let mut tx = self.engine.repo().store().begin_write().await.map_err(|e| repo_status(e.into()))?;
-        let org_rules = self.engine.rules_for(&mut tx, org, None).await.map_err(repo_status)?;
+        let mut tx = self.engine.repo().store().begin_write().await.map_err(ServiceError::from)?;
+        let org_rules = self.engine.rules_for(&mut tx, org, None).await?;
         let (overrides, effective) = match patient {
             Some(patient) => (
-                tx::patient_overrides(&mut tx, patient).await.map_err(repo_status)?,
-                Some(self.engine.rules_for(&mut tx, org, Some(patient)).await.map_err(repo_status)?),
+                tx::patient_overrides(&mut tx, patient).await?,
+                Some(self.engine.rules_for(&mut tx, org, Some(patient)).await?),
             ),
             None => (None, None),
         };
-        tx.rollback().await.map_err(|e| repo_status(e.into()))?;
+        tx.rollback().await.map_err(ServiceError::from)?;
         Ok(pb::GetTriageConfigResponse {
             effective: Some(effective.unwrap_or_else(|| org_rules.clone())),
             org_rules: Some(org_rules),
@@ -292,8 +285,7 @@ impl TriageService for TriageApi {
         }
         Self::check_person(&caller)?;
         self.visible(&caller, &id).await?;
-        let acknowledged =
-            self.engine.acknowledge(&id, &caller.subject, message.note.trim()).await.map_err(transition_status)?;
+        let acknowledged = self.engine.acknowledge(&id, &caller.subject, message.note.trim()).await?;
         tracing::info!(escalation_id = %id, "escalation acknowledged");
         Ok(Response::new(pb::AcknowledgeEscalationResponse {
             escalation: Some(self.with_timeline(&acknowledged).await?),
@@ -317,8 +309,7 @@ impl TriageService for TriageApi {
         violations.into_result()?;
         Self::check_person(&caller)?;
         self.visible(&caller, &id).await?;
-        let resolved =
-            self.engine.resolve(&id, &caller.subject, message.outcome.trim()).await.map_err(transition_status)?;
+        let resolved = self.engine.resolve(&id, &caller.subject, message.outcome.trim()).await?;
         Ok(Response::new(pb::ResolveEscalationResponse { escalation: Some(self.with_timeline(&resolved).await?) }))
     }
 
@@ -333,12 +324,12 @@ impl TriageService for TriageApi {
         let page = message.page.unwrap_or_default();
         let offset = offset_of(&page.page_token)?;
         let limit = page_size(page.page_size);
-        let org = self.engine.repo().patient_org(&patient).await.map_err(repo_status)?;
+        let org = self.engine.repo().patient_org(&patient).await?;
         let Some(org) = org else { return Err(no_access()) };
         if !self.may_see(&caller, &org, None, &patient).await? {
             return Err(no_access());
         }
-        let mut assessments = self.engine.repo().assessments(&patient, offset, limit).await.map_err(repo_status)?;
+        let mut assessments = self.engine.repo().assessments(&patient, offset, limit).await?;
         let next_page_token = next_token(offset, limit, assessments.len());
         assessments.truncate(limit as usize);
         Ok(Response::new(pb::ListRiskAssessmentsResponse { assessments, next_page_token }))
@@ -351,7 +342,7 @@ impl TriageService for TriageApi {
     ) -> Result<Response<pb::GetAcknowledgementStatsResponse>, Status> {
         let caller = Caller::from_request(&request)?.clone();
         caller.require_role(&[Role::Supervisor, Role::Admin, Role::Integration])?;
-        let all = self.engine.repo().all_escalations(&caller.org).await.map_err(repo_status)?;
+        let all = self.engine.repo().all_escalations(&caller.org).await?;
         let mut levels = Vec::new();
         for level in [pb::RiskLevel::Imminent, pb::RiskLevel::High, pb::RiskLevel::Moderate] {
             let raised: Vec<&Escalation> = all.iter().filter(|e| e.first_level == level).collect();
@@ -390,7 +381,7 @@ impl TriageService for TriageApi {
         let patient = match request.get_ref().patient_id.as_ref() {
             Some(id) => {
                 let patient = patient_id("patient_id", Some(id))?;
-                let org = self.engine.repo().patient_org(&patient).await.map_err(repo_status)?;
+                let org = self.engine.repo().patient_org(&patient).await?;
                 if org.as_ref() != Some(&caller.org) || !self.may_see(&caller, &caller.org, None, &patient).await? {
                     return Err(no_access());
                 }
@@ -456,17 +447,17 @@ impl TriageService for TriageApi {
         };
         violations.into_result()?;
         if let Some(patient) = &patient {
-            let org = self.engine.repo().patient_org(patient).await.map_err(repo_status)?;
+            let org = self.engine.repo().patient_org(patient).await?;
             if org.as_ref() != Some(&caller.org) {
                 return Err(no_access());
             }
         }
-        let mut tx = self.engine.repo().store().begin_write().await.map_err(|e| repo_status(e.into()))?;
+        let mut tx = self.engine.repo().store().begin_write().await.map_err(ServiceError::from)?;
         let now = now_micros();
         match &patient {
             Some(patient) => {
-                let before = tx::patient_overrides(&mut tx, patient).await.map_err(repo_status)?.unwrap_or_default();
-                tx::set_patient_overrides(&mut tx, &caller.org, patient, &rules).await.map_err(repo_status)?;
+                let before = tx::patient_overrides(&mut tx, patient).await?.unwrap_or_default();
+                tx::set_patient_overrides(&mut tx, &caller.org, patient, &rules).await?;
                 tx::audit_config(
                     &mut tx,
                     &caller.org,
@@ -477,13 +468,12 @@ impl TriageService for TriageApi {
                     &rules,
                     message.reason.trim(),
                 )
-                .await
-                .map_err(repo_status)?;
+                .await?;
             }
             None => {
-                let before = self.engine.rules_for(&mut tx, &caller.org, None).await.map_err(repo_status)?;
-                tx::set_org_rules(&mut tx, &caller.org, &rules).await.map_err(repo_status)?;
-                let after = self.engine.rules_for(&mut tx, &caller.org, None).await.map_err(repo_status)?;
+                let before = self.engine.rules_for(&mut tx, &caller.org, None).await?;
+                tx::set_org_rules(&mut tx, &caller.org, &rules).await?;
+                let after = self.engine.rules_for(&mut tx, &caller.org, None).await?;
                 tx::audit_config(
                     &mut tx,
                     &caller.org,
@@ -494,11 +484,10 @@ impl TriageService for TriageApi {
                     &after,
                     message.reason.trim(),
                 )
-                .await
-                .map_err(repo_status)?;
+                .await?;
             }
         }
-        tx.commit().await.map_err(|e| repo_status(e.into()))?;
+        tx.commit().await.map_err(ServiceError::from)?;
         tracing::info!(org = %caller.org, patient_override = patient.is_some(), "triage rules changed");
         let config = self.config_response(&caller.org, patient.as_ref()).await?;
         Ok(Response::new(pb::UpdateTriageConfigResponse { config: Some(config) }))
@@ -514,16 +503,9 @@ impl TriageService for TriageApi {
         let page = request.into_inner().page.unwrap_or_default();
         let offset = offset_of(&page.page_token)?;
         let limit = page_size(page.page_size);
-        let mut changes = self.engine.repo().config_changes(&caller.org, offset, limit).await.map_err(repo_status)?;
+        let mut changes = self.engine.repo().config_changes(&caller.org, offset, limit).await?;
         let next_page_token = next_token(offset, limit, changes.len());
         changes.truncate(limit as usize);
         Ok(Response::new(pb::ListTriageConfigChangesResponse { changes, next_page_token }))
-    }
-}
-
-fn transition_status(error: TransitionError) -> Status {
-    match error {
-        TransitionError::NotAllowed(why) => Status::failed_precondition(why),
-        TransitionError::Repo(error) => repo_status(error),
     }
 }

@@ -37,6 +37,21 @@ impl From<sqlx::Error> for TransitionError {
     }
 }
 
+impl From<TransitionError> for tandem_server::ServiceError {
+    fn from(error: TransitionError) -> Self {
+        match error {
+            TransitionError::NotAllowed(why) => Self::precondition(why),
+            TransitionError::Repo(error) => error.into(),
+        }
+    }
+}
+
+impl From<TransitionError> for tonic::Status {
+    fn from(error: TransitionError) -> Self {
+        tandem_server::ServiceError::from(error).into()
+    }
+}
+
 impl From<Refused> for TransitionError {
     fn from(refused: Refused) -> Self {
         TransitionError::NotAllowed(refused.0)

@@ -38,6 +38,25 @@ impl From<sqlx::Error> for RepoError {
     }
 }
 
+/// What a caller hears of a repository error: the one place this service
+/// chooses (see `tandem_server::error`).
+impl From<RepoError> for tandem_server::ServiceError {
+    fn from(error: RepoError) -> Self {
+        match error {
+            RepoError::Conflict(ref what) => Self::Stale(format!("{what} changed meanwhile; reload it and try again")),
+            RepoError::Corrupt(_) | RepoError::Unpageable(_) => Self::internal(error),
+            RepoError::Store(error) => error.into(),
+            RepoError::Events(error) => error.into(),
+        }
+    }
+}
+
+impl From<RepoError> for tonic::Status {
+    fn from(error: RepoError) -> Self {
+        tandem_server::ServiceError::from(error).into()
+    }
+}
+
 fn corrupt(what: &str) -> RepoError {
     RepoError::Corrupt(what.to_owned())
 }
