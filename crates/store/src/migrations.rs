@@ -172,7 +172,10 @@ mod tests {
             render(sql, Backend::Postgres).as_deref(),
             Ok("-- shared\nALTER TABLE a DROP CONSTRAINT a_pkey;\nDROP INDEX b;\n")
         );
-        assert_eq!(render(sql, Backend::Sqlite).as_deref(), Ok("-- shared\nCREATE TABLE a2 (x BLOB);\nDROP INDEX b;\n"));
+        assert_eq!(
+            render(sql, Backend::Sqlite).as_deref(),
+            Ok("-- shared\nCREATE TABLE a2 (x BLOB);\nDROP INDEX b;\n")
+        );
         assert!(render("-- dialect: mysql\nSELECT 1;\n", Backend::Sqlite).is_err());
     }
 

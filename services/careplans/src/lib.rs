@@ -23,9 +23,9 @@ pub const SERVICE_NAME: &str = "tandem.careplans.v1.CarePlanService";
 /// The PostgreSQL schema this service owns.
 pub const SCHEMA: &str = "careplans";
 
-
 /// This service's migrations.
-pub static MIGRATIONS: Migrations = tandem_store::migrations!["0001_patients.sql", "0002_care_plans.sql", "0003_scoped_idempotency.sql"];
+pub static MIGRATIONS: Migrations =
+    tandem_store::migrations!["0001_patients.sql", "0002_care_plans.sql", "0003_scoped_idempotency.sql"];
 
 /// Why the service could not start.
 #[derive(Debug, thiserror::Error)]

@@ -29,9 +29,13 @@ pub const SERVICE_NAME: &str = "tandem.checkins.v1.CheckInService";
 /// The PostgreSQL schema this service owns.
 pub const SCHEMA: &str = "checkins";
 
-
 /// This service's migrations.
-pub static MIGRATIONS: Migrations = tandem_store::migrations!["0001_checkins.sql", "0002_missed_measures.sql", "0003_request_hash.sql", "0004_refused_crisis_signals.sql"];
+pub static MIGRATIONS: Migrations = tandem_store::migrations![
+    "0001_checkins.sql",
+    "0002_missed_measures.sql",
+    "0003_request_hash.sql",
+    "0004_refused_crisis_signals.sql"
+];
 
 /// Why the service could not start.
 #[derive(Debug, thiserror::Error)]

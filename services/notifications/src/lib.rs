@@ -47,7 +47,6 @@ pub const CONSUMER_GROUP: &str = "notifications";
 /// wait on these, never on the ones the consumer and the worker use.
 pub const API_CONNECTIONS: u32 = 8;
 
-
 /// This service's migrations.
 pub static MIGRATIONS: Migrations = tandem_store::migrations!["0001_notifications.sql", "0002_alert_attempts.sql"];
 

@@ -36,9 +36,13 @@ pub const SCHEMA: &str = "triage";
 /// on these, never on the ones the consumer and the deadline scheduler use.
 pub const API_CONNECTIONS: u32 = 8;
 
-
 /// This service's migrations.
-pub static MIGRATIONS: Migrations = tandem_store::migrations!["0001_triage.sql", "0002_escalation_attempts.sql", "0003_dead_letter_escalations.sql", "0004_shared_projection.sql"];
+pub static MIGRATIONS: Migrations = tandem_store::migrations![
+    "0001_triage.sql",
+    "0002_escalation_attempts.sql",
+    "0003_dead_letter_escalations.sql",
+    "0004_shared_projection.sql"
+];
 
 /// Why the service could not start.
 #[derive(Debug, thiserror::Error)]

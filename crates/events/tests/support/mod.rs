@@ -22,7 +22,6 @@ use tandem_store::{Backend, Migrations, Store, StoreOptions};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
-
 /// The test service's migrations: the `effects` table handlers write.
 pub static MIGRATIONS: Migrations = tandem_store::migrations![in "tests/migrations": "0001_effects.sql"];
 
