@@ -311,7 +311,10 @@ impl StoreError {
         match self {
             StoreError::Connect { .. } => true,
             StoreError::Sql(error) => is_unavailable(error),
-            StoreError::UnsupportedUrl(_) | StoreError::BadSchema(_) | StoreError::Migrate { .. } => false,
+            StoreError::UnsupportedUrl(_)
+            | StoreError::BadSchema(_)
+            | StoreError::Migrations(_)
+            | StoreError::Migrate { .. } => false,
         }
     }
 }

@@ -142,20 +142,6 @@ macro_rules! store_test {
     };
 }
 
-#[cfg(test)]
-mod tests {
-    use super::replace_database;
-
-    #[test]
-    fn replaces_the_database_and_keeps_the_query() {
-        assert_eq!(
-            replace_database("postgres://u@h:5432/postgres?sslmode=disable", "t1"),
-            "postgres://u@h:5432/t1?sslmode=disable"
-        );
-        assert_eq!(replace_database("postgres://u@h:5432", "t1"), "postgres://u@h:5432/t1");
-    }
-}
-
 /// Panics unless `migrations` lists every `.sql` file in `dir` (a service's
 /// `migrations/` directory) and renders for both backends: a migration
 /// added to the directory but not to `tandem_store::migrations![...]` would
@@ -173,5 +159,19 @@ pub fn assert_every_migration_listed(migrations: &Migrations, dir: &str) {
         if let Err(error) = migrations.migrator(backend) {
             panic!("{dir} on {backend}: {error}");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::replace_database;
+
+    #[test]
+    fn replaces_the_database_and_keeps_the_query() {
+        assert_eq!(
+            replace_database("postgres://u@h:5432/postgres?sslmode=disable", "t1"),
+            "postgres://u@h:5432/t1?sslmode=disable"
+        );
+        assert_eq!(replace_database("postgres://u@h:5432", "t1"), "postgres://u@h:5432/t1");
     }
 }
