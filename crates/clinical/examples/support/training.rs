@@ -22,10 +22,12 @@ const SEED: u64 = 0x7a6d_2026_1201;
 /// so it learns that a sentence of a benign text is benign too.
 const BENIGN_PASSAGE_WEIGHT: f32 = 0.5;
 /// The share of the dev split's benign texts the model may add to the vocabulary's false
-/// alarms. The vocabulary's own false alarms are most of the 0.05 target (0.05 across
-/// writers, 2026-12-01), and on writers it never saw the model adds about half again what
-/// it adds on the dev split (`detector_cv`).
-pub const MAX_ADDED_DEV_FALSE_ALARMS: f64 = 0.01;
+/// alarms. The vocabulary's own false alarms are most of the 0.05 target, and on writers it
+/// never saw the model adds about twice what it adds on the dev split: at 0.005, leaving one
+/// writer out (`detector_cv`, 2026-12-01) gave false alarms 0.037 on the clean folds (0.032 of
+/// them the vocabulary's) and 0.056 over all (0.046), where 0.01 gave 0.048 and 0.063 for
+/// 2.5 points more recall. The lower one leaves the holdout room under 0.05.
+pub const MAX_ADDED_DEV_FALSE_ALARMS: f64 = 0.005;
 
 /// A labelled text as the learned stage reads it.
 pub struct Read {
