@@ -17,7 +17,7 @@ const LEARNING_RATE: f32 = 0.1;
 /// L2 penalty, applied to the weights an example touches.
 const L2: f32 = 1e-3;
 const SEED: u64 = 0x7a6d_2026_1201;
-/// How much each sentence (and run of sentences) of a benign text counts as a benign example
+/// How much each sentence of a benign text counts as a benign example
 /// of its own, beside the whole text: the model reads every sentence of a text on its own,
 /// so it learns that a sentence of a benign text is benign too.
 const BENIGN_PASSAGE_WEIGHT: f32 = 0.5;

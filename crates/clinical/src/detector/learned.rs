@@ -3,8 +3,8 @@
 //! evaluation sets (never their dev portions, never the frozen holdout) and shipped as
 //! `crates/clinical/data/detector_model.bin`, compiled into the build.
 //!
-//! It reads the whole text, each sentence on its own, and each run of two sentences, and
-//! takes the passage it reads as most of a crisis, so a crisis said in one sentence of a long
+//! It reads the whole text and each sentence on its own, and takes the passage it reads as
+//! most of a crisis, so a crisis said in one sentence of a long
 //! everyday entry is not diluted by the rest (it was trained on whole texts, and on every
 //! sentence of the benign ones as benign). It only ever adds: when that passage's
 //! probability of a crisis passes the threshold the trainer chose on the dev split, and the
@@ -60,9 +60,6 @@ pub const CRISIS_CLASSES: usize = 11;
 
 /// Longest quotation, in words, the tokenizer marks (the features ignore quotes).
 const MAX_QUOTE_WORDS: usize = 60;
-
-/// Sentences in a run read as one passage, beside each sentence and the whole text.
-const RUN: usize = 2;
 
 /// How many words after a negation are read as negated.
 const NEGATION_SCOPE: usize = 4;
@@ -351,8 +348,7 @@ impl LearnedModel {
             }
         }
         let (_, prediction, index) = best?;
-        // The whole text names its strongest sentence; a sentence or a run of sentences
-        // names itself.
+        // The whole text names its strongest sentence; a sentence names itself.
         let evidence = match reading.passages.get(index) {
             Some(passage) if passage.whole => best_sentence.and_then(|(_, at)| reading.passages.get(at)),
             other => other,
@@ -399,8 +395,7 @@ impl LearnedModel {
     }
 }
 
-/// One passage of a text the model reads: the whole text, one sentence, or a run of
-/// sentences.
+/// One passage of a text the model reads: the whole text or one sentence.
 #[derive(Debug, Clone)]
 pub struct Passage {
     /// Its feature buckets, sorted and without repeats.
@@ -416,14 +411,13 @@ pub struct Passage {
 }
 
 /// What the learned stage reads of one text, computed once: whether the vocabulary already
-/// flagged it, and its passages. The whole text is read, and each sentence and each run of
-/// [`RUN`] sentences on its own, so a crisis said in one sentence of a long everyday
-/// entry is not diluted by the rest.
+/// flagged it, and its passages. The whole text is read, and each sentence on its own, so a
+/// crisis said in one sentence of a long everyday entry is not diluted by the rest.
 #[derive(Debug, Clone, Default)]
 pub struct Reading {
     /// The vocabulary found something of moderate or above: the model adds nothing.
     pub vocabulary_flagged: bool,
-    /// The whole text first, then its sentences and runs of sentences in text order.
+    /// The whole text first, then its sentences in text order (none when it is one sentence).
     pub passages: Vec<Passage>,
 }
 
@@ -440,10 +434,8 @@ impl Reading {
                     .iter()
                     .any(|item| item.reason != SuppressionReason::NoContext && overlaps(&item.span))
         };
-        let passage = |slice: &[Token], whole: bool, sentence: bool| {
-            let span = slice.first().map_or(0, |token| token.start)..slice.last().map_or(0, |token| token.end);
-            Passage { features: features_of(slice, vocabulary), set_aside: set_aside(&span), span, whole, sentence }
-        };
+        let span_of =
+            |slice: &[Token]| slice.first().map_or(0, |token| token.start)..slice.last().map_or(0, |token| token.end);
         let mut sentences: Vec<Range<usize>> = Vec::new();
         for (index, token) in tokens.iter().enumerate() {
             match sentences.last_mut() {
@@ -453,22 +445,29 @@ impl Reading {
                 _ => sentences.push(index..index + 1),
             }
         }
-        let mut passages = Vec::new();
         if tokens.is_empty() {
-            return Self { vocabulary_flagged, passages };
+            return Self { vocabulary_flagged, passages: Vec::new() };
         }
-        passages.push(passage(&tokens, true, sentences.len() == 1));
-        if sentences.len() > 1 {
-            for range in &sentences {
-                passages.push(passage(tokens.get(range.clone()).unwrap_or_default(), false, true));
-            }
-        }
-        if sentences.len() > RUN {
-            for run in sentences.windows(RUN) {
-                if let (Some(first), Some(last)) = (run.first(), run.last()) {
-                    passages.push(passage(tokens.get(first.start..last.end).unwrap_or_default(), false, false));
-                }
-            }
+        // Every feature lies within one sentence, so the whole text reads as the union of its
+        // sentences' features: each sentence is read once.
+        let read: Vec<(Vec<u32>, Range<usize>)> = sentences
+            .iter()
+            .map(|range| {
+                let slice = tokens.get(range.clone()).unwrap_or_default();
+                (features_of(slice, vocabulary), span_of(slice))
+            })
+            .collect();
+        let run = |parts: &[(Vec<u32>, Range<usize>)], whole: bool, sentence: bool| {
+            let mut features: Vec<u32> = parts.iter().flat_map(|(features, _)| features.iter().copied()).collect();
+            features.sort_unstable();
+            features.dedup();
+            let start = parts.first().map_or(0, |(_, span)| span.start);
+            let span = start..parts.last().map_or(start, |(_, span)| span.end);
+            Passage { features, set_aside: set_aside(&span), span, whole, sentence }
+        };
+        let mut passages = vec![run(&read, true, read.len() == 1)];
+        if read.len() > 1 {
+            passages.extend(read.chunks(1).map(|one| run(one, false, true)));
         }
         Self { vocabulary_flagged, passages }
     }
@@ -497,6 +496,24 @@ mod tests {
         };
         // An inflection keeps most character n-grams.
         assert!(shared("bought a rope", "buying a rope") > 0.4);
+    }
+
+    #[test]
+    fn the_whole_text_reads_as_the_union_of_its_sentences() {
+        // Reading builds the whole text's features from its sentences'; that must be what
+        // reading all its tokens at once gives, or the model would not read what it was
+        // trained on.
+        let text = "rough day at work. i dont want to be here anymore, honestly. \"she said\" whatever; going to bed";
+        let vocabulary = Detection::default();
+        let reading = Reading::new(text, &vocabulary, &[]);
+        let whole = reading.passages.first().expect("the whole text");
+        assert!(whole.whole);
+        assert_eq!(whole.features, features(text, &vocabulary));
+        for passage in &reading.passages {
+            let slice = text.get(passage.span.clone()).expect("a span on character boundaries");
+            assert_eq!(passage.features, features(slice, &vocabulary), "{slice}");
+        }
+        assert_eq!(reading.passages.iter().filter(|passage| passage.sentence).count(), 3);
     }
 
     #[test]
