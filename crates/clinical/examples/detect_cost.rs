@@ -20,9 +20,18 @@ fn check_in_journals() {
     let flagged = "work was fine i guess. honestly i keep thinking everyone would be better off without me \
                    and i cant see a way out of this";
     let long = format!("{short}. ").repeat(12);
+    // The longest journal a check-in accepts (20,000 characters), below moderate, so the
+    // model reads all of it.
+    let longest = format!("{short}. ").repeat(150);
+    let longest = longest.get(..20_000).unwrap_or(&longest);
     println!("| check-in journal | chars | vocabulary alone ms | with the model ms | level |");
     println!("|---|---|---|---|---|");
-    for (name, text) in [("a few lines", short), ("a few lines, flagged", flagged), ("a long entry", long.as_str())] {
+    for (name, text) in [
+        ("a few lines", short),
+        ("a few lines, flagged", flagged),
+        ("a long entry", long.as_str()),
+        ("the longest journal", longest),
+    ] {
         let runs = 200;
         let started = Instant::now();
         for _ in 0..runs {

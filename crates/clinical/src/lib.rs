@@ -48,8 +48,9 @@ pub use checkin::{
 };
 pub use chrono_tz::Tz;
 pub use detector::{
-    Category, Detection, Finding, LearnedModel, MODEL_BUCKETS, MODEL_CLASSES, MODEL_CRISIS_CLASSES, Prediction,
-    Qualifier, Suppressed, SuppressionReason, TextRiskLevel, UnknownLevel, Vocabulary, detect, model_features,
+    Category, Detection, Finding, LearnedModel, MODEL_BUCKETS, MODEL_CLASSES, MODEL_CRISIS_CLASSES, ModelPassage,
+    ModelReading, Prediction, Qualifier, Suppressed, SuppressionReason, TextRiskLevel, UnknownLevel, Vocabulary,
+    detect, model_features,
 };
 pub use error::{FieldViolation, ValidationErrors};
 pub use instrument::{

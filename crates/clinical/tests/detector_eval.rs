@@ -5,19 +5,22 @@
 //!   `data/eval/CATEGORIES.md` alone): the set the vocabulary is tuned on. Its report lists
 //!   every miss and false alarm with its text: it is the working loop
 //!   (`cargo test -p tandem-clinical --test detector_eval tuning -- --nocapture`).
-//! - `data/eval/train_a.jsonl` and `train_b.jsonl` (two more writers, the same way): three
-//!   quarters of each (category, language) group train the learned stage and tune the
-//!   vocabulary (their report lists the vocabulary's misses); the other quarter, fixed by a
-//!   seed (`support/eval_sets.rs`), is the dev split, never trained or tuned on, reported
-//!   as counts only.
-//! - `data/eval/holdout.jsonl` (483 texts, another writer, the same definitions, frozen
+//! - `data/eval/train_a.jsonl` to `train_e.jsonl` (five more writers, the same way) and
+//!   `holdout.jsonl`, the first holdout, retired after it had been looked at six times and
+//!   now one more writer's training set: three quarters of each (category, language) group
+//!   train the learned stage; the other quarter, fixed by a seed (`support/eval_sets.rs`), is
+//!   the dev split, never trained or tuned on, reported as counts only. The training report
+//!   lists the vocabulary's misses of train_c, train_d and train_e only: the vocabulary is
+//!   edited from those, so the other writers stay a clean cross-writer estimate
+//!   (`cargo run --release -p tandem-clinical --example detector_cv`).
+//! - `data/eval/holdout2.jsonl` (992 texts, two more writers, the same definitions, frozen
 //!   before any tuning): never read by anyone working on the detector, only by
-//!   [`frozen_holdout_never_regresses_and_reports_the_gap_to_the_targets`], which prints
-//!   counts only, never a text, and fails when the file is not the frozen one (SHA-256 in
-//!   `holdout.jsonl.sha256`) or when any category falls below its floor. Target (issue 8):
-//!   recall >= 0.95 in every crisis category (languages pooled) and a benign false-alarm
-//!   rate <= 0.05; the gap is printed on every run. Running it spends a look at the
-//!   holdout: while working, skip it (`-- --skip frozen_holdout`).
+//!   [`frozen_holdout2_meets_the_targets_per_category_and_language`], which prints counts
+//!   only, never a text, and fails when the file is not the frozen one (SHA-256 in
+//!   `holdout2.jsonl.sha256`) or when the detector misses the targets: recall >= 0.95 in
+//!   every crisis category (languages pooled) and a benign false-alarm rate <= 0.05.
+//!   Running it spends a look at the holdout: while working, skip it
+//!   (`-- --skip frozen_holdout`).
 //! - `data/crisis_labelled.jsonl`: the older labelled set with expected minimum levels.
 //!
 //! A text is flagged when the detector's level is moderate or above: that is what fires the
@@ -42,10 +45,10 @@ const FLAG: TextRiskLevel = TextRiskLevel::Moderate;
 // Tuning set, training portions, dev split and frozen holdout, per category and language
 // ---------------------------------------------------------------------------------------
 
-const HOLDOUT_PATH: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/data/eval/holdout.jsonl");
-const HOLDOUT_SHA256_PATH: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/data/eval/holdout.jsonl.sha256");
+const HOLDOUT_PATH: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/data/eval/holdout2.jsonl");
+const HOLDOUT_SHA256_PATH: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/data/eval/holdout2.jsonl.sha256");
 
-/// Targets on the frozen holdout (issue 8).
+/// Targets on the frozen holdout (issue 8), and the floors its test holds the detector to.
 const HOLDOUT_MIN_RECALL: f64 = 0.95;
 const HOLDOUT_MAX_FALSE_ALARM_RATE: f64 = 0.05;
 
@@ -225,35 +228,45 @@ fn tuning_set_report_lists_every_miss_and_meets_the_targets() {
     }
 }
 
-/// The training portions of train_a and train_b (another two writers), the vocabulary
-/// alone: every miss and false alarm with its text, the working loop for the vocabulary
-/// (`cargo test -p tandem-clinical --test detector_eval training -- --nocapture`).
+/// The training portions of every written set but the tuning set: counts per category and
+/// language, and every miss and false alarm of the vocabulary alone in train_c, train_d and
+/// train_e with its text, the working loop for the vocabulary
+/// (`cargo test -p tandem-clinical --test detector_eval training -- --nocapture`). The other
+/// writers' texts are not listed, so the cross-writer estimate on them stays clean.
 #[test]
 fn training_portions_report_lists_the_vocabularys_misses() {
     let (train, _) = train_and_dev();
     let train: Vec<EvalText> = train.into_iter().filter(|text| !text.id.starts_with("t-")).collect();
     let vocabulary = Evaluation::of(&train, Stages::Vocabulary);
     let with_model = Evaluation::of(&train, Stages::WithModel);
-    println!("training portions of train_a and train_b (flagged = level >= {FLAG})");
+    println!("training portions of train_a to train_e and the retired holdout (flagged = level >= {FLAG})");
     print!("{}", table(&[("train, vocabulary alone", &vocabulary), ("train, with the model", &with_model)]));
-    println!("misses and false alarms of the vocabulary alone:");
+    println!("misses and false alarms of the vocabulary alone in train_c, train_d and train_e:");
     for (id, category, lang, level, text) in &vocabulary.wrong {
-        println!("  {id} [{category} {lang}] got {level}: {text}");
+        if ["c-", "d-", "e-"].iter().any(|writer| id.starts_with(writer)) {
+            println!("  {id} [{category} {lang}] got {level}: {text}");
+        }
     }
     // The model was trained on these texts: it must at least have learned them.
-    let failures = with_model.failures(0.90, 0.05);
+    let failures = with_model.failures(TRAIN_MIN_RECALL, TRAIN_MAX_FALSE_ALARM_RATE);
     assert!(failures.is_empty(), "training portions, with the model: {}", failures.join("; "));
 }
 
-/// The dev split: a quarter of every (category, language) group of train_a and train_b,
-/// fixed by a seed, never trained or tuned on. Counts only, never a text, so it stays a
+/// What the training portions are held to with the model, just under what was reached at
+/// branch detector3's last commit (recall 0.95 in its weakest category, method; false alarms
+/// 0.053, all of them the vocabulary's).
+const TRAIN_MIN_RECALL: f64 = 0.92;
+const TRAIN_MAX_FALSE_ALARM_RATE: f64 = 0.06;
+
+/// The dev split: a quarter of every (category, language) group of each written set but the
+/// tuning set, fixed by a seed, never trained or tuned on. Counts only, never a text, so it stays a
 /// measure: it is how generalisation is read without spending the frozen holdout.
 #[test]
 fn dev_split_meets_its_floor_and_reports_both_stages() {
     let (_, dev) = train_and_dev();
     let vocabulary = Evaluation::of(&dev, Stages::Vocabulary);
     let with_model = Evaluation::of(&dev, Stages::WithModel);
-    println!("dev split of train_a and train_b, never trained on (flagged = level >= {FLAG})");
+    println!("dev split of train_a to train_e and the retired holdout, never trained on (flagged = level >= {FLAG})");
     print!("{}", table(&[("dev, vocabulary alone", &vocabulary), ("dev, with the model", &with_model)]));
     let gap = with_model.failures(HOLDOUT_MIN_RECALL, HOLDOUT_MAX_FALSE_ALARM_RATE);
     if !gap.is_empty() {
@@ -263,94 +276,58 @@ fn dev_split_meets_its_floor_and_reports_both_stages() {
     assert!(failures.is_empty(), "dev split: {}", failures.join("; "));
 }
 
-/// What the dev split is held to (vocabulary and model): just under what was reached
-/// (2026-12-01, checkpoint 5: recall 0.69 in its weakest category, preparatory, 0.86 pooled;
-/// false alarms 13 of 205, 0.063), raised as it improves and never lowered.
-const DEV_MIN_RECALL: f64 = 0.65;
-const DEV_MAX_FALSE_ALARM_RATE: f64 = 0.065;
+/// What the dev split is held to (vocabulary and model): just under what was reached, raised
+/// as it improves and never lowered. Since branch detector3 the dev split is a quarter of
+/// six writers (train_a to train_e and the retired holdout), not two, and harder: at its last
+/// commit, recall 0.59 in its weakest category (preparatory), 0.79 pooled; false alarms 24 of
+/// 530, 0.045.
+const DEV_MIN_RECALL: f64 = 0.55;
+const DEV_MAX_FALSE_ALARM_RATE: f64 = 0.05;
 
 /// Reads the frozen holdout, refusing a file whose SHA-256 is not the frozen one.
 fn frozen_holdout() -> String {
-    let bytes = std::fs::read(HOLDOUT_PATH).expect("data/eval/holdout.jsonl is readable");
-    let frozen = std::fs::read_to_string(HOLDOUT_SHA256_PATH).expect("data/eval/holdout.jsonl.sha256 is readable");
-    let frozen = frozen.split_whitespace().next().expect("a hash in holdout.jsonl.sha256").to_ascii_lowercase();
+    let bytes = std::fs::read(HOLDOUT_PATH).expect("data/eval/holdout2.jsonl is readable");
+    let frozen = std::fs::read_to_string(HOLDOUT_SHA256_PATH).expect("data/eval/holdout2.jsonl.sha256 is readable");
+    let frozen = frozen.split_whitespace().next().expect("a hash in holdout2.jsonl.sha256").to_ascii_lowercase();
     let actual: String = Sha256::digest(&bytes).iter().map(|byte| format!("{byte:02x}")).collect();
     assert_eq!(
         actual, frozen,
-        "holdout.jsonl is not the frozen holdout: a new holdout is a new file, never an edit of this one"
+        "holdout2.jsonl is not the frozen holdout: a new holdout is a new file, never an edit of this one"
     );
-    String::from_utf8(bytes).expect("holdout.jsonl is UTF-8")
+    String::from_utf8(bytes).expect("holdout2.jsonl is UTF-8")
 }
 
 #[test]
-fn frozen_holdout_never_regresses_and_reports_the_gap_to_the_targets() {
+fn frozen_holdout2_meets_the_targets_per_category_and_language() {
     // Counts only: never a holdout text, nor an id, so nobody tunes to it by reading this.
-    let holdout_texts = eval_texts(&frozen_holdout(), "holdout.jsonl");
+    let holdout_texts = eval_texts(&frozen_holdout(), "holdout2.jsonl");
     let holdout_vocabulary = Evaluation::of(&holdout_texts, Stages::Vocabulary);
     let holdout = Evaluation::of(&holdout_texts, Stages::WithModel);
     let tuning = Evaluation::of(&eval_texts(TUNING, "tuning.jsonl"), Stages::WithModel);
-    let (train_texts, dev_texts) = train_and_dev();
-    let train_texts: Vec<EvalText> = train_texts.into_iter().filter(|text| !text.id.starts_with("t-")).collect();
-    let train = Evaluation::of(&train_texts, Stages::WithModel);
+    let (_, dev_texts) = train_and_dev();
     let dev = Evaluation::of(&dev_texts, Stages::WithModel);
     println!(
-        "crisis-language detector, tuning set, training portions and dev split beside the frozen holdout \
-         (flagged = level >= {FLAG}), vocabulary {}",
+        "crisis-language detector, tuning set and dev split beside the frozen holdout (flagged = level >= {FLAG}), \
+         vocabulary {}",
         revision()
     );
     print!(
         "{}",
         table(&[
             ("tuning", &tuning),
-            ("train", &train),
             ("dev", &dev),
-            ("holdout, vocabulary alone", &holdout_vocabulary),
-            ("holdout", &holdout)
+            ("holdout2, vocabulary alone", &holdout_vocabulary),
+            ("holdout2", &holdout)
         ])
     );
-    // The targets are reported here, every run, and the test holds the detector to the
-    // floors below, per category, so that no change can lose ground while the gap is closed.
-    let gap = holdout.failures(HOLDOUT_MIN_RECALL, HOLDOUT_MAX_FALSE_ALARM_RATE);
-    if !gap.is_empty() {
-        println!(
-            "gap to the targets (recall >= {HOLDOUT_MIN_RECALL} per category, false alarms <= {HOLDOUT_MAX_FALSE_ALARM_RATE}): {}",
-            gap.join("; ")
-        );
-    }
-    let mut regressions = Vec::new();
-    for (category, floor) in HOLDOUT_FLOOR_FLAGGED {
-        let tally = holdout.tally(category, None);
-        if tally.flagged < floor {
-            regressions.push(format!("{category}: {} flagged, floor {floor}", tally.flagged));
-        }
-    }
-    let benign = holdout.pooled(BENIGN_CATEGORIES, None);
-    if benign.flagged > HOLDOUT_CEILING_FALSE_ALARMS {
-        regressions.push(format!("benign: {} false alarms, ceiling {HOLDOUT_CEILING_FALSE_ALARMS}", benign.flagged));
-    }
-    assert!(regressions.is_empty(), "the detector lost ground on the frozen holdout: {}", regressions.join("; "));
+    let failures = holdout.failures(HOLDOUT_MIN_RECALL, HOLDOUT_MAX_FALSE_ALARM_RATE);
+    assert!(
+        failures.is_empty(),
+        "frozen holdout below the targets (recall >= {HOLDOUT_MIN_RECALL} per category, false alarms <= \
+         {HOLDOUT_MAX_FALSE_ALARM_RATE}): {}",
+        failures.join("; ")
+    );
 }
-
-/// Crisis texts flagged per category (of 28 each) on the holdout: first sight 2026-12-01
-/// (19, 23, 11, 20, 7, 12, 13, 20, 9, 19, 16), raised (never lowered) to each checkpoint
-/// reached since; the last, checkpoint 5 of branch detector2 (vocabulary and learned stage).
-const HOLDOUT_FLOOR_FLAGGED: [(&str, usize); 11] = [
-    ("wish_dead", 25),
-    ("active_thoughts", 24),
-    ("method", 25),
-    ("intent", 27),
-    ("plan", 25),
-    ("preparatory", 25),
-    ("attempt", 23),
-    ("nssi", 25),
-    ("harm_others", 25),
-    ("cannot_stay_safe", 28),
-    ("entrapment_burden", 26),
-];
-
-/// Benign texts flagged (of 175) on the holdout: at most this many (10 at first sight, 8 at
-/// checkpoints 3 to 5, within the 0.05 target: 8/175 = 0.046).
-const HOLDOUT_CEILING_FALSE_ALARMS: usize = 8;
 
 // ---------------------------------------------------------------------------------------
 // The older labelled set, with expected minimum levels

@@ -42,6 +42,7 @@ struct Doc<'a> {
     other_person_end: Vec<Option<usize>>,
     negation: Vec<Option<Cue>>,
     negation_after: Vec<Hit>,
+    negation_answers: Vec<Hit>,
     /// Matches of vocabulary entries.
     entries: Vec<Hit>,
     idioms: Vec<Hit>,
@@ -150,6 +151,7 @@ impl<'a> Doc<'a> {
             vocabulary,
             idioms: of(List::Idiom),
             negation_after: of(List::NegationAfter),
+            negation_answers: of(List::NegationAnswer),
             frames: of(List::Frame),
             self_attribution: of(List::SelfAttribution),
             echo: of(List::Echo),
@@ -217,13 +219,18 @@ impl<'a> Doc<'a> {
         None
     }
 
-    /// A negation right after the match in the same clause ("suicidal thoughts are gone").
+    /// A negation right after the match in the same clause ("suicidal thoughts are gone"), or
+    /// an answer that denies it, ending its sentence right after it ("Do I want to die? No.").
     fn negation_after(&self, hit: &Hit) -> Option<Range<usize>> {
         let clause = self.clause(hit.last)?;
-        self.negation_after
+        let after = self
+            .negation_after
             .iter()
-            .find(|cue| cue.first > hit.last && cue.first <= hit.last + 3 && self.clause(cue.first) == Some(clause))
-            .map(|cue| self.bytes(cue.first, cue.last))
+            .find(|cue| cue.first > hit.last && cue.first <= hit.last + 3 && self.clause(cue.first) == Some(clause));
+        let ends_sentence =
+            |cue: &&Hit| self.tokens.get(cue.last + 1).is_none_or(|next| next.boundary_before == Boundary::Sentence);
+        let answer = || self.negation_answers.iter().filter(ends_sentence).find(|cue| cue.first == hit.last + 1);
+        after.or_else(answer).map(|cue| self.bytes(cue.first, cue.last))
     }
 
     /// The match is a whole sentence on its own ("Tonight."), an afterthought to the one before.

@@ -3,21 +3,25 @@
 //! evaluation sets (never their dev portions, never the frozen holdout) and shipped as
 //! `crates/clinical/data/detector_model.bin`, compiled into the build.
 //!
-//! It only ever adds: when its probability that a text is a crisis passes the threshold the
-//! trainer chose on the dev split, and the vocabulary found nothing of moderate or above,
-//! it adds one finding at moderate (the level that answers with
-//! the safety response and reaches a human) on the sentence that scores highest, marked as
-//! coming from the model; not on a sentence where the vocabulary set a match aside as
-//! negated, reported, someone else's or an idiom, which a bag of words cannot read. It never
-//! removes, lowers or suppresses a vocabulary finding. It
+//! It reads the whole text and each sentence on its own, and takes the passage it reads as
+//! most of a crisis, so a crisis said in one sentence of a long
+//! everyday entry is not diluted by the rest (it was trained on whole texts, and on every
+//! sentence of the benign ones as benign). It only ever adds: when that passage's
+//! probability of a crisis passes the threshold the trainer chose on the dev split, and the
+//! vocabulary found nothing of moderate or above, it adds one finding at moderate (the level
+//! that answers with the safety response and reaches a human) on that passage (for the whole
+//! text, on its sentence that scores highest), marked as coming from the model; not where the
+//! vocabulary set a match aside as negated, reported, someone else's or an idiom, which a bag
+//! of words cannot read. It never removes, lowers or suppresses a vocabulary finding. It
 //! cannot weigh urgency the way the vocabulary's rules do, so it never claims more than
 //! moderate; a clinician reads the evidence.
 //!
 //! Features are the tokens the vocabulary reads (lowercase, accents folded, apostrophes
 //! dropped, stretched letters squeezed): words, word pairs, words after a negation
-//! (marked), and character 3- to 5-grams of each word, so an inflection or a typo shares
-//! most of its features with the spelling seen in training; and what the vocabulary read
-//! (each finding's category, level and rule, each match it set aside and why), so the model
+//! (marked), character 3- to 5-grams of each word and 4- and 5-grams across the space
+//! between two words, so an inflection, a typo or a run-together phrase shares most of its
+//! features with the spelling seen in training; and what the vocabulary read (each
+//! finding's category, level and rule, each match it set aside and why), so the model
 //! builds on the rules' structure (negation, someone else's words, a resolved past) rather
 //! than relearning it from a few thousand texts.
 
@@ -120,6 +124,26 @@ fn vocabulary_features(vocabulary: &Detection, within: &Range<usize>, out: &mut 
     }
 }
 
+/// Character 4- and 5-grams across the space between two words, so a phrase shares features
+/// with its inflections and its run-together or split spellings ("to die", "todie", "to diee").
+fn joined_grams(before: &str, current: &str, out: &mut Vec<u32>) {
+    let joined = format!("{before} {current}");
+    let space = before.len();
+    let bounds: Vec<usize> = joined.char_indices().map(|(at, _)| at).chain([joined.len()]).collect();
+    let tag = Hasher::new().bytes(b"j");
+    for n in [4usize, 5] {
+        for window in bounds.windows(n + 1) {
+            if let (Some(&from), Some(&to)) = (window.first(), window.last())
+                && from < space
+                && to > space + 1
+                && let Some(gram) = joined.get(from..to)
+            {
+                out.push(tag.bytes(gram.as_bytes()).bucket());
+            }
+        }
+    }
+}
+
 /// Feature buckets of a run of tokens, sorted and without repeats.
 fn features_of(tokens: &[Token], vocabulary: &Detection) -> Vec<u32> {
     let mut out = Vec::with_capacity(tokens.len() * 16);
@@ -139,7 +163,10 @@ fn features_of(tokens: &[Token], vocabulary: &Detection) -> Vec<u32> {
             out.push(fnv(&[b"n", current.as_bytes()]));
         }
         match previous {
-            Some(before) if !new_sentence => out.push(fnv(&[b"b", word(before).as_bytes(), current.as_bytes()])),
+            Some(before) if !new_sentence => {
+                out.push(fnv(&[b"b", word(before).as_bytes(), current.as_bytes()]));
+                joined_grams(word(before), current, &mut out);
+            }
             _ => out.push(fnv(&[b"s", current.as_bytes()])),
         }
         if NEGATORS.contains(&current) {
@@ -296,41 +323,65 @@ impl LearnedModel {
         Prediction { probabilities: softmax(&scores) }
     }
 
-    /// What the model says about `text`, given the vocabulary's reading of it.
+    /// What the model says about `text` as a whole, given the vocabulary's reading of it.
     pub fn predict(&self, text: &str, vocabulary: &Detection) -> Prediction {
         self.predict_features(&features(text, vocabulary))
     }
 
-    /// The finding the model adds to `findings` for `text`, if any: see the module docs.
+    /// The passage of `reading` the model reads as most of a crisis, with its prediction and
+    /// the sentence it names as evidence; `None` where it may add nothing at any threshold:
+    /// the vocabulary already found a crisis, or set a match aside in that sentence.
+    fn strongest(&self, reading: &Reading) -> Option<(Prediction, Range<usize>)> {
+        if reading.vocabulary_flagged {
+            return None;
+        }
+        let mut best: Option<(f32, Prediction, usize)> = None;
+        let mut best_sentence: Option<(f32, usize)> = None;
+        for (index, passage) in reading.passages.iter().enumerate() {
+            let prediction = self.predict_features(&passage.features);
+            let crisis = prediction.crisis();
+            if passage.sentence && best_sentence.is_none_or(|(top, _)| crisis > top) {
+                best_sentence = Some((crisis, index));
+            }
+            if best.as_ref().is_none_or(|(top, _, _)| crisis > *top) {
+                best = Some((crisis, prediction, index));
+            }
+        }
+        let (_, prediction, index) = best?;
+        // The whole text names its strongest sentence; a sentence names itself.
+        let evidence = match reading.passages.get(index) {
+            Some(passage) if passage.whole => best_sentence.and_then(|(_, at)| reading.passages.get(at)),
+            other => other,
+        }?;
+        // The vocabulary's negation, quotation, other-person and idiom rules read what a bag
+        // of words cannot: where they set a match aside there, the model adds nothing ("I
+        // would never kill myself", "she said she wants to die").
+        if evidence.set_aside {
+            return None;
+        }
+        Some((prediction, evidence.span.clone()))
+    }
+
+    /// The crisis probability the model weighs against its threshold for the text of
+    /// `reading` (the highest of its passages), or `None` where it may add nothing at any
+    /// threshold: what the trainer chooses the threshold from.
+    pub fn crisis(&self, reading: &Reading) -> Option<f32> {
+        self.strongest(reading).map(|(prediction, _)| prediction.crisis())
+    }
+
+    /// The finding the model adds for `text`, if any: see the module docs.
     pub(crate) fn finding(&self, text: &str, vocabulary: &Detection, idioms: &[Range<usize>]) -> Option<Finding> {
         // It only raises: a text the vocabulary already answers with the safety response
         // gains nothing from a second opinion that stops at moderate.
         if vocabulary.level >= TextRiskLevel::Moderate {
             return None;
         }
-        let tokens = tokenize(text, MAX_QUOTE_WORDS).tokens;
-        if tokens.is_empty() {
-            return None;
-        }
-        let prediction = self.predict_features(&features_of(&tokens, vocabulary));
+        let (prediction, span) = self.strongest(&Reading::new(text, vocabulary, idioms))?;
         let crisis = prediction.crisis();
         if crisis < self.threshold {
             return None;
         }
         let category = prediction.category();
-        let span = self.strongest_sentence(text, &tokens, vocabulary);
-        // The vocabulary's negation, quotation, other-person and idiom rules read what a bag
-        // of words cannot: where they set a match aside in that sentence, the model adds
-        // nothing ("I would never kill myself", "she said she wants to die").
-        let overlaps = |other: &Range<usize>| other.start < span.end && span.start < other.end;
-        let set_aside = idioms.iter().any(overlaps)
-            || vocabulary
-                .suppressed
-                .iter()
-                .any(|item| item.reason != SuppressionReason::NoContext && overlaps(&item.span));
-        if set_aside {
-            return None;
-        }
         let matched = text.get(span.clone()).unwrap_or_default().to_owned();
         Some(Finding {
             category,
@@ -342,31 +393,83 @@ impl LearnedModel {
             rule: format!("model:{}:p{:02}", category.as_str(), (crisis * 100.0).floor() as u32),
         })
     }
+}
 
-    /// The byte range of the sentence the model reads as most of a crisis.
-    fn strongest_sentence(&self, text: &str, tokens: &[Token], vocabulary: &Detection) -> Range<usize> {
-        self.strongest(text, tokens, vocabulary).map_or(0..text.len(), |(_, span)| span)
-    }
+/// One passage of a text the model reads: the whole text or one sentence.
+#[derive(Debug, Clone)]
+pub struct Passage {
+    /// Its feature buckets, sorted and without repeats.
+    pub features: Vec<u32>,
+    /// Its byte range in the text.
+    pub span: Range<usize>,
+    /// The whole text.
+    pub whole: bool,
+    /// A single sentence.
+    pub sentence: bool,
+    /// The vocabulary set a match aside in it as negated, reported, someone else's or an idiom.
+    pub set_aside: bool,
+}
 
-    fn strongest(&self, text: &str, tokens: &[Token], vocabulary: &Detection) -> Option<(f32, Range<usize>)> {
-        let mut best: Option<(f32, Range<usize>)> = None;
-        let mut start = 0;
-        while start < tokens.len() {
-            let sentence = tokens.get(start).map_or(0, |token| token.sentence);
-            let mut end = start;
-            while tokens.get(end).is_some_and(|token| token.sentence == sentence) {
-                end += 1;
+/// What the learned stage reads of one text, computed once: whether the vocabulary already
+/// flagged it, and its passages. The whole text is read, and each sentence on its own, so a
+/// crisis said in one sentence of a long everyday entry is not diluted by the rest.
+#[derive(Debug, Clone, Default)]
+pub struct Reading {
+    /// The vocabulary found something of moderate or above: the model adds nothing.
+    pub vocabulary_flagged: bool,
+    /// The whole text first, then its sentences in text order (none when it is one sentence).
+    pub passages: Vec<Passage>,
+}
+
+impl Reading {
+    /// Reads `text` given the vocabulary's reading of it and the idioms it found.
+    pub(crate) fn new(text: &str, vocabulary: &Detection, idioms: &[Range<usize>]) -> Self {
+        let vocabulary_flagged = vocabulary.level >= TextRiskLevel::Moderate;
+        let tokens = tokenize(text, MAX_QUOTE_WORDS).tokens;
+        let set_aside = |span: &Range<usize>| {
+            let overlaps = |other: &Range<usize>| other.start < span.end && span.start < other.end;
+            idioms.iter().any(overlaps)
+                || vocabulary
+                    .suppressed
+                    .iter()
+                    .any(|item| item.reason != SuppressionReason::NoContext && overlaps(&item.span))
+        };
+        let span_of =
+            |slice: &[Token]| slice.first().map_or(0, |token| token.start)..slice.last().map_or(0, |token| token.end);
+        let mut sentences: Vec<Range<usize>> = Vec::new();
+        for (index, token) in tokens.iter().enumerate() {
+            match sentences.last_mut() {
+                Some(last) if tokens.get(last.start).is_some_and(|first| first.sentence == token.sentence) => {
+                    last.end = index + 1;
+                }
+                _ => sentences.push(index..index + 1),
             }
-            let slice = tokens.get(start..end).unwrap_or_default();
-            let score = self.predict_features(&features_of(slice, vocabulary)).crisis();
-            if best.as_ref().is_none_or(|(top, _)| score > *top) {
-                let first = slice.first().map_or(0, |token| token.start);
-                let last = slice.last().map_or(text.len(), |token| token.end);
-                best = Some((score, first..last));
-            }
-            start = end.max(start + 1);
         }
-        best
+        if tokens.is_empty() {
+            return Self { vocabulary_flagged, passages: Vec::new() };
+        }
+        // Every feature lies within one sentence, so the whole text reads as the union of its
+        // sentences' features: each sentence is read once.
+        let read: Vec<(Vec<u32>, Range<usize>)> = sentences
+            .iter()
+            .map(|range| {
+                let slice = tokens.get(range.clone()).unwrap_or_default();
+                (features_of(slice, vocabulary), span_of(slice))
+            })
+            .collect();
+        let run = |parts: &[(Vec<u32>, Range<usize>)], whole: bool, sentence: bool| {
+            let mut features: Vec<u32> = parts.iter().flat_map(|(features, _)| features.iter().copied()).collect();
+            features.sort_unstable();
+            features.dedup();
+            let start = parts.first().map_or(0, |(_, span)| span.start);
+            let span = start..parts.last().map_or(start, |(_, span)| span.end);
+            Passage { features, set_aside: set_aside(&span), span, whole, sentence }
+        };
+        let mut passages = vec![run(&read, true, read.len() == 1)];
+        if read.len() > 1 {
+            passages.extend(read.chunks(1).map(|one| run(one, false, true)));
+        }
+        Self { vocabulary_flagged, passages }
     }
 }
 
@@ -393,6 +496,24 @@ mod tests {
         };
         // An inflection keeps most character n-grams.
         assert!(shared("bought a rope", "buying a rope") > 0.4);
+    }
+
+    #[test]
+    fn the_whole_text_reads_as_the_union_of_its_sentences() {
+        // Reading builds the whole text's features from its sentences'; that must be what
+        // reading all its tokens at once gives, or the model would not read what it was
+        // trained on.
+        let text = "rough day at work. i dont want to be here anymore, honestly. \"she said\" whatever; going to bed";
+        let vocabulary = Detection::default();
+        let reading = Reading::new(text, &vocabulary, &[]);
+        let whole = reading.passages.first().expect("the whole text");
+        assert!(whole.whole);
+        assert_eq!(whole.features, features(text, &vocabulary));
+        for passage in &reading.passages {
+            let slice = text.get(passage.span.clone()).expect("a span on character boundaries");
+            assert_eq!(passage.features, features(slice, &vocabulary), "{slice}");
+        }
+        assert_eq!(reading.passages.iter().filter(|passage| passage.sentence).count(), 3);
     }
 
     #[test]

@@ -50,7 +50,7 @@ use serde::{Deserialize, Serialize};
 
 pub use learned::{
     BUCKETS as MODEL_BUCKETS, CLASSES as MODEL_CLASSES, CRISIS_CLASSES as MODEL_CRISIS_CLASSES, LearnedModel,
-    Prediction, features as model_features,
+    Passage as ModelPassage, Prediction, Reading as ModelReading, features as model_features,
 };
 pub use vocabulary::Vocabulary;
 
@@ -382,17 +382,31 @@ impl Vocabulary {
     /// Reads `text` with this vocabulary, then the built-in learned model, which may only add
     /// a finding (see [`LearnedModel`]).
     pub fn detect(&self, text: &str) -> Detection {
-        let (mut detection, idioms) = analysis::analyze_with_idioms(self, text);
         // The model is compiled in and checked by its tests; were it ever unreadable the
         // vocabulary's reading stands on its own.
-        if let Ok(model) = LearnedModel::builtin()
-            && let Some(finding) = model.finding(text, &detection, &idioms)
-        {
+        match LearnedModel::builtin() {
+            Ok(model) => self.detect_with_model(text, model),
+            Err(_) => self.detect_vocabulary_only(text),
+        }
+    }
+
+    /// Reads `text` with this vocabulary, then `model`, which may only add a finding: what
+    /// [`Vocabulary::detect`] does with the built-in model, for measuring another.
+    pub fn detect_with_model(&self, text: &str, model: &LearnedModel) -> Detection {
+        let (mut detection, idioms) = analysis::analyze_with_idioms(self, text);
+        if let Some(finding) = model.finding(text, &detection, &idioms) {
             detection.level = detection.level.max(finding.level);
             let at = detection.findings.partition_point(|other| other.span.start <= finding.span.start);
             detection.findings.insert(at, finding);
         }
         detection
+    }
+
+    /// What a learned model reads of `text` after this vocabulary (see [`ModelReading`]):
+    /// for training one and choosing its threshold.
+    pub fn model_reading(&self, text: &str) -> ModelReading {
+        let (detection, idioms) = analysis::analyze_with_idioms(self, text);
+        ModelReading::new(text, &detection, &idioms)
     }
 
     /// Reads `text` with this vocabulary alone, without the learned model: for measuring

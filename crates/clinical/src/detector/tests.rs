@@ -130,6 +130,27 @@ fn intent_plan_means_or_a_timeframe_with_ideation_is_imminent() {
 }
 
 #[test]
+fn a_question_or_checklist_answered_no_is_negated() {
+    let vocabulary = Vocabulary::builtin().unwrap();
+    let alone = |text: &str| vocabulary.detect_vocabulary_only(text);
+    for text in [
+        "Do I want to die? No. Do I want to sleep for a week? Yes.",
+        "Sad, yes. Wanting to die, no.",
+        "¿Quiero morirme? No. ¿Quiero dormir una semana? Sí.",
+        "Triste sí. Con ganas de morirme no.",
+    ] {
+        let detection = alone(text);
+        assert_eq!(detection.level, TextRiskLevel::None, "{text}");
+        assert!(detection.suppressed.iter().any(|item| item.reason == SuppressionReason::Negated), "{text}");
+    }
+    // The answer has to end its sentence: "no one", "no matter what" deny nothing.
+    for text in ["i want to die. no one would care", "i want to die no matter what they say", "i want to die, no joke"]
+    {
+        assert!(alone(text).level >= TextRiskLevel::Moderate, "{text}");
+    }
+}
+
+#[test]
 fn negation_before_a_match_suppresses_it() {
     for text in [
         "I'm not going to hurt myself",

@@ -101,6 +101,7 @@ struct IdiomFile {
 struct NegationFile {
     cues: Vec<String>,
     after: Vec<String>,
+    answers: Vec<String>,
     not_negation: Vec<String>,
     raising: Vec<String>,
 }
@@ -131,6 +132,7 @@ pub(crate) enum List {
     OtherPerson,
     NegationCue,
     NegationAfter,
+    NegationAnswer,
     NotNegation,
     Raising,
     Frame,
@@ -588,6 +590,7 @@ fn compile(file: VocabularyFile) -> Result<Vocabulary, ValidationErrors> {
         (List::OtherPerson, &file.words.other_person, "words.other_person"),
         (List::NegationCue, &file.negation.cues, "negation.cues"),
         (List::NegationAfter, &file.negation.after, "negation.after"),
+        (List::NegationAnswer, &file.negation.answers, "negation.answers"),
         (List::NotNegation, &file.negation.not_negation, "negation.not_negation"),
         (List::Raising, &file.negation.raising, "negation.raising"),
         (List::Frame, &file.reported.frames, "reported.frames"),

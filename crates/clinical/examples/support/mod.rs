@@ -1,0 +1,3 @@
+//! Code shared by the detector's training examples.
+
+pub mod training;
