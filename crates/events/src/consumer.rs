@@ -4,7 +4,9 @@
 //! For each record: begin a write transaction in the consuming service's
 //! store, insert the event id into `inbox` (already there: a redelivery,
 //! skip it), run the handler in the same transaction, commit, and only then
-//! store the record's offset. A handler that keeps failing is retried with
+//! store the record's offset. An event the handler has no use for
+//! ([`Handler::handles`]) is passed over without a transaction. A handler
+//! that keeps failing is retried with
 //! back-off up to `max_attempts`; then the record goes to `<topic>.dlq` with
 //! the error in a header, the inbox remembers it as dead-lettered, and the
 //! consumer moves on.
@@ -102,6 +104,15 @@ pub trait Handler: Send + Sync {
     /// Runs after `handle`'s transaction committed, e.g. to wake an outbox
     /// relay for events the handler enqueued. Not run for duplicates.
     fn after_commit(&self, _event: &EventEnvelope) {}
+
+    /// Whether `handle` may do anything with `event`. An event it would
+    /// leave alone is passed over without a transaction or an inbox row
+    /// (redelivering a no-op changes nothing), so it does not take a write
+    /// turn ahead of the events behind it. Answer from the event alone, and
+    /// `true` whenever `handle` could write or fail.
+    fn handles(&self, _event: &EventEnvelope) -> bool {
+        true
+    }
 }
 
 /// How a consumer batches, retries and dead-letters.
@@ -138,6 +149,7 @@ impl Default for ConsumerOptions {
 #[derive(Debug, Default)]
 pub struct ConsumerStats {
     handled: AtomicU64,
+    passed_over: AtomicU64,
     duplicates: AtomicU64,
     failed_attempts: AtomicU64,
     dead_lettered: AtomicU64,
@@ -154,6 +166,12 @@ impl ConsumerStats {
     /// Events whose handler committed.
     pub fn handled(&self) -> u64 {
         self.handled.load(Ordering::Relaxed)
+    }
+
+    /// Events passed over because the handler does nothing with them
+    /// ([`Handler::handles`]).
+    pub fn passed_over(&self) -> u64 {
+        self.passed_over.load(Ordering::Relaxed)
     }
 
     /// Redeliveries the inbox absorbed.
@@ -231,6 +249,7 @@ impl std::fmt::Debug for Consumer {
 /// What became of one record.
 enum Outcome {
     Handled,
+    PassedOver,
     Duplicate,
     DeadLettered,
     /// Shutdown came first; the record is not done and will be redelivered.
@@ -335,7 +354,7 @@ impl Consumer {
                 }
                 match self.process(record, &mut stop).await {
                     Outcome::Interrupted => break 'poll,
-                    Outcome::Handled | Outcome::Duplicate | Outcome::DeadLettered => {}
+                    Outcome::Handled | Outcome::PassedOver | Outcome::Duplicate | Outcome::DeadLettered => {}
                 }
                 self.store_offset(subscription.as_mut(), record);
             }
@@ -395,6 +414,10 @@ impl Consumer {
                 return self.dead_letter(record, None, &error.to_string(), 0, stop).await;
             }
         };
+        if !self.handler.handles(&event) {
+            self.stats.passed_over.fetch_add(1, Ordering::Relaxed);
+            return Outcome::PassedOver;
+        }
         let crisis = envelope::is_crisis(&event);
         let mut waiting = CrisisWait::new(self, record, &event);
         let mut backoff = self.backoff();

@@ -8,9 +8,11 @@
 //!   partitions of its topics between them. Like Kafka's eager rebalance, a
 //!   member gives a partition up only between batches (or when it is
 //!   dropped), and the next owner resumes after the group's last stored
-//!   offset. Stored offsets are committed to the file on each poll, on a
-//!   rebalance and on close; a process that dies loses at most the stored
-//!   but uncommitted offsets, and those records are delivered again.
+//!   offset. Stored offsets are committed to the file by a poll at most
+//!   once per [`OFFSET_COMMIT_INTERVAL`] (as Kafka's auto-commit does every
+//!   few seconds) and on close; a process that dies loses at most the
+//!   stored but uncommitted offsets, and those records are delivered again
+//!   (inboxes absorb them).
 //! - Appends and membership changes wake waiting members through a
 //!   `tokio::sync::watch`; a slow safety poll covers anything missed. A
 //!   woken member reads only the partitions whose end moved past its
@@ -20,7 +22,10 @@
 //!   committed without syncing the file (their connection runs
 //!   `synchronous = NORMAL`): an OS crash may lose the last ones, and those
 //!   records are delivered again, as when a process dies; the next append
-//!   syncs them with its own records.
+//!   syncs them with its own records. Committing at an interval, rather
+//!   than on the poll right after a record was handled, keeps offset
+//!   commits from taking the write turn just when the handler's own events
+//!   are being appended.
 //!
 //! One process owns a log file. Every `EmbeddedBus` opened on the same path
 //! in a process shares one instance, so group membership is never split.
@@ -39,6 +44,12 @@ use tokio::sync::watch;
 use crate::bus::{BusKind, Delivered, EventBus, GroupProbe, PartitionLag, Record, Subscription, TopicSpec};
 use crate::error::{Error, Result};
 use crate::partitioner::partition_for_key;
+
+/// How often a member commits its group's stored offsets to the file while
+/// it polls. Between commits they live in memory (every member of the
+/// process sees them); a process that dies redelivers what it handled since
+/// the last commit, and inboxes absorb the copies.
+pub const OFFSET_COMMIT_INTERVAL: Duration = Duration::from_secs(1);
 
 /// How to open an embedded log.
 #[derive(Debug, Clone, PartialEq)]
@@ -151,11 +162,18 @@ impl EmbeddedBus {
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Full)
             .busy_timeout(Duration::from_secs(10));
-        let pool =
-            SqlitePoolOptions::new().max_connections(4).connect_with(options.clone()).await.map_err(open_error)?;
+        // Connections to a file in this process cannot go away while idle:
+        // no check (a round trip to the connection's thread) on checkout.
+        let pool = SqlitePoolOptions::new()
+            .max_connections(4)
+            .test_before_acquire(false)
+            .connect_with(options.clone())
+            .await
+            .map_err(open_error)?;
         sqlx::raw_sql(SCHEMA).execute(&pool).await.map_err(open_error)?;
         let offsets_pool = SqlitePoolOptions::new()
             .max_connections(1)
+            .test_before_acquire(false)
             .connect_with(options.synchronous(SqliteSynchronous::Normal))
             .await
             .map_err(open_error)?;
@@ -355,6 +373,7 @@ impl EventBus for EmbeddedBus {
             positions: BTreeMap::new(),
             wake: self.inner.changed.subscribe(),
             next_start: 0,
+            last_commit: tokio::time::Instant::now(),
             left: false,
         }))
     }
@@ -396,6 +415,8 @@ struct EmbeddedSubscription {
     wake: watch::Receiver<u64>,
     // Which owned partition to read first, so none starves.
     next_start: usize,
+    // When this member last committed its group's stored offsets.
+    last_commit: tokio::time::Instant,
     left: bool,
 }
 
@@ -433,8 +454,8 @@ impl EmbeddedSubscription {
     }
 
     /// Releases partitions that moved away, takes free ones that are now
-    /// ours, and collects stored offsets to commit.
-    fn rebalance(&mut self) -> Rebalanced {
+    /// ours, and, when a commit is due, collects stored offsets to commit.
+    fn rebalance(&mut self, commit_due: bool) -> Rebalanced {
         let inner = &self.bus.inner;
         let mut groups = lock(&inner.groups);
         let group = groups.entry(self.group.clone()).or_default();
@@ -464,8 +485,13 @@ impl EmbeddedSubscription {
             group.owners.insert(tp.clone(), self.member);
             acquired.push((tp.clone(), group.stored.get(&tp).copied()));
         }
-        let to_commit =
-            group.dirty.drain().filter_map(|tp| group.stored.get(&tp).map(|offset| (tp, *offset))).collect();
+        // Not due: they stay dirty (and in memory, where the next owner of a
+        // released partition reads them) until a commit is.
+        let to_commit = if commit_due {
+            group.dirty.drain().filter_map(|tp| group.stored.get(&tp).map(|offset| (tp, *offset))).collect()
+        } else {
+            Vec::new()
+        };
         drop(groups);
         if released {
             inner.changed.send_modify(|version| *version += 1);
@@ -601,7 +627,11 @@ impl Subscription for EmbeddedSubscription {
             // Mark the current version seen before reading, so an append
             // that lands during the read wakes the wait below.
             self.wake.borrow_and_update();
-            let Rebalanced { acquired, to_commit } = self.rebalance();
+            let commit_due = self.last_commit.elapsed() >= OFFSET_COMMIT_INTERVAL;
+            let Rebalanced { acquired, to_commit } = self.rebalance(commit_due);
+            if commit_due {
+                self.last_commit = tokio::time::Instant::now();
+            }
             self.commit(to_commit).await?;
             for (tp, stored) in acquired {
                 let position = match stored {

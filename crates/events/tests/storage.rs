@@ -172,6 +172,49 @@ store_test!(committing_wakes_the_relay_without_polling, &MIGRATIONS, "svc", |sto
     running.await.unwrap().unwrap();
 });
 
+/// Handles only events whose ordinal is even.
+struct EvenOnly(Arc<RecordingHandler>);
+
+#[async_trait]
+impl tandem_events::Handler for EvenOnly {
+    async fn handle(
+        &self,
+        tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+        event: &tandem_proto::events::v1::EventEnvelope,
+    ) -> Result<(), tandem_events::HandlerError> {
+        self.0.handle(tx, event).await
+    }
+
+    fn handles(&self, event: &tandem_proto::events::v1::EventEnvelope) -> bool {
+        use tandem_proto::events::v1::event_envelope::Payload;
+        matches!(&event.payload, Some(Payload::MeasureMissed(missed)) if missed.schedule_id.parse::<usize>().is_ok_and(|n| n % 2 == 0))
+    }
+}
+
+store_test!(events_the_handler_does_not_handle_are_passed_over, &MIGRATIONS, "svc", |store| async move {
+    tandem_events::install(&store).await.unwrap();
+    let test = bus().await;
+    let outbox = Outbox::new(store.clone(), "careplans");
+    let patient = PatientId::new();
+    let events: Vec<_> = (1..=3).map(|n| outbox.envelope(&org(), &patient, numbered(n))).collect();
+    let records: Vec<Record> = events.iter().map(|event| Record::from_envelope(TOPIC, event).unwrap()).collect();
+    assert!(test.bus.publish(&records).await.iter().all(Result::is_ok));
+
+    let recording = RecordingHandler::named("c");
+    let consumer =
+        Consumer::new(test.bus.clone(), "triage", &[TOPIC], store.clone(), Arc::new(EvenOnly(recording.clone())))
+            .with_options(consumer_options());
+    let stats = consumer.stats();
+    let running = start_consumer(consumer);
+    wait_until("all three were seen", LIMIT, || async { stats.handled() + stats.passed_over() == 3 }).await;
+    running.stop().await.unwrap();
+    assert_eq!((stats.handled(), stats.passed_over()), (1, 2));
+    assert_eq!(recording.calls.lock().unwrap().clone(), vec![events[1].event_id.clone()]);
+    let inbox: Vec<String> = sqlx::query_scalar("SELECT event_id FROM inbox").fetch_all(store.pool()).await.unwrap();
+    assert_eq!(inbox, vec![events[1].event_id.clone()], "only the handled event has an inbox row");
+    assert_eq!(effect_count(&store).await, 1);
+});
+
 store_test!(the_inbox_makes_a_redelivery_a_no_op, &MIGRATIONS, "svc", |store| async move {
     tandem_events::install(&store).await.unwrap();
     let test = bus().await;

@@ -172,6 +172,12 @@ impl Store {
         let pool_options = AnyPoolOptions::new()
             .max_connections(options.max_connections)
             .acquire_timeout(Duration::from_secs(10))
+            // A SQLite connection is a file handle in this process: it cannot
+            // have gone away while idle, so checking it before every
+            // checkout is a round trip to its thread for nothing, paid on
+            // every transaction of the crisis path. A PostgreSQL connection
+            // can be dropped by the server or the network, so it is checked.
+            .test_before_acquire(backend == Backend::Postgres)
             .after_connect(move |conn, _meta| {
                 let statement = match backend {
                     // WAL lets readers run beside the writer; the busy timeout

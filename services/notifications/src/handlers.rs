@@ -75,16 +75,7 @@ impl EventHandler {
         event: &EventEnvelope,
         changed: &EscalationChanged,
     ) -> Result<(), HandlerError> {
-        let escalation = changed
-            .escalation
-            .as_ref()
-            .ok_or_else(|| HandlerError::permanent("EscalationChanged without an escalation"))?;
-        let escalation_id = escalation
-            .id
-            .as_ref()
-            .and_then(|id| id.value.parse::<EscalationId>().ok())
-            .ok_or_else(|| HandlerError::permanent("EscalationChanged without a valid escalation id"))?
-            .to_string();
+        let escalation_id = escalation_id(changed)?;
         match changed.change.as_str() {
             "notify" => self.notify(tx, event, changed, &escalation_id).await,
             "handed_back" => self.handed_back(tx, event, changed, &escalation_id).await,
@@ -319,6 +310,39 @@ fn org_of(event: &EventEnvelope) -> Result<OrgId, HandlerError> {
         .ok_or_else(|| HandlerError::permanent("EscalationChanged without a valid org id"))
 }
 
+/// The escalation an `EscalationChanged` is about.
+fn escalation_id(changed: &EscalationChanged) -> Result<String, HandlerError> {
+    let escalation = changed
+        .escalation
+        .as_ref()
+        .ok_or_else(|| HandlerError::permanent("EscalationChanged without an escalation"))?;
+    let id = escalation
+        .id
+        .as_ref()
+        .and_then(|id| id.value.parse::<EscalationId>().ok())
+        .ok_or_else(|| HandlerError::permanent("EscalationChanged without a valid escalation id"))?;
+    Ok(id.to_string())
+}
+
+/// The escalation changes this service acts on; triage follows "raised" and
+/// "level_raised" with "notify" when someone must be alerted.
+const ACTED_ON: [&str; 4] = ["notify", "handed_back", "acknowledged", "resolved"];
+
+/// Whether `handle` does anything with `event`: the consumer passes over
+/// the rest (a risk assessment, "raised") without a transaction, so the
+/// "notify" behind them is not kept waiting on commits that change nothing.
+fn acts_on(event: &EventEnvelope) -> bool {
+    match &event.payload {
+        // A malformed one is still handled: it is dead-lettered (and, being a
+        // crisis event, the crisis contact is paged).
+        Some(Payload::EscalationChanged(changed)) => {
+            ACTED_ON.contains(&changed.change.as_str()) || escalation_id(changed).is_err()
+        }
+        Some(Payload::PatientEnrolled(_) | Payload::CarePlanChanged(_) | Payload::CheckInSubmitted(_)) => true,
+        _ => false,
+    }
+}
+
 fn zone_of(endpoint: &StoredEndpoint) -> Option<Tz> {
     (!endpoint.time_zone.is_empty()).then(|| endpoint.time_zone.parse::<Tz>().ok()).flatten()
 }
@@ -360,10 +384,50 @@ impl Handler for EventHandler {
         }
     }
 
+    fn handles(&self, event: &EventEnvelope) -> bool {
+        acts_on(event)
+    }
+
     fn after_commit(&self, _event: &EventEnvelope) {
         // Only now are the rows this handler wrote visible to the delivery
         // worker and the relay: wake them on the commit, never before it.
         self.wake.notify_one();
         self.outbox.notify();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tandem_proto::events::v1::RiskAssessed;
+    use tandem_proto::triage::v1::Escalation;
+
+    use super::*;
+
+    fn changed(change: &str, id: &str) -> EventEnvelope {
+        let id = tandem_proto::common::v1::EscalationId { value: id.to_owned() };
+        let escalation = Escalation { id: Some(id), ..Default::default() };
+        EventEnvelope {
+            payload: Some(Payload::EscalationChanged(EscalationChanged {
+                change: change.to_owned(),
+                escalation: Some(escalation),
+                ..Default::default()
+            })),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn only_events_with_an_effect_take_a_transaction() {
+        let id = EscalationId::new().to_string();
+        for change in ACTED_ON {
+            assert!(acts_on(&changed(change, &id)), "{change}");
+        }
+        assert!(!acts_on(&changed("raised", &id)));
+        assert!(!acts_on(&changed("level_raised", &id)));
+        // Malformed: handled, so it is dead-lettered and someone is paged.
+        assert!(acts_on(&changed("raised", "not-an-id")));
+        let assessed =
+            EventEnvelope { payload: Some(Payload::RiskAssessed(RiskAssessed::default())), ..Default::default() };
+        assert!(!acts_on(&assessed));
     }
 }

@@ -3,7 +3,7 @@
 //! projections reminders need. Times are Unix microseconds.
 
 use std::collections::HashMap;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use prost::Message as _;
 use sqlx::any::AnyRow;
@@ -631,7 +631,44 @@ impl Repo {
     /// PostgreSQL rows other workers are claiming are skipped (`SKIP
     /// LOCKED`); on SQLite the write transaction serialises claimers.
     pub async fn claim(&self, now: i64, lease_until: i64, limit: u32, token: &str) -> Result<Vec<Claimed>, RepoError> {
-        let mut tx = self.store.begin_write().await?;
+        let tx = self.store.begin_write().await?;
+        self.claim_in(tx, now, lease_until, limit, token).await
+    }
+
+    /// Claims up to `limit` deliveries due now, each for `lease`. The clock
+    /// is read once the write turn is ours, so a delivery queued (with
+    /// `not_before` = its commit's now) while this claim waited its turn is
+    /// due to it, not left for the next pass. On SQLite, where writers take
+    /// turns, a read first checks that anything is due, so a pass that finds
+    /// nothing never holds up a writer.
+    pub async fn claim_due(&self, lease: Duration, limit: u32, token: &str) -> Result<Vec<Claimed>, RepoError> {
+        if self.store.backend() == Backend::Sqlite {
+            let now = unix_micros(SystemTime::now());
+            let due: Option<i64> = sqlx::query_scalar(
+                "SELECT 1 FROM deliveries WHERE state = 'pending' AND next_attempt_at <= $1 \
+                 AND (claimed_until IS NULL OR claimed_until < $2) LIMIT 1",
+            )
+            .bind(now)
+            .bind(now)
+            .fetch_optional(self.store.pool())
+            .await?;
+            if due.is_none() {
+                return Ok(Vec::new());
+            }
+        }
+        let tx = self.store.begin_write().await?;
+        let now = SystemTime::now();
+        self.claim_in(tx, unix_micros(now), unix_micros(now + lease), limit, token).await
+    }
+
+    async fn claim_in(
+        &self,
+        mut tx: Transaction<'static, Any>,
+        now: i64,
+        lease_until: i64,
+        limit: u32,
+        token: &str,
+    ) -> Result<Vec<Claimed>, RepoError> {
         let lock = match self.store.backend() {
             Backend::Postgres => " FOR UPDATE SKIP LOCKED",
             Backend::Sqlite => "",
@@ -1284,6 +1321,23 @@ mod tests {
             repo.claim(30_000, 40_000, 10, "d").await.unwrap();
             repo.release_all_claims().await.unwrap();
             assert!(!repo.claim(30_001, 40_000, 10, "e").await.unwrap().is_empty());
+        }
+    );
+
+    tandem_store::store_test!(
+        a_claim_by_the_clock_takes_what_is_due_and_leaves_what_is_not,
+        &MIGRATIONS,
+        crate::SCHEMA,
+        |store| async move {
+            let repo = Repo::new(store);
+            let lease = Duration::from_secs(30);
+            assert!(repo.claim_due(lease, 10, "a").await.unwrap().is_empty(), "nothing queued");
+            let now = unix_micros(SystemTime::now());
+            queue(&repo, &delivery("alert:e:0", "ep-1", now)).await;
+            queue(&repo, &delivery("alert:e:0", "ep-2", now + 3_600_000_000)).await;
+            let claimed = repo.claim_due(lease, 10, "a").await.unwrap();
+            assert_eq!(claimed.iter().map(|c| c.endpoint_id.as_str()).collect::<Vec<_>>(), ["ep-1"]);
+            assert!(repo.claim_due(lease, 10, "b").await.unwrap().is_empty(), "claimed, and the other is not due");
         }
     );
 }

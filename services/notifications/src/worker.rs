@@ -109,13 +109,9 @@ impl Worker {
 
     /// Claims what is due now and attempts it; returns how many were claimed.
     pub async fn pass(&self) -> Result<usize, RepoError> {
-        let now = SystemTime::now();
         let token = uuid::Uuid::new_v4().to_string();
-        let lease_until = now + self.settings.worker.lease;
-        let claimed = self
-            .repo
-            .claim(unix_micros(now), unix_micros(lease_until), self.settings.worker.batch.max(1), &token)
-            .await?;
+        let claimed =
+            self.repo.claim_due(self.settings.worker.lease, self.settings.worker.batch.max(1), &token).await?;
         let count = claimed.len();
         futures::stream::iter(claimed).for_each_concurrent(None, |delivery| self.attempt(delivery)).await;
         Ok(count)
