@@ -110,6 +110,14 @@ both_backends!(a_crisis_check_in_shows_on_the_scrape_endpoint, |tandem| {
     assert_eq!(acknowledged.into_inner().escalation.unwrap().state(), triage::EscalationState::Acknowledged);
     let timed = r#"tandem_triage_escalations_time_to_acknowledge_seconds_count{level="high"}"#;
     scraped(tandem, "the time to acknowledge observed", timed, |count| count >= 1.0).await;
+    // The event spine: every service's outbox is gauged, and the consumers'
+    // lag probes report triage's lag on the check-ins topic.
+    for service in ["careplans", "checkins", "triage", "notifications"] {
+        let pending = format!(r#"tandem_events_outbox_pending{{service="{service}"}}"#);
+        scraped(tandem, "the outbox lag gauged", &pending, |_| true).await;
+    }
+    let lag = r#"tandem_events_consumer_lag{group="triage",topic="tandem.checkins.v1"}"#;
+    scraped(tandem, "triage's consumer lag gauged", lag, |_| true).await;
     let (status, _) = tandem.probe("/healthz").await;
     assert_eq!(status, 200);
 });
