@@ -28,6 +28,8 @@ pub use tandem_store::Backend as StoreBackend;
 pub struct Tandem {
     /// Where it listens (a new port after [`Tandem::restart`]).
     pub addr: SocketAddr,
+    /// Where it serves `/healthz` and `/metrics` (also new after a restart).
+    pub probes: SocketAddr,
     /// The settings it runs with.
     pub settings: Settings,
     config: Vec<(String, String)>,
@@ -80,6 +82,7 @@ impl Tandem {
         let secret = DevSigningKey::load_or_create(data_dir.path()).expect("dev key").bytes().to_vec();
         let mut tandem = Self {
             addr: settings.listen,
+            probes: settings.listen,
             settings,
             config: config.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect(),
             secret,
@@ -95,8 +98,14 @@ impl Tandem {
     }
 
     async fn launch(&mut self) {
+        // The process's metrics pipeline, as `tandem up` installs it, before
+        // any instrument is created.
+        tandem_telemetry::metrics::install(&tandem_telemetry::TelemetrySettings::for_tests("tandem-tests"))
+            .expect("metrics pipeline");
         let listener = tokio::net::TcpListener::bind(self.settings.listen).await.expect("bind port 0");
         self.addr = listener.local_addr().expect("local addr");
+        let probes = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind the probe port");
+        self.probes = probes.local_addr().expect("probe addr");
         let (shutdown, stop) = oneshot::channel::<()>();
         let mut figment = figment::Figment::from(figment::providers::Serialized::defaults(&self.settings));
         for (key, value) in &self.config {
@@ -109,7 +118,7 @@ impl Tandem {
         // Keys of the shared settings (e.g. `streams.safety_poll`) apply too.
         let served: Settings = figment.extract().expect("the test's configuration is valid");
         self.task = Some(tokio::spawn(async move {
-            tandem_cli::up::serve(&served, &figment, listener, async move {
+            tandem_cli::up::serve_with_probes(&served, &figment, listener, Some(probes), async move {
                 let _ = stop.await;
             })
             .await
@@ -170,6 +179,13 @@ impl Tandem {
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
         panic!("tandem did not accept connections on {}", self.addr);
+    }
+
+    /// `GET path` on the probe listener: the status and the body.
+    pub async fn probe(&self, path: &str) -> (u16, String) {
+        let response = reqwest::get(format!("http://{}{path}", self.probes)).await.expect("probe listener answers");
+        let status = response.status().as_u16();
+        (status, response.text().await.expect("probe body"))
     }
 
     /// A channel to the server.

@@ -155,17 +155,39 @@ impl Service {
     }
 }
 
-/// Opens `names`, starts their background work and the process's retention
-/// on the configured bus, and serves their gRPC APIs (with health and
-/// reflection) on `listener` until `shutdown` completes. Then: health
-/// NOT_SERVING, the drain delay, open streams ended, in-flight calls
-/// finished; then background tasks stopped, the bus flushed and the stores
-/// closed.
+/// How often the outbox lag is read for the metrics.
+const SAMPLE_EVERY: Duration = Duration::from_secs(15);
+
+/// As [`run_with_probes`], with the probe listener (`GET /healthz`,
+/// `GET /metrics`) on `settings.health_listen` when it is set.
 pub async fn run(
     names: &[ServiceName],
     settings: &Settings,
     figment: &figment::Figment,
     listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let probes = match settings.health_listen {
+        Some(addr) => Some(TcpListener::bind(addr).await.with_context(|| {
+            format!("cannot listen on {addr} for /healthz and /metrics; set TANDEM_HEALTH_LISTEN to a free address")
+        })?),
+        None => None,
+    };
+    run_with_probes(names, settings, figment, listener, probes, shutdown).await
+}
+
+/// Opens `names`, starts their background work and the process's retention
+/// on the configured bus, and serves their gRPC APIs (with health and
+/// reflection) on `listener`, and `/healthz` and `/metrics` on `probes`,
+/// until `shutdown` completes. Then: health NOT_SERVING (`/healthz` 503),
+/// the drain delay, open streams ended, in-flight calls finished; then
+/// background tasks stopped, the bus flushed and the stores closed.
+pub async fn run_with_probes(
+    names: &[ServiceName],
+    settings: &Settings,
+    figment: &figment::Figment,
+    listener: TcpListener,
+    probes: Option<TcpListener>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     // Bad keys fail before any store is touched.
@@ -187,6 +209,8 @@ pub async fn run(
     let stores = services.iter().map(|service| service.store().clone()).collect();
     let retention = tandem_events::Retention::new(stores, bus.clone(), settings.retention.into());
     tasks.spawn("retention", retention.run(tasks.stopped()));
+    let outboxes = services.iter().map(|service| (service.name(), service.store().clone())).collect();
+    tasks.spawn("outbox metrics", sample_outboxes(outboxes, tasks.stopped()));
     // One set of stream bounds for the process: the per-process cap covers
     // watches and inbox streams together.
     let streams = Streams::new(settings.streams.clone());
@@ -197,7 +221,25 @@ pub async fn run(
     for service in &services {
         server = service.route(server, &verifier, &streams);
     }
+    let (probes_stop, probes_stopped) = tokio::sync::oneshot::channel::<()>();
+    let probes = probes.map(|probes| {
+        if let Ok(addr) = probes.local_addr() {
+            tracing::info!(%addr, "serving /healthz and /metrics");
+        }
+        let health = tasks.health().clone();
+        tokio::spawn(tandem_server::probes::serve(probes, health, async move {
+            let _ = probes_stopped.await;
+        }))
+    });
     let served = server.serve(listener, shutdown).await;
+    // Probes answered 503 through the drain; they end with gRPC.
+    let _ = probes_stop.send(());
+    if let Some(Ok(Err(error))) = match probes {
+        Some(probes) => Some(probes.await),
+        None => None,
+    } {
+        tracing::warn!(%error, "the /healthz and /metrics listener failed");
+    }
     // gRPC has drained: stop relays, consumers and schedulers (notifications
     // lets deliveries in flight finish and be recorded; what is left stays
     // queued, in the outboxes and in the log for the next start).
@@ -211,4 +253,30 @@ pub async fn run(
         service.close().await;
     }
     served.context("serving gRPC")
+}
+
+/// Records the outbox lag of every service (unsent rows, age of the oldest)
+/// until `stop` completes. A failed read is logged and tried again later:
+/// metrics never take health down.
+async fn sample_outboxes(
+    outboxes: Vec<(ServiceName, tandem_store::Store)>,
+    stop: impl Future<Output = ()> + Send,
+) -> anyhow::Result<()> {
+    tokio::pin!(stop);
+    loop {
+        let now = tandem_store::unix_micros(std::time::SystemTime::now());
+        for (name, store) in &outboxes {
+            match tandem_events::Outbox::unsent(store).await {
+                Ok((unsent, oldest)) => {
+                    let age = oldest.map(|at| now.saturating_sub(at) as f64 / 1e6).unwrap_or(0.0);
+                    tandem_telemetry::metrics::outbox(name.as_str(), unsent, age);
+                }
+                Err(error) => tracing::debug!(service = name.as_str(), %error, "cannot read the outbox lag"),
+            }
+        }
+        tokio::select! {
+            () = &mut stop => return Ok(()),
+            () = tokio::time::sleep(SAMPLE_EVERY) => {}
+        }
+    }
 }

@@ -21,3 +21,14 @@ pub async fn serve(
 ) -> anyhow::Result<()> {
     crate::serve::run(&SERVICES, settings, figment, listener, shutdown).await
 }
+
+/// As [`serve`], with `/healthz` and `/metrics` on `probes`.
+pub async fn serve_with_probes(
+    settings: &Settings,
+    figment: &figment::Figment,
+    listener: TcpListener,
+    probes: Option<TcpListener>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    crate::serve::run_with_probes(&SERVICES, settings, figment, listener, probes, shutdown).await
+}

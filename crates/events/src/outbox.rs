@@ -201,6 +201,16 @@ impl Outbox {
             .await?;
         Ok(u64::try_from(count).unwrap_or_default())
     }
+
+    /// Rows of the outbox in `store` not yet published, and when the oldest
+    /// of them was written (unix micros), for the outbox lag metrics.
+    pub async fn unsent(store: &Store) -> Result<(u64, Option<i64>)> {
+        let row = sqlx::query("SELECT COUNT(*) AS unsent, MIN(created_at) AS oldest FROM outbox WHERE sent_at IS NULL")
+            .fetch_one(store.pool())
+            .await?;
+        let unsent: i64 = sqlx::Row::try_get(&row, "unsent")?;
+        Ok((u64::try_from(unsent).unwrap_or_default(), sqlx::Row::try_get(&row, "oldest")?))
+    }
 }
 
 /// How often a relay deletes rows sent longer ago than `retain_sent`.

@@ -67,6 +67,9 @@ impl Default for AuthSettings {
 pub struct Settings {
     /// Address the gRPC server listens on.
     pub listen: SocketAddr,
+    /// Address of the HTTP listener for `GET /healthz` and `GET /metrics`
+    /// (Kubernetes probes, Prometheus scrapes); none = not served.
+    pub health_listen: Option<SocketAddr>,
     /// Where SQLite files and the development signing key live.
     pub data_dir: PathBuf,
     /// A PostgreSQL URL; empty means SQLite files in the data directory.
@@ -126,6 +129,7 @@ impl Default for Settings {
     fn default() -> Self {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 50051)),
+            health_listen: None,
             data_dir: PathBuf::from("./tandem-data"),
             database_url: String::new(),
             databases: BTreeMap::new(),
@@ -166,6 +170,12 @@ pub const SETTINGS: &[SettingDoc] = &[
         key: "listen",
         default: "127.0.0.1:50051",
         doc: "gRPC listen address (port 0 picks a free port)",
+    },
+    SettingDoc {
+        env: "TANDEM_HEALTH_LISTEN",
+        key: "health_listen",
+        default: "(none)",
+        doc: "HTTP address for GET /healthz (200 while gRPC health is SERVING, else 503) and GET /metrics (Prometheus); unset = not served",
     },
     SettingDoc {
         env: "TANDEM_DATA_DIR",
@@ -272,10 +282,16 @@ pub const SETTINGS: &[SettingDoc] = &[
     SettingDoc { env: "TANDEM_LOG", key: "-", default: "info", doc: "log filter (RUST_LOG syntax)" },
     SettingDoc { env: "TANDEM_LOG_FORMAT", key: "-", default: "plain", doc: "plain or json log lines" },
     SettingDoc {
+        env: "TANDEM_TRACE_LEVEL",
+        key: "-",
+        default: "info",
+        doc: "which spans are exported over OTLP (RUST_LOG syntax), apart from TANDEM_LOG",
+    },
+    SettingDoc {
         env: "OTEL_EXPORTER_OTLP_ENDPOINT",
         key: "-",
         default: "(none)",
-        doc: "OTLP/gRPC endpoint for traces, e.g. http://localhost:4317",
+        doc: "OTLP/gRPC endpoint for traces and metrics, e.g. http://localhost:4317",
     },
 ];
 

@@ -8,6 +8,7 @@ pub mod config;
 pub mod error;
 pub mod health;
 pub mod idempotency;
+pub mod probes;
 pub mod status;
 pub mod streams;
 pub mod tasks;

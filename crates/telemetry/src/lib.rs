@@ -3,8 +3,11 @@
 //! Logs go to stderr as plain text or JSON lines, filtered by `TANDEM_LOG`
 //! (or `RUST_LOG`). Spans always carry OpenTelemetry context, so a call's
 //! `traceparent` reaches the events and calls it causes; they are exported
-//! over OTLP only when `OTEL_EXPORTER_OTLP_ENDPOINT` is set.
+//! over OTLP only when `OTEL_EXPORTER_OTLP_ENDPOINT` is set, filtered by
+//! `TANDEM_TRACE_LEVEL` of their own (a quiet log does not silence traces).
+//! Metrics ([`metrics`]) go to the same endpoint and to a Prometheus scrape.
 
+pub mod metrics;
 mod propagation;
 
 use opentelemetry::trace::TracerProvider as _;
@@ -12,9 +15,9 @@ use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::SdkTracerProvider;
 use serde::Deserialize;
-use tracing_subscriber::EnvFilter;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{EnvFilter, Layer, Registry};
 
 pub use propagation::{
     MetadataExtractor, MetadataInjector, TraceContextInterceptor, current_traceparent, grpc_server_span,
@@ -25,7 +28,7 @@ pub use propagation::{
 #[derive(Debug, thiserror::Error)]
 pub enum TelemetryError {
     /// The log filter does not parse.
-    #[error("log filter `{filter}` is invalid: {reason}; use e.g. TANDEM_LOG=info,tandem=debug")]
+    #[error("log or trace filter `{filter}` is invalid: {reason}; use e.g. TANDEM_LOG=info,tandem=debug")]
     BadFilter {
         /// The filter text.
         filter: String,
@@ -70,6 +73,9 @@ pub struct TelemetrySettings {
     pub service_name: String,
     /// The log filter, in `EnvFilter` syntax.
     pub filter: String,
+    /// Which spans reach the OTLP exporter, in `EnvFilter` syntax; apart
+    /// from `filter`, so quiet logs keep full traces.
+    pub trace_filter: String,
     /// Plain or JSON lines.
     pub format: LogFormat,
     /// OTLP endpoint; `None` exports nothing.
@@ -78,21 +84,38 @@ pub struct TelemetrySettings {
 
 impl TelemetrySettings {
     /// Settings from the environment: `TANDEM_LOG` or `RUST_LOG` (default
-    /// `info`), `TANDEM_LOG_FORMAT` (`plain` or `json`) and
-    /// `OTEL_EXPORTER_OTLP_ENDPOINT`.
+    /// `info`), `TANDEM_TRACE_LEVEL` (default `info`), `TANDEM_LOG_FORMAT`
+    /// (`plain` or `json`) and `OTEL_EXPORTER_OTLP_ENDPOINT`.
     pub fn from_env(service_name: &str) -> Self {
         let filter =
             std::env::var("TANDEM_LOG").or_else(|_| std::env::var("RUST_LOG")).unwrap_or_else(|_| "info".to_owned());
+        let trace_filter = std::env::var("TANDEM_TRACE_LEVEL")
+            .ok()
+            .filter(|value| !value.is_empty())
+            .unwrap_or_else(|| "info".to_owned());
         let format = std::env::var("TANDEM_LOG_FORMAT").ok().and_then(|value| value.parse().ok()).unwrap_or_default();
         let otlp_endpoint = std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT").ok().filter(|value| !value.is_empty());
-        Self { service_name: service_name.to_owned(), filter, format, otlp_endpoint }
+        Self { service_name: service_name.to_owned(), filter, trace_filter, format, otlp_endpoint }
+    }
+
+    /// Defaults that read no environment and export nothing, for tests.
+    pub fn for_tests(service_name: &str) -> Self {
+        Self {
+            service_name: service_name.to_owned(),
+            filter: "info".to_owned(),
+            trace_filter: "info".to_owned(),
+            format: LogFormat::Plain,
+            otlp_endpoint: None,
+        }
     }
 }
 
-/// Keeps the tracer provider alive; [`Telemetry::shutdown`] flushes spans.
+/// Keeps the tracer and meter providers alive; [`Telemetry::shutdown`]
+/// flushes spans and metrics.
 #[derive(Debug)]
 pub struct Telemetry {
     provider: SdkTracerProvider,
+    meters: Option<opentelemetry_sdk::metrics::SdkMeterProvider>,
 }
 
 impl Telemetry {
@@ -106,6 +129,9 @@ impl Telemetry {
         if let Err(error) = self.provider.shutdown() {
             // Nothing to do but say so: the process is exiting.
             eprintln!("tandem: flushing traces failed: {error}");
+        }
+        if let Some(Err(error)) = self.meters.map(|meters| meters.shutdown()) {
+            eprintln!("tandem: flushing metrics failed: {error}");
         }
     }
 }
@@ -127,40 +153,95 @@ pub fn tracer_provider(settings: &TelemetrySettings) -> Result<SdkTracerProvider
     Ok(builder.build())
 }
 
+/// The subscriber for the settings: log lines filtered by `filter`, spans
+/// for `provider` filtered by `trace_filter`, each layer on its own, so
+/// `TANDEM_LOG=warn` quiets the log without taking spans from the exporter.
+pub fn subscriber(
+    settings: &TelemetrySettings,
+    provider: &SdkTracerProvider,
+) -> Result<impl tracing::Subscriber + Send + Sync + 'static, TelemetryError> {
+    let parse = |filter: &str| {
+        EnvFilter::try_new(filter)
+            .map_err(|error| TelemetryError::BadFilter { filter: filter.to_owned(), reason: error.to_string() })
+    };
+    let log_filter = parse(&settings.filter)?;
+    let trace_filter = parse(&settings.trace_filter)?;
+    let otel = tracing_opentelemetry::layer().with_tracer(provider.tracer("tandem")).with_filter(trace_filter).boxed();
+    let log: Box<dyn Layer<Registry> + Send + Sync> = match settings.format {
+        LogFormat::Plain => tracing_subscriber::fmt::layer()
+            // Colour only for people: log shippers get plain text.
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .with_writer(std::io::stderr)
+            .with_filter(log_filter)
+            .boxed(),
+        LogFormat::Json => tracing_subscriber::fmt::layer()
+            .json()
+            .with_current_span(true)
+            .with_span_list(false)
+            .with_writer(std::io::stderr)
+            .with_filter(log_filter)
+            .boxed(),
+    };
+    Ok(tracing_subscriber::registry().with(vec![otel, log]))
+}
+
 /// Installs the global subscriber with the given provider and the W3C trace
 /// context propagator.
 pub fn install(settings: &TelemetrySettings, provider: SdkTracerProvider) -> Result<Telemetry, TelemetryError> {
-    let filter = EnvFilter::try_new(&settings.filter)
-        .map_err(|error| TelemetryError::BadFilter { filter: settings.filter.clone(), reason: error.to_string() })?;
+    let subscriber = subscriber(settings, &provider)?;
     opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
-    let tracer = provider.tracer("tandem");
-    let otel = tracing_opentelemetry::layer().with_tracer(tracer);
-    let registry = tracing_subscriber::registry().with(filter).with(otel);
-    let result = match settings.format {
-        LogFormat::Plain => registry
-            .with(
-                tracing_subscriber::fmt::layer()
-                    // Colour only for people: log shippers get plain text.
-                    .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-                    .with_writer(std::io::stderr),
-            )
-            .try_init(),
-        LogFormat::Json => registry
-            .with(
-                tracing_subscriber::fmt::layer()
-                    .json()
-                    .with_current_span(true)
-                    .with_span_list(false)
-                    .with_writer(std::io::stderr),
-            )
-            .try_init(),
-    };
-    result.map_err(|_| TelemetryError::AlreadyInstalled)?;
-    Ok(Telemetry { provider })
+    subscriber.try_init().map_err(|_| TelemetryError::AlreadyInstalled)?;
+    Ok(Telemetry { provider, meters: None })
 }
 
-/// Sets up logging and tracing from the settings. Call once per process.
+/// Sets up logging, tracing and metrics from the settings. Call once per
+/// process, before any metric is recorded.
 pub fn init(settings: &TelemetrySettings) -> Result<Telemetry, TelemetryError> {
     let provider = tracer_provider(settings)?;
-    install(settings, provider)
+    let meters = metrics::install(settings)?;
+    let telemetry = install(settings, provider)?;
+    Ok(Telemetry { meters: Some(meters), ..telemetry })
+}
+
+#[cfg(test)]
+mod tests {
+    use opentelemetry_sdk::trace::InMemorySpanExporter;
+
+    use super::*;
+
+    #[test]
+    fn a_quiet_log_still_exports_info_spans() {
+        let exporter = InMemorySpanExporter::default();
+        let provider = SdkTracerProvider::builder().with_simple_exporter(exporter.clone()).build();
+        let settings = TelemetrySettings { filter: "warn".to_owned(), ..TelemetrySettings::for_tests("trace-test") };
+        let subscriber = subscriber(&settings, &provider).unwrap();
+        tracing::subscriber::with_default(subscriber, || {
+            tracing::info_span!("kept_at_info").in_scope(|| {});
+            tracing::debug_span!("dropped_at_debug").in_scope(|| {});
+        });
+        provider.force_flush().unwrap();
+        let names: Vec<String> =
+            exporter.get_finished_spans().unwrap().into_iter().map(|span| span.name.into_owned()).collect();
+        assert_eq!(names, ["kept_at_info"]);
+    }
+
+    #[test]
+    fn the_trace_level_is_a_filter_of_its_own() {
+        let exporter = InMemorySpanExporter::default();
+        let provider = SdkTracerProvider::builder().with_simple_exporter(exporter.clone()).build();
+        let settings = TelemetrySettings {
+            filter: "debug".to_owned(),
+            trace_filter: "warn".to_owned(),
+            ..TelemetrySettings::for_tests("trace-test")
+        };
+        let subscriber = subscriber(&settings, &provider).unwrap();
+        tracing::subscriber::with_default(subscriber, || {
+            tracing::info_span!("not_exported").in_scope(|| {});
+            tracing::warn_span!("exported").in_scope(|| {});
+        });
+        provider.force_flush().unwrap();
+        let names: Vec<String> =
+            exporter.get_finished_spans().unwrap().into_iter().map(|span| span.name.into_owned()).collect();
+        assert_eq!(names, ["exported"]);
+    }
 }

@@ -48,6 +48,7 @@ impl Submitter {
         let event = self.outbox.envelope(&new.org, patient, Payload::CheckInSubmitted(submitted));
         self.outbox.enqueue(&mut tx, topics::CHECKINS, &event).await?;
         self.outbox.commit(tx).await?;
+        tandem_telemetry::metrics::checkin_accepted(new.org.as_str(), !new.crisis_triggers.is_empty());
         Ok(StoredCheckIn {
             org: new.org.clone(),
             check_in: new.check_in.clone(),

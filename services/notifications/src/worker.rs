@@ -248,6 +248,12 @@ fn log_outcome(claimed: &Claimed, outcome: &Outcome) {
     let purpose = claimed.purpose.as_str();
     let channel = claimed.channel.as_str();
     match outcome {
+        Outcome::Delivered => tandem_telemetry::metrics::delivery(channel, purpose, "delivered"),
+        Outcome::Retry { .. } => tandem_telemetry::metrics::delivery(channel, purpose, "retrying"),
+        Outcome::Failed { .. } => tandem_telemetry::metrics::delivery(channel, purpose, "failed"),
+        Outcome::Defer { .. } | Outcome::Cancel => {}
+    }
+    match outcome {
         Outcome::Delivered => {
             tracing::info!(delivery_id = %claimed.id, purpose, channel, attempt = claimed.attempts + 1, "delivered")
         }

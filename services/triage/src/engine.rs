@@ -18,7 +18,7 @@ use tokio::sync::Notify;
 use crate::clock::{Clock, SystemClock};
 use crate::config::{TriageSettings, fill};
 use crate::escalation::{self, Announcement, Context, Reason, Refused, Transition};
-use crate::repo::{Escalation, Repo, RepoError, tx};
+use crate::repo::{Escalation, Repo, RepoError, State, tx};
 
 /// Why an acknowledgement or resolution was refused.
 #[derive(Debug, thiserror::Error)]
@@ -519,6 +519,10 @@ impl Engine {
         }
         tx.commit().await?;
         self.after_commit(&[(transition.after.org.clone(), transition.after.id)]);
+        if let (false, Some(at)) = (current.state == State::Acknowledged, transition.after.acknowledged_at) {
+            let waited = at.saturating_sub(transition.after.raised_at) as f64 / 1e6;
+            tandem_telemetry::metrics::acknowledged(transition.after.level.as_str_name(), waited);
+        }
         Ok(transition.after)
     }
 

@@ -112,6 +112,9 @@ impl TriageHandler {
             assessed_at: Some(tandem_store::from_unix_micros(at).into()),
         };
         tx::insert_assessment(tx, org, &assessment, at).await?;
+        // Counted when written: a handler retried after a rolled-back
+        // transaction counts its assessment again.
+        tandem_telemetry::metrics::assessment(org.as_str(), level.as_str_name());
         let announced =
             Payload::RiskAssessed(tandem_proto::events::v1::RiskAssessed { assessment: Some(assessment.clone()) });
         let event = self.engine.outbox().envelope(org, patient, announced);

@@ -546,6 +546,28 @@ impl Repo {
             .collect()
     }
 
+    /// Escalations not resolved, counted by level and state, each with
+    /// when its oldest was raised (unix micros), for the metrics.
+    pub async fn open_counts(&self) -> Result<Vec<(pb::RiskLevel, State, u64, i64)>, RepoError> {
+        let rows = sqlx::query(
+            "SELECT level, state, COUNT(*) AS open, MIN(raised_at) AS oldest FROM escalations WHERE state <> 'resolved' GROUP BY level, state",
+        )
+        .fetch_all(self.store.pool())
+        .await?;
+        rows.iter()
+            .map(|row| {
+                let state: String = row.try_get("state")?;
+                let open: i64 = row.try_get("open")?;
+                Ok((
+                    level_of(row.try_get("level")?, "escalations.level")?,
+                    State::parse(&state)?,
+                    u64::try_from(open).unwrap_or_default(),
+                    row.try_get("oldest")?,
+                ))
+            })
+            .collect()
+    }
+
     /// The earliest deadline still to pass.
     pub async fn next_deadline(&self) -> Result<Option<i64>, RepoError> {
         let row = sqlx::query("SELECT MIN(ack_deadline) AS next FROM escalations WHERE state = 'notified'")

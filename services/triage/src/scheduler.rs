@@ -5,8 +5,10 @@
 use std::future::Future;
 use std::time::Duration;
 
+use tandem_proto::triage::v1::RiskLevel;
+
 use crate::engine::Engine;
-use crate::repo::RepoError;
+use crate::repo::{RepoError, State};
 
 /// The longest the scheduler sleeps without looking, for deadlines written
 /// by other replicas.
@@ -21,6 +23,7 @@ pub async fn run(engine: Engine, stop: impl Future<Output = ()> + Send) -> Resul
             // Keep going: the next pass retries; a crisis must not wait on a restart.
             tracing::error!(%error, "deadline pass failed; retrying");
         }
+        record_open(&engine).await;
         let sleep_for = match engine.repo().next_deadline().await {
             Ok(Some(at)) => {
                 let wait = at.saturating_sub(engine.now()).max(0);
@@ -36,6 +39,31 @@ pub async fn run(engine: Engine, stop: impl Future<Output = ()> + Send) -> Resul
             _ = &mut stop => return Ok(()),
             _ = wake.notified() => {}
             _ = tokio::time::sleep(sleep_for) => {}
+        }
+    }
+}
+
+/// Records the escalations open by level and state, and the age of the
+/// oldest of each, as gauges: every pair is written each pass, 0 when none
+/// is open, so a cleared level reads 0 rather than its last value.
+async fn record_open(engine: &Engine) {
+    let open = match engine.repo().open_counts().await {
+        Ok(open) => open,
+        Err(error) => {
+            tracing::debug!(%error, "cannot count open escalations for the metrics");
+            return;
+        }
+    };
+    let now = engine.now();
+    let levels = [RiskLevel::Low, RiskLevel::Moderate, RiskLevel::High, RiskLevel::Imminent];
+    for level in levels {
+        for state in [State::Raised, State::Notified, State::Acknowledged] {
+            let (count, oldest) = open
+                .iter()
+                .find(|(at, is, _, _)| *at == level && *is == state)
+                .map(|(_, _, count, oldest)| (*count, now.saturating_sub(*oldest) as f64 / 1e6))
+                .unwrap_or((0, 0.0));
+            tandem_telemetry::metrics::escalations_open(level.as_str_name(), state.as_str(), count, oldest);
         }
     }
 }
