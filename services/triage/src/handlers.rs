@@ -217,7 +217,7 @@ impl Handler for TriageHandler {
                 let Some(id) = delivered.escalation_id.as_ref().and_then(|id| EscalationId::try_from(id).ok()) else {
                     return Ok(());
                 };
-                let channel = delivered.channel().as_str_name().trim_start_matches("CHANNEL_").to_lowercase();
+                let channel = delivered.channel().name();
                 let attempt = delivered.attempt.unwrap_or(delivered.step);
                 let detail = format!("alert {} (step {}) delivered by {channel}", attempt + 1, delivered.step + 1);
                 if tx::escalation(tx, &id).await?.is_some() {
