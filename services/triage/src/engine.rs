@@ -270,10 +270,8 @@ impl Engine {
         escalation: &Escalation,
         announced: &Announcement,
     ) -> Result<(), RepoError> {
-        let mut changed = events::EscalationChanged {
-            escalation: Some(self.to_pb(escalation, Vec::new())),
-            ..Default::default()
-        };
+        let mut changed =
+            events::EscalationChanged { escalation: Some(self.to_pb(escalation, Vec::new())), ..Default::default() };
         changed.set_kind(announced.kind());
         match announced {
             Announcement::Notify { reason, crisis_contact, previous_level } => {

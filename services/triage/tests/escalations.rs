@@ -108,7 +108,13 @@ impl Setup {
             .filter(|c| c.what_changed() == EscalationChange::Notify)
             .map(|c| {
                 let e = c.escalation.as_ref().unwrap();
-                (e.attempt.unwrap(), e.step, e.current_recipient.clone(), e.level(), c.why_alerted().legacy_name().to_owned())
+                (
+                    e.attempt.unwrap(),
+                    e.step,
+                    e.current_recipient.clone(),
+                    e.level(),
+                    c.why_alerted().legacy_name().to_owned(),
+                )
             })
             .collect()
     }
@@ -252,8 +258,12 @@ tandem_store::store_test!(
                 alert(1, 0, "dr-primary", RiskLevel::High, "care_team_known"),
             ]
         );
-        let told =
-            s.changes().await.into_iter().find(|c| c.what_changed() == EscalationChange::HandedBack).expect("the crisis contact is told");
+        let told = s
+            .changes()
+            .await
+            .into_iter()
+            .find(|c| c.what_changed() == EscalationChange::HandedBack)
+            .expect("the crisis contact is told");
         assert_eq!(told.crisis_contact, "on-call");
         assert_eq!(told.escalation.unwrap().current_recipient, "dr-primary");
 
