@@ -18,7 +18,7 @@ use sqlx::{Any, Transaction};
 use tandem_events::{DeadLetter, DeadLetterAlarm, Handler, HandlerError, Outbox};
 use tandem_projections::Keep;
 use tandem_proto::events::v1::event_envelope::Payload;
-use tandem_proto::events::v1::{CrisisEventDeadLettered, EscalationChanged, EventEnvelope};
+use tandem_proto::events::v1::{CrisisEventDeadLettered, EscalationChange, EscalationChanged, EventEnvelope};
 use tandem_proto::ids::{EscalationId, OrgId, PatientId};
 use tandem_proto::triage::v1::RiskLevel;
 use tokio::sync::Notify;
@@ -85,19 +85,19 @@ impl EventHandler {
             .and_then(|id| id.value.parse::<EscalationId>().ok())
             .ok_or_else(|| HandlerError::permanent("EscalationChanged without a valid escalation id"))?
             .to_string();
-        match changed.change.as_str() {
-            "notify" => self.notify(tx, event, changed, &escalation_id).await,
-            "handed_back" => self.handed_back(tx, event, changed, &escalation_id).await,
-            "acknowledged" | "resolved" => {
+        match changed.what_changed() {
+            EscalationChange::Notify => self.notify(tx, event, changed, &escalation_id).await,
+            EscalationChange::HandedBack => self.handed_back(tx, event, changed, &escalation_id).await,
+            EscalationChange::Acknowledged | EscalationChange::Resolved => {
                 let cancelled = self.repo.cancel_escalation(tx, &escalation_id).await?;
                 if cancelled > 0 {
                     tracing::info!(escalation_id = %escalation_id, cancelled, "escalation closed; pending alert deliveries called off");
                 }
                 Ok(())
             }
-            // "raised", "level_raised": triage follows each with "notify"
-            // when someone must be alerted.
-            _ => Ok(()),
+            // Raised, level raised: triage follows each with a notify when
+            // someone must be alerted.
+            EscalationChange::Raised | EscalationChange::LevelRaised | EscalationChange::Unspecified => Ok(()),
         }
     }
 
@@ -114,13 +114,8 @@ impl EventHandler {
         let org = org_of(event)?;
         let patient = tandem_events::patient_id(event).map_err(HandlerError::permanent)?;
         let attempt = attempt_of(escalation);
-        // The chain's end is the org's crisis contact; an empty recipient
-        // with a contact named means that contact.
-        let recipient = if escalation.current_recipient.trim().is_empty() {
-            changed.crisis_contact.trim().to_owned()
-        } else {
-            escalation.current_recipient.trim().to_owned()
-        };
+        // The chain's end is the org's crisis contact.
+        let recipient = changed.alert_recipient().to_owned();
         let level = RiskLevel::try_from(escalation.level).unwrap_or(RiskLevel::Unspecified);
         let ack_deadline = escalation.ack_deadline.and_then(|at| SystemTime::try_from(at).ok());
         let alert = NewAlert {
@@ -162,7 +157,7 @@ impl EventHandler {
             attempt,
             recipient: recipient.clone(),
             ack_deadline,
-            why: AlertWhy::from_reason(&changed.reason, changed.previous_level()),
+            why: AlertWhy::from_reason(changed.why_alerted(), changed.previous_level()),
         };
         let when = SystemTime::now();
         for endpoint in &endpoints {
@@ -187,7 +182,7 @@ impl EventHandler {
             escalation_id,
             step = escalation.step,
             attempt,
-            reason = changed.reason.as_str(),
+            reason = changed.why_alerted().legacy_name(),
             endpoints = endpoints.len(),
             "crisis alert queued"
         );
