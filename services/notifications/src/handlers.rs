@@ -79,11 +79,8 @@ impl EventHandler {
             .escalation
             .as_ref()
             .ok_or_else(|| HandlerError::permanent("EscalationChanged without an escalation"))?;
-        let escalation_id = escalation
-            .id
-            .as_ref()
-            .and_then(|id| id.value.parse::<EscalationId>().ok())
-            .ok_or_else(|| HandlerError::permanent("EscalationChanged without a valid escalation id"))?
+        let escalation_id = EscalationId::try_from(escalation.id.as_ref())
+            .map_err(|_| HandlerError::permanent("EscalationChanged without a valid escalation id"))?
             .to_string();
         match changed.what_changed() {
             EscalationChange::Notify => self.notify(tx, event, changed, &escalation_id).await,
