@@ -111,7 +111,7 @@ impl TriageHandler {
             rules: fired,
             assessed_at: Some(tandem_store::from_unix_micros(at).into()),
         };
-        tx::insert_assessment(tx, org, &assessment, at).await?;
+        tx::insert_assessment(tx, org, patient, &assessment, at).await?;
         let announced =
             Payload::RiskAssessed(tandem_proto::events::v1::RiskAssessed { assessment: Some(assessment.clone()) });
         let event = self.engine.outbox().envelope(org, patient, announced);
