@@ -19,8 +19,8 @@ use base64::Engine;
 use tandem_auth::Role;
 use tandem_events::{Record, topics};
 use tandem_proto::common::v1 as common;
-use tandem_proto::events::v1::EscalationChanged;
 use tandem_proto::events::v1::event_envelope::Payload;
+use tandem_proto::events::v1::{AlertReason, EscalationChange, EscalationChanged};
 use tandem_proto::ids::{EscalationId, OrgId, PatientId};
 use tandem_proto::notifications::v1 as pb;
 use tandem_proto::notifications::v1::notification_service_client::NotificationServiceClient;
@@ -292,11 +292,12 @@ both_backends!(an_escalation_reaches_the_clinician_as_a_signed_alert, |tandem| {
             timeline: vec![triage::TimelineEntry { detail: PATIENT_TEXT.into(), ..Default::default() }],
             ..Default::default()
         }),
-        change: "notify".into(),
-        crisis_contact: String::new(),
+        kind: EscalationChange::Notify as i32,
+        alert_reason: AlertReason::Raised as i32,
         ..Default::default()
     };
-    let event = tandem_events::new_envelope("triage", &org, &patient, Payload::EscalationChanged(changed));
+    let event =
+        tandem_events::new_envelope("triage", &org, &patient, Payload::EscalationChanged(changed.with_legacy_fields()));
     let bus = tandem_server::bus::connect(&tandem.settings).await.unwrap();
     for result in bus.publish(&[Record::from_envelope(topics::TRIAGE, &event).unwrap()]).await {
         result.unwrap();

@@ -18,6 +18,15 @@ macro_rules! id_conversions {
                 wire.value.parse()
             }
         }
+
+        /// An absent id message reads as an empty id.
+        impl TryFrom<Option<&$wire>> for $typed {
+            type Error = IdError;
+
+            fn try_from(wire: Option<&$wire>) -> Result<Self, Self::Error> {
+                wire.map_or("", |wire| wire.value.as_str()).parse()
+            }
+        }
     };
 }
 
@@ -43,6 +52,19 @@ mod tests {
     use prost::Name;
 
     use crate::checkins::v1::SafetyResponse;
+    use crate::common::v1 as pb;
+    use crate::ids::{EscalationId, IdError, PatientId};
+
+    #[test]
+    fn an_id_message_converts_to_its_typed_id_and_back() {
+        let id = EscalationId::new();
+        let wire = pb::EscalationId::from(id);
+        assert_eq!(EscalationId::try_from(&wire), Ok(id));
+        assert_eq!(EscalationId::try_from(Some(&wire)), Ok(id));
+        assert_eq!(PatientId::try_from(None::<&pb::PatientId>), Err(IdError::Empty { kind: "patient id" }));
+        let bad = pb::PatientId { value: "mrn-1".to_owned() };
+        assert_eq!(PatientId::try_from(Some(&bad)), Err(IdError::NotUuid { kind: "patient id", len: 5 }));
+    }
 
     #[test]
     fn the_safety_response_round_trips_through_any() {

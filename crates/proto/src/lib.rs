@@ -4,6 +4,7 @@
 pub mod convert;
 pub mod ids;
 pub mod render;
+pub mod typed;
 
 /// The encoded `FileDescriptorSet` of every Tandem proto, for gRPC reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/tandem_descriptor.bin"));

@@ -28,14 +28,9 @@ pub enum Channel {
 }
 
 impl Channel {
-    /// The name stored in the database.
+    /// The name stored in the database: the contract's stable name.
     pub fn as_str(self) -> &'static str {
-        match self {
-            Channel::Webhook => "webhook",
-            Channel::Email => "email",
-            Channel::Sms => "sms",
-            Channel::InApp => "in_app",
-        }
+        self.to_pb().name()
     }
 
     /// The wire enum.
@@ -80,13 +75,9 @@ impl FromStr for Channel {
     type Err = UnknownChannel;
 
     fn from_str(text: &str) -> Result<Self, Self::Err> {
-        match text {
-            "webhook" => Ok(Channel::Webhook),
-            "email" => Ok(Channel::Email),
-            "sms" => Ok(Channel::Sms),
-            "in_app" => Ok(Channel::InApp),
-            other => Err(UnknownChannel(other.to_owned())),
-        }
+        pb::Channel::from_name(text)
+            .and_then(|channel| Channel::from_pb(channel as i32))
+            .ok_or_else(|| UnknownChannel(text.to_owned()))
     }
 }
 

@@ -18,7 +18,7 @@ use sqlx::{Any, Transaction};
 use tandem_events::{DeadLetter, DeadLetterAlarm, Handler, HandlerError, Outbox};
 use tandem_projections::Keep;
 use tandem_proto::events::v1::event_envelope::Payload;
-use tandem_proto::events::v1::{CrisisEventDeadLettered, EscalationChanged, EventEnvelope};
+use tandem_proto::events::v1::{CrisisEventDeadLettered, EscalationChange, EscalationChanged, EventEnvelope};
 use tandem_proto::ids::{EscalationId, OrgId, PatientId};
 use tandem_proto::triage::v1::RiskLevel;
 use tokio::sync::Notify;
@@ -76,19 +76,19 @@ impl EventHandler {
         changed: &EscalationChanged,
     ) -> Result<(), HandlerError> {
         let escalation_id = escalation_id(changed)?;
-        match changed.change.as_str() {
-            "notify" => self.notify(tx, event, changed, &escalation_id).await,
-            "handed_back" => self.handed_back(tx, event, changed, &escalation_id).await,
-            "acknowledged" | "resolved" => {
+        match changed.what_changed() {
+            EscalationChange::Notify => self.notify(tx, event, changed, &escalation_id).await,
+            EscalationChange::HandedBack => self.handed_back(tx, event, changed, &escalation_id).await,
+            EscalationChange::Acknowledged | EscalationChange::Resolved => {
                 let cancelled = self.repo.cancel_escalation(tx, &escalation_id).await?;
                 if cancelled > 0 {
                     tracing::info!(escalation_id = %escalation_id, cancelled, "escalation closed; pending alert deliveries called off");
                 }
                 Ok(())
             }
-            // "raised", "level_raised": triage follows each with "notify"
-            // when someone must be alerted.
-            _ => Ok(()),
+            // Raised, level raised: triage follows each with a notify when
+            // someone must be alerted.
+            EscalationChange::Raised | EscalationChange::LevelRaised | EscalationChange::Unspecified => Ok(()),
         }
     }
 
@@ -105,13 +105,8 @@ impl EventHandler {
         let org = org_of(event)?;
         let patient = tandem_events::patient_id(event).map_err(HandlerError::permanent)?;
         let attempt = attempt_of(escalation);
-        // The chain's end is the org's crisis contact; an empty recipient
-        // with a contact named means that contact.
-        let recipient = if escalation.current_recipient.trim().is_empty() {
-            changed.crisis_contact.trim().to_owned()
-        } else {
-            escalation.current_recipient.trim().to_owned()
-        };
+        // The chain's end is the org's crisis contact.
+        let recipient = changed.alert_recipient().to_owned();
         let level = RiskLevel::try_from(escalation.level).unwrap_or(RiskLevel::Unspecified);
         let ack_deadline = escalation.ack_deadline.and_then(|at| SystemTime::try_from(at).ok());
         let alert = NewAlert {
@@ -153,7 +148,7 @@ impl EventHandler {
             attempt,
             recipient: recipient.clone(),
             ack_deadline,
-            why: AlertWhy::from_reason(&changed.reason, changed.previous_level()),
+            why: AlertWhy::from_reason(changed.why_alerted(), changed.previous_level()),
         };
         let when = SystemTime::now();
         for endpoint in &endpoints {
@@ -178,7 +173,7 @@ impl EventHandler {
             escalation_id,
             step = escalation.step,
             attempt,
-            reason = changed.reason.as_str(),
+            reason = changed.why_alerted().legacy_name(),
             endpoints = endpoints.len(),
             "crisis alert queued"
         );
@@ -326,7 +321,12 @@ fn escalation_id(changed: &EscalationChanged) -> Result<String, HandlerError> {
 
 /// The escalation changes this service acts on; triage follows "raised" and
 /// "level_raised" with "notify" when someone must be alerted.
-const ACTED_ON: [&str; 4] = ["notify", "handed_back", "acknowledged", "resolved"];
+const ACTED_ON: [EscalationChange; 4] = [
+    EscalationChange::Notify,
+    EscalationChange::HandedBack,
+    EscalationChange::Acknowledged,
+    EscalationChange::Resolved,
+];
 
 /// Whether `handle` does anything with `event`: the consumer passes over
 /// the rest (a risk assessment, "raised") without a transaction, so the
@@ -336,7 +336,7 @@ fn acts_on(event: &EventEnvelope) -> bool {
         // A malformed one is still handled: it is dead-lettered (and, being a
         // crisis event, the crisis contact is paged).
         Some(Payload::EscalationChanged(changed)) => {
-            ACTED_ON.contains(&changed.change.as_str()) || escalation_id(changed).is_err()
+            ACTED_ON.contains(&changed.what_changed()) || escalation_id(changed).is_err()
         }
         Some(Payload::PatientEnrolled(_) | Payload::CarePlanChanged(_) | Payload::CheckInSubmitted(_)) => true,
         _ => false,
@@ -403,29 +403,23 @@ mod tests {
 
     use super::*;
 
-    fn changed(change: &str, id: &str) -> EventEnvelope {
+    fn changed(change: EscalationChange, id: &str) -> EventEnvelope {
         let id = tandem_proto::common::v1::EscalationId { value: id.to_owned() };
         let escalation = Escalation { id: Some(id), ..Default::default() };
-        EventEnvelope {
-            payload: Some(Payload::EscalationChanged(EscalationChanged {
-                change: change.to_owned(),
-                escalation: Some(escalation),
-                ..Default::default()
-            })),
-            ..Default::default()
-        }
+        let changed = EscalationChanged { kind: change as i32, escalation: Some(escalation), ..Default::default() };
+        EventEnvelope { payload: Some(Payload::EscalationChanged(changed.with_legacy_fields())), ..Default::default() }
     }
 
     #[test]
     fn only_events_with_an_effect_take_a_transaction() {
         let id = EscalationId::new().to_string();
         for change in ACTED_ON {
-            assert!(acts_on(&changed(change, &id)), "{change}");
+            assert!(acts_on(&changed(change, &id)), "{change:?}");
         }
-        assert!(!acts_on(&changed("raised", &id)));
-        assert!(!acts_on(&changed("level_raised", &id)));
+        assert!(!acts_on(&changed(EscalationChange::Raised, &id)));
+        assert!(!acts_on(&changed(EscalationChange::LevelRaised, &id)));
         // Malformed: handled, so it is dead-lettered and someone is paged.
-        assert!(acts_on(&changed("raised", "not-an-id")));
+        assert!(acts_on(&changed(EscalationChange::Raised, "not-an-id")));
         let assessed =
             EventEnvelope { payload: Some(Payload::RiskAssessed(RiskAssessed::default())), ..Default::default() };
         assert!(!acts_on(&assessed));

@@ -12,6 +12,7 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use chrono_tz::Tz;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
+use tandem_proto::events::v1::AlertReason;
 use tandem_proto::triage::v1::RiskLevel;
 
 /// Why a notification is sent.
@@ -108,12 +109,14 @@ pub enum AlertWhy {
 }
 
 impl AlertWhy {
-    /// Triage's reason (`EscalationChanged.reason`) with the previous level.
-    pub fn from_reason(reason: &str, previous_level: RiskLevel) -> Self {
+    /// Triage's reason (`EscalationChanged::why_alerted`) with the previous level.
+    pub fn from_reason(reason: AlertReason, previous_level: RiskLevel) -> Self {
         match reason {
-            "level_raised" => AlertWhy::LevelRaised { from: previous_level },
-            "care_team_known" => AlertWhy::HandedBack,
-            _ => AlertWhy::Alert,
+            AlertReason::LevelRaised => AlertWhy::LevelRaised { from: previous_level },
+            AlertReason::CareTeamKnown => AlertWhy::HandedBack,
+            AlertReason::Raised | AlertReason::DeadlinePassed | AlertReason::NotReached | AlertReason::Unspecified => {
+                AlertWhy::Alert
+            }
         }
     }
 
@@ -330,7 +333,7 @@ mod tests {
         let raised = AlertFacts {
             level: RiskLevel::Imminent,
             attempt: 1,
-            why: AlertWhy::from_reason("level_raised", RiskLevel::Moderate),
+            why: AlertWhy::from_reason(AlertReason::LevelRaised, RiskLevel::Moderate),
             ..facts()
         };
         let message = alert(&raised, None, now);

@@ -9,7 +9,7 @@ use std::time::{Duration, SystemTime};
 use tandem_auth::Role;
 use tandem_notifications::handlers::{alert_key, handed_back_key};
 use tandem_proto::events::v1::event_envelope::Payload;
-use tandem_proto::events::v1::{EscalationChanged, EventEnvelope};
+use tandem_proto::events::v1::{AlertReason, EscalationChange, EscalationChanged, EventEnvelope};
 use tandem_proto::ids::PatientId;
 use tandem_proto::notifications::v1 as pb;
 use tandem_proto::notifications::v1::notification_service_server::NotificationService;
@@ -119,6 +119,8 @@ async fn a_verified_webhook_gets_one_signed_alert_per_step(backend: Backend) {
 fn edited(mut event: EventEnvelope, edit: impl FnOnce(&mut EscalationChanged)) -> EventEnvelope {
     if let Some(Payload::EscalationChanged(changed)) = &mut event.payload {
         edit(changed);
+        // As triage does, the strings say what the typed fields say.
+        *changed = std::mem::take(changed).with_legacy_fields();
     }
     event
 }
@@ -148,14 +150,14 @@ async fn a_re_alert_at_a_higher_level_goes_out_again_once_per_channel(backend: B
         let escalation = new_escalation();
         let first = notify(&patient, &escalation, 0, 0, "dr-primary", |c| {
             c.escalation.as_mut().unwrap().level = triage::RiskLevel::Moderate as i32;
-            c.reason = "raised".into();
+            c.set_alert_reason(AlertReason::Raised);
         });
         publish_triage(&env.bus, &first).await;
         hook.wait_for("/primary", "escalation.notify").await;
         // Crisis language joins: the same step, the next attempt, a higher level.
         let raised = notify(&patient, &escalation, 0, 1, "dr-primary", |c| {
             c.escalation.as_mut().unwrap().level = triage::RiskLevel::Imminent as i32;
-            c.reason = "level_raised".into();
+            c.set_alert_reason(AlertReason::LevelRaised);
             c.previous_level = triage::RiskLevel::Moderate as i32;
         });
         publish_triage(&env.bus, &raised).await;
@@ -212,14 +214,18 @@ async fn a_hand_back_pages_the_care_team_and_tells_the_crisis_contact(backend: B
         let escalation = new_escalation();
         publish_triage(
             &env.bus,
-            &notify(&patient, &escalation, 0, 0, "on-call", |c| c.crisis_contact = "on-call".into()),
+            &notify(&patient, &escalation, 0, 0, "on-call", |c| {
+                c.crisis_contact = "on-call".into();
+                c.to_crisis_contact = true;
+            }),
         )
         .await;
         hook.wait_for("/on-call", "escalation.notify").await;
-        let back = notify(&patient, &escalation, 0, 1, "dr-primary", |c| c.reason = "care_team_known".into());
+        let back =
+            notify(&patient, &escalation, 0, 1, "dr-primary", |c| c.set_alert_reason(AlertReason::CareTeamKnown));
         let mut told = edited(back.clone(), |c| {
-            c.change = "handed_back".into();
-            c.reason = String::new();
+            c.set_kind(EscalationChange::HandedBack);
+            c.set_alert_reason(AlertReason::Unspecified);
             c.crisis_contact = "on-call".into();
         });
         told.event_id = tandem_proto::ids::EventId::new().to_string();

@@ -270,25 +270,24 @@ impl Engine {
         escalation: &Escalation,
         announced: &Announcement,
     ) -> Result<(), RepoError> {
-        let (crisis_contact, reason, previous_level) = match announced {
-            Announcement::Notify { reason, crisis_contact, previous_level } => (
-                if *crisis_contact { escalation.current_recipient.clone() } else { String::new() },
-                reason.as_str(),
-                previous_level.unwrap_or(pb::RiskLevel::Unspecified),
-            ),
-            Announcement::HandedBack { crisis_contact } => (crisis_contact.clone(), "", pb::RiskLevel::Unspecified),
-            Announcement::LevelRaised { from } => (String::new(), "", *from),
-            Announcement::Raised | Announcement::Acknowledged | Announcement::Resolved => {
-                (String::new(), "", pb::RiskLevel::Unspecified)
+        let mut changed =
+            events::EscalationChanged { escalation: Some(self.to_pb(escalation, Vec::new())), ..Default::default() };
+        changed.set_kind(announced.kind());
+        match announced {
+            Announcement::Notify { reason, crisis_contact, previous_level } => {
+                changed.set_alert_reason(reason.to_pb());
+                changed.to_crisis_contact = *crisis_contact;
+                if *crisis_contact {
+                    changed.crisis_contact = escalation.current_recipient.clone();
+                }
+                changed.set_previous_level(previous_level.unwrap_or(pb::RiskLevel::Unspecified));
             }
-        };
-        let payload = Payload::EscalationChanged(events::EscalationChanged {
-            escalation: Some(self.to_pb(escalation, Vec::new())),
-            change: announced.change().to_owned(),
-            crisis_contact,
-            reason: reason.to_owned(),
-            previous_level: previous_level as i32,
-        });
+            Announcement::HandedBack { crisis_contact } => changed.crisis_contact = crisis_contact.clone(),
+            Announcement::LevelRaised { from } => changed.set_previous_level(*from),
+            Announcement::Raised | Announcement::Acknowledged | Announcement::Resolved => {}
+        }
+        // Consumers of an older version read the strings.
+        let payload = Payload::EscalationChanged(changed.with_legacy_fields());
         let event = self.outbox.envelope(&escalation.org, &escalation.patient, payload);
         self.outbox.enqueue(tx, topics::TRIAGE, &event).await?;
         // Watchers in other replicas wake when this commits.

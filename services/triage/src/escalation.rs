@@ -22,6 +22,7 @@
 
 use std::time::Duration;
 
+use tandem_proto::events::v1::{AlertReason, EscalationChange};
 use tandem_proto::ids::{EscalationId, OrgId, PatientId};
 use tandem_proto::triage::v1 as pb;
 
@@ -93,14 +94,14 @@ pub enum Reason {
 }
 
 impl Reason {
-    /// The name on the wire (`EscalationChanged.reason`).
-    pub fn as_str(self) -> &'static str {
+    /// The reason on the wire (`EscalationChanged.alert_reason`).
+    pub fn to_pb(self) -> AlertReason {
         match self {
-            Reason::Raised => "raised",
-            Reason::DeadlinePassed => "deadline_passed",
-            Reason::NotReached => "not_reached",
-            Reason::LevelRaised => "level_raised",
-            Reason::CareTeamKnown => "care_team_known",
+            Reason::Raised => AlertReason::Raised,
+            Reason::DeadlinePassed => AlertReason::DeadlinePassed,
+            Reason::NotReached => AlertReason::NotReached,
+            Reason::LevelRaised => AlertReason::LevelRaised,
+            Reason::CareTeamKnown => AlertReason::CareTeamKnown,
         }
     }
 }
@@ -137,15 +138,15 @@ pub enum Announcement {
 }
 
 impl Announcement {
-    /// The name on the wire (`EscalationChanged.change`).
-    pub fn change(&self) -> &'static str {
+    /// The change on the wire (`EscalationChanged.kind`).
+    pub fn kind(&self) -> EscalationChange {
         match self {
-            Announcement::Raised => "raised",
-            Announcement::Notify { .. } => "notify",
-            Announcement::LevelRaised { .. } => "level_raised",
-            Announcement::HandedBack { .. } => "handed_back",
-            Announcement::Acknowledged => "acknowledged",
-            Announcement::Resolved => "resolved",
+            Announcement::Raised => EscalationChange::Raised,
+            Announcement::Notify { .. } => EscalationChange::Notify,
+            Announcement::LevelRaised { .. } => EscalationChange::LevelRaised,
+            Announcement::HandedBack { .. } => EscalationChange::HandedBack,
+            Announcement::Acknowledged => EscalationChange::Acknowledged,
+            Announcement::Resolved => EscalationChange::Resolved,
         }
     }
 }

@@ -111,7 +111,7 @@ impl TriageHandler {
             rules: fired,
             assessed_at: Some(tandem_store::from_unix_micros(at).into()),
         };
-        tx::insert_assessment(tx, org, &assessment, at).await?;
+        tx::insert_assessment(tx, org, patient, &assessment, at).await?;
         // Counted when written: a handler retried after a rolled-back
         // transaction counts its assessment again.
         tandem_telemetry::metrics::assessment(org.as_str(), level.as_str_name());
@@ -220,7 +220,7 @@ impl Handler for TriageHandler {
                 let Some(id) = delivered.escalation_id.as_ref().and_then(|id| EscalationId::try_from(id).ok()) else {
                     return Ok(());
                 };
-                let channel = delivered.channel().as_str_name().trim_start_matches("CHANNEL_").to_lowercase();
+                let channel = delivered.channel().name();
                 let attempt = delivered.attempt.unwrap_or(delivered.step);
                 let detail = format!("alert {} (step {}) delivered by {channel}", attempt + 1, delivered.step + 1);
                 if tx::escalation(tx, &id).await?.is_some() {

@@ -256,13 +256,14 @@ pub mod tx {
     pub async fn insert_assessment(
         tx: &mut Transaction<'_, Any>,
         org: &OrgId,
+        patient: &PatientId,
         assessment: &pb::RiskAssessment,
         at: i64,
     ) -> Result<(), RepoError> {
         sqlx::query("INSERT INTO assessments (id, org_id, patient_id, level, assessed_at, body) VALUES ($1, $2, $3, $4, $5, $6)")
             .bind(assessment.assessment_id.clone())
             .bind(org.to_string())
-            .bind(assessment.patient_id.as_ref().map(|id| id.value.clone()).unwrap_or_default())
+            .bind(patient.to_string())
             .bind(i64::from(assessment.level))
             .bind(at)
             .bind(assessment.encode_to_vec())

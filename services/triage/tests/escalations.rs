@@ -11,7 +11,7 @@ use prost::Message;
 use tandem_events::{Handler, Outbox};
 use tandem_proto::careplans::v1 as plans;
 use tandem_proto::events::v1::event_envelope::Payload;
-use tandem_proto::events::v1::{self as events, EscalationChanged, EventEnvelope};
+use tandem_proto::events::v1::{self as events, AlertReason, EscalationChange, EscalationChanged, EventEnvelope};
 use tandem_proto::ids::{EscalationId, OrgId, PatientId};
 use tandem_proto::triage::v1::RiskLevel;
 use tandem_store::Store;
@@ -105,10 +105,16 @@ impl Setup {
         self.changes()
             .await
             .into_iter()
-            .filter(|c| c.change == "notify")
+            .filter(|c| c.what_changed() == EscalationChange::Notify)
             .map(|c| {
-                let e = c.escalation.unwrap();
-                (e.attempt.unwrap(), e.step, e.current_recipient.clone(), e.level(), c.reason)
+                let e = c.escalation.as_ref().unwrap();
+                (
+                    e.attempt.unwrap(),
+                    e.step,
+                    e.current_recipient.clone(),
+                    e.level(),
+                    c.why_alerted().legacy_name().to_owned(),
+                )
             })
             .collect()
     }
@@ -149,8 +155,14 @@ tandem_store::store_test!(
                 alert(3, 3, "on-call", RiskLevel::High, "deadline_passed"),
             ]
         );
-        let to_contact = s.changes().await.into_iter().rfind(|c| c.change == "notify").unwrap();
+        let to_contact = s.changes().await.into_iter().rfind(|c| c.what_changed() == EscalationChange::Notify).unwrap();
         assert_eq!(to_contact.crisis_contact, "on-call");
+        assert!(to_contact.to_crisis_contact);
+        assert_eq!(to_contact.alert_reason(), AlertReason::DeadlinePassed);
+        // Consumers of an older version read the strings, so they are still written.
+        #[allow(deprecated)]
+        let strings = (to_contact.change.as_str(), to_contact.reason.as_str());
+        assert_eq!(strings, ("notify", "deadline_passed"));
         let timeline = s.engine.repo().timeline(&raised.id).await.unwrap();
         assert_eq!(timeline.iter().filter(|t| t.kind == "deadline_passed").count(), 3);
     }
@@ -186,11 +198,11 @@ tandem_store::store_test!(
                 alert(1, 0, "dr-primary", RiskLevel::Imminent, "level_raised"),
             ]
         );
-        let realert = s.changes().await.into_iter().rfind(|c| c.change == "notify").unwrap();
+        let realert = s.changes().await.into_iter().rfind(|c| c.what_changed() == EscalationChange::Notify).unwrap();
         assert_eq!(realert.previous_level(), RiskLevel::Moderate);
         let deadline = realert.escalation.unwrap().ack_deadline.unwrap();
         assert_eq!(tandem_store::unix_micros(deadline.try_into().unwrap()), now + IMMINENT.as_micros() as i64);
-        assert!(s.changes().await.iter().any(|c| c.change == "level_raised"));
+        assert!(s.changes().await.iter().any(|c| c.what_changed() == EscalationChange::LevelRaised));
 
         // The new, shorter deadline is the one that moves the chain.
         s.clock.advance(IMMINENT);
@@ -215,7 +227,7 @@ tandem_store::store_test!(an_acknowledged_escalation_is_never_re_alerted, &MIGRA
     s.failed(&raised.id, 0, Some(0)).await;
     s.team(2, &["dr-other"]).await;
     assert_eq!(s.alerts().await.len(), 1, "only the first alert, ever");
-    let changes: Vec<_> = s.changes().await.into_iter().map(|c| c.change).collect();
+    let changes: Vec<_> = s.changes().await.into_iter().map(|c| c.what_changed().legacy_name()).collect();
     assert_eq!(changes, ["raised", "notify", "acknowledged", "level_raised"]);
 
     // Resolved: the next trigger raises a new escalation.
@@ -246,8 +258,12 @@ tandem_store::store_test!(
                 alert(1, 0, "dr-primary", RiskLevel::High, "care_team_known"),
             ]
         );
-        let told =
-            s.changes().await.into_iter().find(|c| c.change == "handed_back").expect("the crisis contact is told");
+        let told = s
+            .changes()
+            .await
+            .into_iter()
+            .find(|c| c.what_changed() == EscalationChange::HandedBack)
+            .expect("the crisis contact is told");
         assert_eq!(told.crisis_contact, "on-call");
         assert_eq!(told.escalation.unwrap().current_recipient, "dr-primary");
 
@@ -333,7 +349,7 @@ tandem_store::store_test!(
                 alert(0, 0, "on-call", RiskLevel::Imminent, "raised"),
             ]
         );
-        let to_contact = s.changes().await.into_iter().rfind(|c| c.change == "notify").unwrap();
+        let to_contact = s.changes().await.into_iter().rfind(|c| c.what_changed() == EscalationChange::Notify).unwrap();
         assert_eq!(to_contact.crisis_contact, "on-call");
         let timeline = s.engine.repo().timeline(&opened.id).await.unwrap();
         assert!(timeline[0].detail.contains("unprocessable crisis event"), "{}", timeline[0].detail);

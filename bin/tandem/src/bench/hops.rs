@@ -5,6 +5,7 @@
 use std::time::SystemTime;
 
 use anyhow::Context;
+use tandem_proto::events::v1::EscalationChange;
 use tandem_proto::events::v1::event_envelope::Payload;
 use tandem_server::Settings;
 use tandem_store::sqlx::Row;
@@ -114,7 +115,7 @@ pub(crate) async fn read(settings: &Settings, alerts: &[Marks]) -> anyhow::Resul
             let payload: Vec<u8> = row.try_get(2)?;
             let is_notify = matches!(
                 tandem_events::decode(&payload).ok().and_then(|event| event.payload),
-                Some(Payload::EscalationChanged(changed)) if changed.change == "notify"
+                Some(Payload::EscalationChanged(changed)) if changed.what_changed() == EscalationChange::Notify
             );
             if is_notify {
                 notify = Some((row.try_get::<String, _>(0)?, row.try_get::<i64, _>(1)?));

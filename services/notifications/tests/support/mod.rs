@@ -22,7 +22,7 @@ use tandem_notifications::Notifications;
 use tandem_notifications::config::{AlertRetry, NotificationsSettings};
 use tandem_proto::common::v1 as common;
 use tandem_proto::events::v1::event_envelope::Payload;
-use tandem_proto::events::v1::{EscalationChanged, EventEnvelope};
+use tandem_proto::events::v1::{EscalationChange, EscalationChanged, EventEnvelope};
 use tandem_proto::ids::{OrgId, PatientId};
 use tandem_proto::notifications::v1 as pb;
 use tandem_proto::notifications::v1::notification_service_server::NotificationService;
@@ -344,7 +344,8 @@ pub async fn verified_webhook(service: &Notifications, hook: &Hook, subject: &st
     (endpoint.endpoint_id, registered.signing_secret)
 }
 
-/// An `EscalationChanged` as triage publishes it.
+/// An `EscalationChanged` as triage publishes it; `change` as in the
+/// deprecated string, e.g. "notify".
 // Every Escalation field is set today; the update keeps this compiling when
 // triage adds fields.
 #[allow(clippy::needless_update)]
@@ -375,11 +376,10 @@ pub fn escalation_event(
             }],
             ..Default::default()
         }),
-        change: change.to_owned(),
-        crisis_contact: String::new(),
+        kind: EscalationChange::from_legacy_name(change) as i32,
         ..Default::default()
     };
-    tandem_events::new_envelope("triage", &org, patient, Payload::EscalationChanged(changed))
+    tandem_events::new_envelope("triage", &org, patient, Payload::EscalationChanged(changed.with_legacy_fields()))
 }
 
 /// Publishes an event on its topic.
