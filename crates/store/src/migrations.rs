@@ -151,6 +151,28 @@ macro_rules! migrations {
     };
 }
 
+/// A test, in the calling crate, that its `MIGRATIONS` list every file of its `migrations/`
+/// directory and render for both backends
+/// ([`testing::assert_every_migration_listed`](crate::testing::assert_every_migration_listed);
+/// needs tandem-store's `testing` feature in dev-dependencies):
+///
+/// ```ignore
+/// tandem_store::migrations_listed_test!(MIGRATIONS);
+/// ```
+#[macro_export]
+macro_rules! migrations_listed_test {
+    ($migrations:path) => {
+        #[cfg(test)]
+        #[test]
+        fn every_migration_file_is_listed() {
+            $crate::testing::assert_every_migration_listed(
+                &$migrations,
+                concat!(env!("CARGO_MANIFEST_DIR"), "/migrations"),
+            );
+        }
+    };
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -126,13 +126,4 @@ impl Triage {
     }
 }
 
-#[cfg(test)]
-mod migration_tests {
-    #[test]
-    fn every_migration_file_is_listed() {
-        tandem_store::testing::assert_every_migration_listed(
-            &super::MIGRATIONS,
-            concat!(env!("CARGO_MANIFEST_DIR"), "/migrations"),
-        );
-    }
-}
+tandem_store::migrations_listed_test!(MIGRATIONS);
