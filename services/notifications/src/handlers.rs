@@ -311,11 +311,8 @@ fn escalation_id(changed: &EscalationChanged) -> Result<String, HandlerError> {
         .escalation
         .as_ref()
         .ok_or_else(|| HandlerError::permanent("EscalationChanged without an escalation"))?;
-    let id = escalation
-        .id
-        .as_ref()
-        .and_then(|id| id.value.parse::<EscalationId>().ok())
-        .ok_or_else(|| HandlerError::permanent("EscalationChanged without a valid escalation id"))?;
+    let id = EscalationId::try_from(escalation.id.as_ref())
+        .map_err(|_| HandlerError::permanent("EscalationChanged without a valid escalation id"))?;
     Ok(id.to_string())
 }
 
