@@ -324,19 +324,37 @@ fn bytes_read(read: u64, of: u64) -> String {
     if read < of { format!(", first {read} of {of} bytes read") } else { String::new() }
 }
 
+/// The firings of crisis trigger `id`, at the level the answers in `items` of `instrument`
+/// give it; a trigger they do not reproduce (a newer rule, say) fires at high: a crisis
+/// signal is never dropped. `place` says where it was found and `why` (empty for an accepted
+/// check-in) how the submission ended.
+fn trigger_firings(
+    id: &str,
+    instrument: &str,
+    items: &[events::ItemAnswer],
+    place: &str,
+    why: &str,
+    fired: &mut Vec<RuleFiring>,
+) {
+    let triggers = crisis_triggers_in_unparsed(instrument, &answers_of(items));
+    let matching: Vec<&CrisisTrigger> = triggers.iter().filter(|trigger| trigger.id() == id).collect();
+    let suffix = if why.is_empty() { String::new() } else { format!(" {why}") };
+    if matching.is_empty() {
+        fired.push(firing(id, RiskLevel::High, format!("crisis trigger {id} in {place}{suffix}")));
+    }
+    for trigger in matching {
+        let evidence =
+            if why.is_empty() { trigger.evidence() } else { format!("{} ({place}{suffix})", trigger.evidence()) };
+        fired.push(firing(trigger.id(), trigger_level(trigger), evidence));
+    }
+}
+
 /// The firings of one instrument's facts: its crisis triggers at their levels, and a C-SSRS
 /// screener at moderate risk. A trigger its items do not reproduce (a newer rule, say) fires
 /// at high: a crisis signal is never dropped.
 fn instrument_firings(instrument: &events::InstrumentFacts, fired: &mut Vec<RuleFiring>) {
-    let triggers = crisis_triggers_in_unparsed(&instrument.instrument, &answers_of(&instrument.items));
     for id in &instrument.crisis_triggers {
-        let matching: Vec<&CrisisTrigger> = triggers.iter().filter(|trigger| trigger.id() == id).collect();
-        if matching.is_empty() {
-            fired.push(firing(id, RiskLevel::High, format!("crisis trigger {id} in {}", instrument.instrument)));
-        }
-        for trigger in matching {
-            fired.push(firing(trigger.id(), trigger_level(trigger), trigger.evidence()));
-        }
+        trigger_firings(id, &instrument.instrument, &instrument.items, &instrument.instrument, "", fired);
     }
     if instrument.cssrs_risk == CssrsRisk::Moderate.as_str() {
         fired.push(firing(
@@ -431,22 +449,7 @@ pub fn refused_signal_firings(refused: &events::RefusedCrisisSignal) -> Vec<Rule
             fired.push(firing(CRISIS_LANGUAGE_TRIGGER, detected.unwrap_or(RiskLevel::High), evidence));
             continue;
         }
-        let triggers = crisis_triggers_in_unparsed(&signal.instrument, &answers_of(&signal.items));
-        let matching: Vec<_> = triggers.iter().filter(|trigger| trigger.id() == signal.trigger).collect();
-        if matching.is_empty() {
-            fired.push(firing(
-                &signal.trigger,
-                RiskLevel::High,
-                format!("crisis trigger {} in {} {why}", signal.trigger, signal.field),
-            ));
-        }
-        for trigger in matching {
-            fired.push(firing(
-                trigger.id(),
-                trigger_level(trigger),
-                format!("{} ({} {why})", trigger.evidence(), signal.field),
-            ));
-        }
+        trigger_firings(&signal.trigger, &signal.instrument, &signal.items, &signal.field, &why, &mut fired);
     }
     fired
 }
