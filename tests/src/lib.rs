@@ -197,6 +197,27 @@ impl Tandem {
             .expect("connect to tandem")
     }
 
+    /// Enrols "Alex Example" (time zone UTC) as the EHR holding `ehr_token`
+    /// would, under `external_id`, and returns the new patient's id.
+    pub async fn enroll(&self, ehr_token: &str, external_id: &str) -> tandem_proto::common::v1::PatientId {
+        let mut client =
+            tandem_proto::careplans::v1::care_plan_service_client::CarePlanServiceClient::new(self.channel().await);
+        let request = tandem_proto::careplans::v1::EnrollPatientRequest {
+            idempotency_key: format!("enrol-{external_id}"),
+            external_id: external_id.to_owned(),
+            display_name: "Alex Example".into(),
+            time_zone: "UTC".into(),
+        };
+        client
+            .enroll_patient(authed(ehr_token, request))
+            .await
+            .expect("enrol the patient")
+            .into_inner()
+            .patient
+            .and_then(|patient| patient.id)
+            .expect("an enrolled patient has an id")
+    }
+
     /// A valid token for the caller, from the key the server trusts.
     pub fn token(&self, org: &str, role: Role, subject: &str) -> String {
         self.token_valid_for(org, role, subject, Duration::from_secs(3600))

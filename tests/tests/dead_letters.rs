@@ -48,23 +48,7 @@ struct Clinic {
 async fn clinic(tandem: &Tandem) -> Clinic {
     let mut plans_client = CarePlanServiceClient::new(tandem.channel().await);
     let ehr = tandem.token("north", Role::Integration, "ehr-client");
-    let patient = plans_client
-        .enroll_patient(authed(
-            &ehr,
-            plans::EnrollPatientRequest {
-                idempotency_key: "p".into(),
-                external_id: "mrn-1".into(),
-                display_name: "Alex Example".into(),
-                time_zone: "UTC".into(),
-            },
-        ))
-        .await
-        .unwrap()
-        .into_inner()
-        .patient
-        .unwrap()
-        .id
-        .unwrap();
+    let patient = tandem.enroll(&ehr, "mrn-1").await;
     plans_client
         .set_care_team(authed(
             &ehr,

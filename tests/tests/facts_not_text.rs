@@ -95,23 +95,7 @@ async fn no_event_carries_the_journal_and_the_escalation_shows_spans(backend: St
     let tandem = Tandem::start(backend).await;
     let mut c = clients(&tandem).await;
     let ehr = tandem.token(ORG, Role::Integration, "ehr-client");
-    let patient = c
-        .plans
-        .enroll_patient(authed(
-            &ehr,
-            plans::EnrollPatientRequest {
-                idempotency_key: "enrol".into(),
-                external_id: "mrn-31".into(),
-                display_name: "Alex Example".into(),
-                time_zone: "UTC".into(),
-            },
-        ))
-        .await
-        .expect("enrol")
-        .into_inner()
-        .patient
-        .and_then(|p| p.id)
-        .expect("a patient id");
+    let patient = tandem.enroll(&ehr, "mrn-31").await;
     let primary = plans::CareTeamMember {
         clinician_id: "dr-primary".into(),
         role: plans::CareTeamRole::Primary as i32,

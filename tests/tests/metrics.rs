@@ -4,8 +4,6 @@
 //! acknowledge; `GET /healthz` is 200 while every service is SERVING.
 
 use tandem_auth::Role;
-use tandem_proto::careplans::v1 as plans;
-use tandem_proto::careplans::v1::care_plan_service_client::CarePlanServiceClient;
 use tandem_proto::checkins::v1 as pb;
 use tandem_proto::checkins::v1::check_in_service_client::CheckInServiceClient;
 use tandem_proto::triage::v1 as triage;
@@ -35,24 +33,7 @@ both_backends!(a_crisis_check_in_shows_on_the_scrape_endpoint, |tandem| {
     assert_eq!((status, body.as_str()), (200, "SERVING\n"));
 
     let ehr = tandem.token(org, Role::Integration, "ehr-client");
-    let mut plans_client = CarePlanServiceClient::new(tandem.channel().await);
-    let patient = plans_client
-        .enroll_patient(authed(
-            &ehr,
-            plans::EnrollPatientRequest {
-                idempotency_key: "p".into(),
-                external_id: "mrn-1".into(),
-                display_name: "Alex Example".into(),
-                time_zone: "UTC".into(),
-            },
-        ))
-        .await
-        .unwrap()
-        .into_inner()
-        .patient
-        .unwrap()
-        .id
-        .unwrap();
+    let patient = tandem.enroll(&ehr, "mrn-1").await;
     let patient_token = tandem.token(org, Role::Patient, &patient.value);
     let reply = CheckInServiceClient::new(tandem.channel().await)
         .submit_check_in(authed(
